@@ -1,0 +1,475 @@
+//! Loads `warden.yaml` (the CONFIG.md contract) into typed per-section config and compiles it
+//! into the immutable [`Snapshot`] that the front door reads once per connection and the
+//! ProxyHttp phases read once per request (`new_ctx`). `compile()` is where files are read and
+//! cross-field rules checked; it never panics, and every error names the key and its line.
+
+use crate::policy::{NetworkConfig, Resolver};
+use crate::telemetry::LogConfig;
+use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
+use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A config error: which key, on which line (when known), and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: Option<PathBuf>,
+    /// The dotted key path, e.g. `tls.ca_key`.
+    pub key: Option<String>,
+    /// 1-based line of the key in the file.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+            f.write_str(": ")?;
+        } else if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A section or key that is part of the contract but not implemented by this build. Any value
+/// given for it is refused at load, naming the key and line, so nothing is silently ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct NotYetSupported;
+
+const NOT_YET_SUPPORTED: &str = "is not yet supported by this version of warden; remove it";
+
+impl<'de> Deserialize<'de> for NotYetSupported {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Refuse from inside the visitor: that is where serde_yaml attaches the key path and
+        // position to the error.
+        d.deserialize_any(Refuse)
+    }
+}
+
+struct Refuse;
+
+impl<'de> Visitor<'de> for Refuse {
+    type Value = NotYetSupported;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("nothing (not yet supported)")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(A::Error::custom(NOT_YET_SUPPORTED))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(A::Error::custom(NOT_YET_SUPPORTED))
+    }
+}
+
+/// The file as written (the CONFIG.md shape).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Config format version; only `1` exists.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// The forward proxy listener.
+    pub proxy: ProxyConfig,
+    /// The admin listener (health endpoints and metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The CA, interception and upstream trust.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Name resolution (and, later, network policy).
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Log level and format.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Timeouts and bounds.
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "credentials")]
+    _credentials: Option<NotYetSupported>,
+    #[serde(default, rename = "headers")]
+    _headers: Option<NotYetSupported>,
+    #[serde(default, rename = "substitutions")]
+    _substitutions: Option<NotYetSupported>,
+    #[serde(default, rename = "llm")]
+    _llm: Option<NotYetSupported>,
+    #[serde(default, rename = "transforms")]
+    _transforms: Option<NotYetSupported>,
+    #[serde(default, rename = "correlation")]
+    _correlation: Option<NotYetSupported>,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+/// `proxy`: the forward-proxy listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address of the one listener for absolute-form HTTP and CONNECT.
+    pub listen: SocketAddr,
+    #[serde(default, rename = "auth")]
+    _auth: Option<NotYetSupported>,
+}
+
+/// `admin`: where `/healthz`, `/readyz` and `/metrics` are served; absent = no admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin listener address.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `limits`: every wait and buffer is bounded; these are the knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head accepted (bytes).
+    pub max_request_header_bytes: usize,
+    /// Largest LLM response buffered for policy (bytes); used by LLM policy.
+    pub llm_buffer_bytes: usize,
+    /// TCP (+TLS) connect to an upstream.
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    /// Wait for the upstream's response (and between reads of it).
+    #[serde(with = "humantime_serde")]
+    pub upstream_first_byte_timeout: Duration,
+    /// Idle keep-alive connections, tunnels and WebSockets are closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most leaf certificates kept in the cache.
+    pub cert_cache_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_header_bytes: 64 * 1024,
+            llm_buffer_bytes: 10 * 1024 * 1024,
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_first_byte_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(120),
+            cert_cache_entries: 10_000,
+        }
+    }
+}
+
+/// A parsed config file and where it came from (relative paths resolve against its folder).
+#[derive(Debug)]
+pub struct Config {
+    /// The typed content.
+    pub file: FileConfig,
+    /// The source text, kept so compile errors can point at a line.
+    pub text: String,
+    /// The file's path, when it came from one.
+    pub path: Option<PathBuf>,
+    /// The folder relative paths are resolved against.
+    pub base_dir: PathBuf,
+}
+
+/// Options for [`Config::compile`].
+#[derive(Debug, Clone, Copy)]
+pub struct CompileOptions {
+    /// Write a new CA pair when both files are absent (`run`, `ca`); otherwise (`check`) an
+    /// absent pair is replaced by an in-memory CA so the rest is still validated.
+    pub create_ca: bool,
+}
+
+/// The compiled, immutable runtime form of a config. One `Arc<Snapshot>` is loaded per request.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The forward proxy listen address.
+    pub proxy_listen: SocketAddr,
+    /// The admin listen address, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Interception decisions, the CA, leaf cache and upstream trust.
+    pub tls: TlsPolicy,
+    /// Where destinations resolve.
+    pub resolver: Resolver,
+    /// Log level and format.
+    pub log: crate::telemetry::LogSettings,
+    /// Timeouts and bounds.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads and parses `path`. Errors name the file, key and line.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: None,
+            line: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut cfg = Config::parse(&text, &base_dir).map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses YAML text; relative paths in it resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = serde_yaml::from_str(text).map_err(|e| from_yaml_error(&e))?;
+        if file.version != 1 {
+            return Err(ConfigError {
+                file: None,
+                key: Some("version".into()),
+                line: locate(text, "version"),
+                message: format!(
+                    "unsupported version {}; this warden reads version 1",
+                    file.version
+                ),
+            });
+        }
+        Ok(Config {
+            file,
+            text: text.to_string(),
+            path: None,
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+
+    /// An error about `key`, located in this file.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            key: Some(key.to_string()),
+            line: locate(&self.text, key),
+            message: message.into(),
+        }
+    }
+
+    /// Resolves a path from the file against the config's folder.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Validates everything, reads the CA (creating it if allowed and absent) and the upstream
+    /// trust file, and returns the runtime snapshot.
+    pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigError> {
+        let f = &self.file;
+        if f.admin.listen == Some(f.proxy.listen) {
+            return Err(self.error("admin.listen", "must differ from proxy.listen"));
+        }
+        if f.limits.cert_cache_entries == 0 {
+            return Err(self.error("limits.cert_cache_entries", "must be at least 1"));
+        }
+        if f.limits.max_request_header_bytes < 1024 {
+            return Err(self.error("limits.max_request_header_bytes", "must be at least 1024"));
+        }
+        for (key, d) in [
+            (
+                "limits.upstream_connect_timeout",
+                f.limits.upstream_connect_timeout,
+            ),
+            (
+                "limits.upstream_first_byte_timeout",
+                f.limits.upstream_first_byte_timeout,
+            ),
+            ("limits.idle_timeout", f.limits.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.error(key, "must be longer than zero"));
+            }
+        }
+        let resolver = f
+            .network
+            .compile()
+            .map_err(|(key, msg)| self.error(&key, msg))?;
+        let ca = CertAuthority::load_or_create(
+            &self.resolve_path(&f.tls.ca_cert),
+            &self.resolve_path(&f.tls.ca_key),
+            opts.create_ca,
+            f.limits.cert_cache_entries,
+        )
+        .map_err(|e| self.error(e.key(), e.to_string()))?;
+        let tls = f
+            .tls
+            .compile(Arc::new(ca), |p| self.resolve_path(p))
+            .map_err(|e| self.error(e.key(), e.to_string()))?;
+        Ok(Snapshot {
+            proxy_listen: f.proxy.listen,
+            admin_listen: f.admin.listen,
+            tls,
+            resolver,
+            log: f.log.compile(),
+            limits: f.limits.clone(),
+        })
+    }
+}
+
+fn from_yaml_error(e: &serde_yaml::Error) -> ConfigError {
+    // serde_yaml's message already carries the key path ("tls.intercept: ...") and the
+    // position; keep the message and expose the line separately.
+    let full = e.to_string();
+    // The position is reported separately.
+    let full = match full.rfind(" at line ") {
+        Some(i) => &full[..i],
+        None => full.as_str(),
+    };
+    let (key, message) = match full.split_once(": ") {
+        Some((k, rest)) if !k.is_empty() && !k.contains(' ') => (Some(k.to_string()), rest),
+        _ => (None, full),
+    };
+    ConfigError {
+        file: None,
+        key,
+        line: e.location().map(|l| l.line()),
+        message: message.to_string(),
+    }
+}
+
+/// Finds the line of a dotted key (`tls.ca_key`) in block-style YAML, for errors found after
+/// parsing. Returns the deepest line found, or `None` (flow style, absent key).
+pub fn locate(text: &str, dotted: &str) -> Option<usize> {
+    let mut want = dotted.split('.').peekable();
+    let mut found = None;
+    let mut min_indent = 0usize;
+    let mut current = want.next()?;
+    for (idx, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if found.is_some() && indent < min_indent {
+            break;
+        }
+        let key = trimmed
+            .split_once(':')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
+        if indent >= min_indent && key == Some(current) {
+            found = Some(idx + 1);
+            match want.next() {
+                Some(next) => {
+                    current = next;
+                    min_indent = indent + 1;
+                }
+                None => return found,
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("."))
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let err = parse("version: 1\nproxy:\n  listen: 127.0.0.1:0\n  lisen: x\n").unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(err.message.contains("lisen"), "{err}");
+        assert_eq!(err.key.as_deref(), Some("proxy"), "{err}");
+    }
+
+    #[test]
+    fn sections_not_yet_supported_are_refused_not_ignored() {
+        let err =
+            parse("proxy: { listen: 127.0.0.1:0 }\n\ncredentials:\n  - host: a\n").unwrap_err();
+        assert!(err.message.contains("not yet supported"), "{err}");
+        assert_eq!(err.key.as_deref(), Some("credentials"), "{err}");
+        assert_eq!(err.line, Some(4), "{err}");
+        let err = parse("proxy:\n  listen: 127.0.0.1:0\n  auth: { clients: [] }\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("proxy.auth"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err =
+            parse("proxy: { listen: 127.0.0.1:0 }\ntls:\n  intercept: sometimes\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("tls.intercept"), "{err}");
+        assert_eq!(err.line, Some(3));
+        let err =
+            parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  idle_timeout: soon\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("limits.idle_timeout"), "{err}");
+        let err = parse("proxy: { listen: 127.0.0.1:0 }\ntls:\n  passthrough: ['*example.com']\n")
+            .unwrap_err();
+        assert!(err.message.contains("*example.com"), "{err}");
+        assert_eq!(err.line, Some(3));
+    }
+
+    #[test]
+    fn version_other_than_one_is_refused() {
+        let err = parse("version: 2\nproxy: { listen: 127.0.0.1:0 }\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("version"));
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn proxy_section_is_required() {
+        let err = parse("version: 1\n").unwrap_err();
+        assert!(err.message.contains("proxy"), "{err}");
+    }
+
+    #[test]
+    fn locate_finds_nested_keys() {
+        let text = "a: 1\ntls:\n  # c\n  ca_cert: x\n  ca_key: y\nlimits:\n  ca_key: z\n";
+        assert_eq!(locate(text, "tls.ca_key"), Some(5));
+        assert_eq!(locate(text, "limits.ca_key"), Some(7));
+        assert_eq!(locate(text, "a"), Some(1));
+        assert_eq!(locate(text, "nope"), None);
+    }
+
+    #[test]
+    fn limits_parse_human_durations() {
+        let cfg = parse("proxy: { listen: 127.0.0.1:0 }\nlimits: { idle_timeout: 2m, upstream_connect_timeout: 1500ms }\n").unwrap();
+        assert_eq!(cfg.file.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(
+            cfg.file.limits.upstream_connect_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(cfg.file.limits.cert_cache_entries, 10_000);
+    }
+}

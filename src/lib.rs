@@ -1,0 +1,33 @@
+//! warden: an egress proxy for AI agents, built on Pingora.
+//!
+//! Agents send all their traffic through one listener (`HTTPS_PROXY`). The front door reads
+//! the first request head of each connection: absolute-form HTTP goes to the HTTP engine,
+//! `CONNECT` is either tunnelled blind or intercepted (TLS terminated with a leaf minted from
+//! warden's CA) and its decrypted stream goes to the same engine.
+//!
+//! Which module each phase calls:
+//!
+//! | phase / place            | module                                   |
+//! |--------------------------|------------------------------------------|
+//! | accept, drain            | [`server`]                               |
+//! | front door (CONNECT)     | [`proxy`], [`target`], [`tls`], [`policy`] |
+//! | `new_ctx`                | [`config`] (one snapshot per request)    |
+//! | `request_filter`         | [`target`] (validation, host binding)    |
+//! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
+//! | `upstream_request_filter`| [`proxy`] (hop-by-hop, request id)       |
+//! | `fail_to_proxy`          | [`reason`] (one error → response map)    |
+//! | `logging`                | [`telemetry`] (canonical line)           |
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod policy;
+pub mod proxy;
+pub mod reason;
+pub mod server;
+pub mod target;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::{CompileOptions, Config, ConfigError, Snapshot};
+pub use server::{start, Running, StartError};

@@ -1,0 +1,159 @@
+//! The `warden` command: parses the CLI and runs the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use warden::{CompileOptions, Config};
+
+/// How long SIGTERM waits for in-flight requests before exiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "An egress proxy for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/warden.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file (exit 1 with the key and line on error).
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/warden.yaml")]
+        config: PathBuf,
+    },
+    /// Print the CA certificate path and the environment a client needs.
+    Ca {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/warden.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Ca { config } => ca(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    cfg.compile(CompileOptions { create_ca: false })?;
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn ca(path: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let snap = cfg.compile(CompileOptions { create_ca: true })?;
+    let ca = &snap.tls.ca;
+    let cert = std::fs::canonicalize(ca.cert_path())
+        .with_context(|| format!("{}", ca.cert_path().display()))?;
+    // Clients that replace their trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) need the
+    // system roots too, for hosts tunnelled blind.
+    let bundle = cert.with_file_name("ca-bundle.pem");
+    let mut pem = openssl_probe_bundle();
+    pem.push_str(ca.cert_pem());
+    std::fs::write(&bundle, pem).with_context(|| format!("{}", bundle.display()))?;
+    let proxy = proxy_url(snap.proxy_listen);
+    println!("# warden CA certificate: {}", cert.display());
+    println!("# ca-bundle.pem holds the system roots plus warden's CA.");
+    println!("export SSL_CERT_FILE={}", bundle.display());
+    println!("export REQUESTS_CA_BUNDLE={}", bundle.display());
+    println!("export NODE_EXTRA_CA_CERTS={}", cert.display());
+    println!("export HTTPS_PROXY={proxy}");
+    println!("export HTTP_PROXY={proxy}");
+    Ok(())
+}
+
+fn openssl_probe_bundle() -> String {
+    let probe = openssl_probe::probe();
+    probe
+        .cert_file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|mut s| {
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s
+        })
+        .unwrap_or_default()
+}
+
+fn proxy_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let snap = cfg.compile(CompileOptions { create_ca: true })?;
+    warden::telemetry::init_logger(snap.log);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("warden")
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(snap));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+async fn serve(snap: warden::Snapshot) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered before the listeners open: SIGHUP's default action would kill the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let ca_path = snap.tls.ca.cert_path().display().to_string();
+    let running = warden::start(snap).await?;
+    log::info!(
+        "warden listening proxy={} admin={} ca={}",
+        running.proxy_addr(),
+        running
+            .admin_addr()
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
+        ca_path
+    );
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                log::info!("SIGTERM: draining for up to {}s", SHUTDOWN_GRACE.as_secs());
+                let drained = running.shutdown(SHUTDOWN_GRACE).await;
+                log::info!("shutdown complete drained={drained}");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: exiting");
+                return Ok(());
+            }
+            _ = hup.recv() => {
+                log::warn!("SIGHUP: config reload is not supported by this version; the running config is unchanged");
+            }
+        }
+    }
+}

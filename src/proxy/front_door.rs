@@ -1,0 +1,332 @@
+//! The front door: the first thing every client connection meets. It reads the first request
+//! head (bounded in size and time); anything but CONNECT is rewound and handed to the HTTP
+//! engine running [`Warden`](super::Warden). A CONNECT is decided here — blind tunnel, or
+//! interception: `200`, TLS accept with a leaf for the CONNECT host, the tunnel identity bound
+//! to the connection, and the decrypted stream handed to the same HTTP engine.
+
+use super::tunnel;
+use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
+use crate::config::Snapshot;
+use crate::reason::Reason;
+use crate::target::{classify_connect, Authority, TunnelIdentity};
+use crate::telemetry::{CanonicalLog, Kind};
+use crate::tls::{interception_acceptor, LeafCallbacks};
+use bytes::{Bytes, BytesMut};
+use openssl::ssl::SslAcceptor;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::GetSocketDigest;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TLS record of type handshake starts every ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Handles each accepted connection.
+pub struct FrontDoor {
+    shared: Arc<Shared>,
+    http: Arc<HttpProxy<Warden>>,
+    acceptor: SslAcceptor,
+}
+
+/// The first request head, parsed.
+struct Head {
+    /// Everything read so far (the head and any bytes that followed it).
+    bytes: BytesMut,
+    head_len: usize,
+    method: String,
+    target: Vec<u8>,
+    hosts: Vec<Vec<u8>>,
+    names: Vec<Vec<u8>>,
+    request_id: String,
+}
+
+enum HeadError {
+    /// The client closed (or sent nothing) before a full head arrived.
+    Closed,
+    /// No complete head within the idle bound.
+    Timeout,
+    TooLarge,
+    Malformed,
+}
+
+/// Where a front-door event's log line starts from.
+struct Event {
+    started: Instant,
+    client_addr: Option<SocketAddr>,
+}
+
+impl Event {
+    fn line(&self, kind: Kind) -> CanonicalLog {
+        let mut line = CanonicalLog::new(kind);
+        line.client_addr = self.client_addr.map(|a| a.to_string());
+        line
+    }
+}
+
+impl FrontDoor {
+    /// A front door handing HTTP to `http` and reading config from `shared`.
+    pub fn new(
+        shared: Arc<Shared>,
+        http: Arc<HttpProxy<Warden>>,
+    ) -> Result<Self, openssl::error::ErrorStack> {
+        Ok(FrontDoor {
+            shared,
+            http,
+            acceptor: interception_acceptor()?,
+        })
+    }
+
+    /// Serves one accepted client connection to its end.
+    pub async fn serve(self: Arc<Self>, mut stream: L4Stream, shutdown: ShutdownWatch) {
+        let snap = self.shared.snapshot.load_full();
+        let event = Event {
+            started: Instant::now(),
+            client_addr: stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())),
+        };
+        let head = match read_head(
+            &mut stream,
+            snap.limits.max_request_header_bytes,
+            snap.limits.idle_timeout,
+        )
+        .await
+        {
+            Ok(head) => head,
+            Err(HeadError::Closed | HeadError::Timeout) => return,
+            Err(HeadError::TooLarge) => {
+                return refuse(stream, &snap, &event, None, Reason::HeadersTooLarge).await
+            }
+            Err(HeadError::Malformed) => {
+                return refuse(stream, &snap, &event, None, Reason::MalformedRequest).await
+            }
+        };
+        if !head.method.eq_ignore_ascii_case("CONNECT") {
+            // Pre-check the first head with the rules request_filter applies, so requests that
+            // Pingora's parser would answer with a bare 400 still get a reason and a log line.
+            let names: Vec<&[u8]> = head.names.iter().map(Vec::as_slice).collect();
+            let hosts: Vec<&[u8]> = head.hosts.iter().map(Vec::as_slice).collect();
+            if let Err(reason) = check_head(
+                head.head_len,
+                &names,
+                &head.target,
+                &hosts,
+                None,
+                snap.limits.max_request_header_bytes,
+            ) {
+                return refuse(stream, &snap, &event, Some(&head), reason).await;
+            }
+            stream.rewind(&head.bytes);
+            self.http.process_new(Box::new(stream), &shutdown).await;
+            return;
+        }
+        let dest = match classify_connect(&head.target) {
+            Ok(dest) => dest,
+            Err(reason) => return refuse(stream, &snap, &event, Some(&head), reason).await,
+        };
+        let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
+        if snap.tls.intercepts(&dest) {
+            self.intercept(stream, rest, dest, head.request_id, &snap, &event, shutdown)
+                .await;
+        } else {
+            let mut line = event.line(Kind::Tunnel);
+            line.request_id = Some(head.request_id.clone());
+            fill_connect(&mut line, &dest);
+            match tunnel::blind(&mut stream, rest, &dest, &snap, &shutdown, &mut line).await {
+                Ok(()) => {}
+                Err(reason) => {
+                    line.status = Some(reason.status());
+                    line.reason = Some(reason.code());
+                    write_refusal(&mut stream, reason, Some(&dest), &head.request_id).await;
+                }
+            }
+            line.took(event.started.elapsed());
+            line.emit(snap.log.format);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn intercept(
+        &self,
+        mut stream: L4Stream,
+        rest: Bytes,
+        dest: Authority,
+        request_id: String,
+        snap: &Snapshot,
+        event: &Event,
+        shutdown: ShutdownWatch,
+    ) {
+        let fail = |reason: Reason, error: Option<String>| {
+            let mut line = event.line(Kind::Connect);
+            line.request_id = Some(request_id.clone());
+            fill_connect(&mut line, &dest);
+            line.status = Some(200);
+            line.intercepted = true;
+            line.reason = Some(reason.code());
+            line.error = error;
+            line.took(event.started.elapsed());
+            line.emit(snap.log.format);
+        };
+        if established(&mut stream).await.is_err() {
+            return fail(Reason::ClientError, None);
+        }
+        // Look at the first byte before minting anything: it must open a TLS handshake.
+        let first = match rest.first() {
+            Some(b) => *b,
+            None => {
+                let mut b = [0u8; 1];
+                match tokio::time::timeout(snap.limits.idle_timeout, stream.read(&mut b)).await {
+                    Ok(Ok(1)) => {
+                        stream.rewind(&b);
+                        b[0]
+                    }
+                    Ok(_) => return fail(Reason::ClientError, None),
+                    Err(_) => return fail(Reason::IdleTimeout, None),
+                }
+            }
+        };
+        stream.rewind(&rest);
+        if first != TLS_HANDSHAKE_RECORD {
+            return fail(
+                Reason::ClientNotTls,
+                Some(format!("first byte 0x{first:02x} is not a TLS handshake")),
+            );
+        }
+        let leaf = match snap.tls.ca.leaf_for(&dest.host).await {
+            Ok(leaf) => leaf,
+            Err(e) => return fail(Reason::Internal, Some(e.to_string())),
+        };
+        let callbacks = LeafCallbacks {
+            leaf,
+            identity: TunnelIdentity {
+                authority: dest.clone(),
+                client_addr: event.client_addr,
+                sni: None,
+            },
+        };
+        let handshake = handshake_with_callback(&self.acceptor, stream, &callbacks);
+        let tls = match tokio::time::timeout(snap.limits.idle_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return fail(Reason::ClientTlsError, Some(e.to_string())),
+            Err(_) => return fail(Reason::IdleTimeout, Some("TLS handshake timed out".into())),
+        };
+        self.http.process_new(Box::new(tls), &shutdown).await;
+    }
+}
+
+fn fill_connect(line: &mut CanonicalLog, dest: &Authority) {
+    line.method = Some("CONNECT".into());
+    line.scheme = Some("https");
+    line.host = Some(dest.host.to_string());
+    line.port = Some(dest.port);
+}
+
+/// Tells the client its CONNECT was accepted.
+pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await?;
+    stream.flush().await
+}
+
+async fn write_refusal(
+    stream: &mut L4Stream,
+    reason: Reason,
+    dest: Option<&Authority>,
+    request_id: &str,
+) {
+    let host = dest.map(|d| d.host.to_string());
+    let raw = raw_refusal(reason, host.as_deref(), request_id);
+    // Best effort: the client may already be gone.
+    let _ = stream.write_all(&raw).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Answers a connection that never reaches the HTTP engine, logs it, and closes.
+async fn refuse(
+    mut stream: L4Stream,
+    snap: &Snapshot,
+    event: &Event,
+    head: Option<&Head>,
+    reason: Reason,
+) {
+    let request_id = head
+        .map(|h| h.request_id.clone())
+        .unwrap_or_else(|| request_id_from(None));
+    write_refusal(&mut stream, reason, None, &request_id).await;
+    let connect = head.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
+    let mut line = event.line(if connect { Kind::Connect } else { Kind::Plain });
+    line.request_id = Some(request_id);
+    line.method = head.map(|h| h.method.clone());
+    line.status = Some(reason.status());
+    line.reason = Some(reason.code());
+    line.took(event.started.elapsed());
+    line.emit(snap.log.format);
+}
+
+/// Reads until one full request head has arrived, at most `max` bytes, waiting at most
+/// `timeout` for each read.
+async fn read_head(
+    stream: &mut L4Stream,
+    max: usize,
+    timeout: Duration,
+) -> Result<Head, HeadError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let n = match tokio::time::timeout(timeout, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(HeadError::Timeout),
+            Ok(Err(_)) => return Err(HeadError::Closed),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Closed
+            } else {
+                HeadError::Malformed
+            });
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 256];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let (Some(method), Some(target)) = (req.method, req.path) else {
+                    return Err(HeadError::Malformed);
+                };
+                let method = method.to_string();
+                let target = target.as_bytes().to_vec();
+                let mut hosts = Vec::new();
+                let mut names = Vec::new();
+                let mut request_id = None;
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("host") {
+                        hosts.push(h.value.to_vec());
+                    } else if h.name.eq_ignore_ascii_case("x-request-id") {
+                        request_id = Some(h.value);
+                    }
+                    names.push(h.name.as_bytes().to_vec());
+                }
+                let request_id = request_id_from(request_id);
+                return Ok(Head {
+                    bytes: buf,
+                    head_len,
+                    method,
+                    target,
+                    hosts,
+                    names,
+                    request_id,
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The Pingora glue: [`Warden`] implements `ProxyHttp` for every request (plain absolute-form
+//! and inside intercepted tunnels), and the front door turns raw connections into either
+//! HTTP sessions for it or blind tunnels. Each phase builds plain inputs from the `Session`,
+//! calls a stage module (`target`, `policy`, `tls`, `telemetry`) and applies the result.
+
+mod front_door;
+mod tunnel;
+
+pub use front_door::FrontDoor;
+
+use crate::config::Snapshot;
+use crate::reason::{error_body, Reason};
+use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
+use crate::telemetry::{redact_query, CanonicalLog, Kind};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// State shared by the front door and every request: the current config snapshot.
+#[derive(Debug)]
+pub struct Shared {
+    /// The compiled config; loaded once per connection (front door) or request (`new_ctx`).
+    pub snapshot: ArcSwap<Snapshot>,
+}
+
+/// The `ProxyHttp` implementation.
+pub struct Warden {
+    shared: Arc<Shared>,
+}
+
+impl Warden {
+    /// A proxy reading its config from `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Warden { shared }
+    }
+}
+
+/// Per-request state, created in `new_ctx` with the snapshot this request runs on.
+pub struct RequestCtx {
+    snap: Arc<Snapshot>,
+    started: Instant,
+    request_id: String,
+    client_addr: Option<String>,
+    method: String,
+    tunnel: Option<TunnelIdentity>,
+    target: Option<Target>,
+    reason: Option<Reason>,
+    /// Status of a response warden wrote itself.
+    status: Option<u16>,
+}
+
+/// The request id to use: the client's `X-Request-Id` when it is a sane token, else a new one.
+pub(crate) fn request_id_from(value: Option<&[u8]>) -> String {
+    match value {
+        Some(v)
+            if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x21..=0x7e).contains(b)) =>
+        {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
+
+/// The response head warden sends for `reason`.
+fn refusal_head(reason: Reason, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(reason.status(), Some(6))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+    resp.insert_header(PROXY_STATUS, reason.proxy_status())?;
+    resp.insert_header(X_REQUEST_ID, request_id)?;
+    resp.insert_header(header::CONNECTION, "close")?;
+    Ok(resp)
+}
+
+/// Maps a Pingora error to a reason. Errors warden raised itself carry their reason in the ctx
+/// and never reach here.
+fn reason_for(e: &Error) -> Reason {
+    use ErrorType::*;
+    match e.esource() {
+        ErrorSource::Downstream => match e.etype() {
+            ReadTimedout | WriteTimedout => Reason::IdleTimeout,
+            InvalidHTTPHeader => Reason::MalformedRequest,
+            _ => Reason::ClientError,
+        },
+        ErrorSource::Upstream | ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+            ConnectTimedout | TLSHandshakeTimedout => Reason::UpstreamConnectTimeout,
+            ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+            | ConnectProxyFailure | AcceptError => Reason::UpstreamConnectFailed,
+            TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
+                Reason::UpstreamTlsError
+            }
+            ReadTimedout | WriteTimedout => Reason::UpstreamTimeout,
+            HTTPStatus(_) | InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2
+            | ConnectionClosed | ReadError | WriteError => Reason::UpstreamError,
+            _ if *e.esource() == ErrorSource::Upstream => Reason::UpstreamError,
+            _ => Reason::Internal,
+        },
+    }
+}
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the proxy's own.
+const HOP_BY_HOP: [&str; 7] = [
+    "proxy-authorization",
+    "proxy-connection",
+    "proxy-authenticate",
+    "keep-alive",
+    "te",
+    "trailer",
+    "http2-settings",
+];
+
+fn tunnel_identity(session: &Session) -> Option<TunnelIdentity> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<TunnelIdentity>()
+        .cloned()
+}
+
+/// Header names in the raw head, as sent (Pingora drops `Content-Length` when
+/// `Transfer-Encoding` is present, so framing checks need the raw bytes).
+fn raw_header_names(raw: &[u8]) -> Vec<Vec<u8>> {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(raw) {
+        Ok(_) => req
+            .headers
+            .iter()
+            .take_while(|h| !h.name.is_empty())
+            .map(|h| h.name.as_bytes().to_vec())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Validates one request head against the limits and framing rules, then classifies where it
+/// goes. Shared by the front door (first head) and `request_filter` (every head).
+pub(crate) fn check_head(
+    head_len: usize,
+    header_names: &[&[u8]],
+    raw_target: &[u8],
+    hosts: &[&[u8]],
+    tunnel: Option<&TunnelIdentity>,
+    max_header_bytes: usize,
+) -> Result<Target, Reason> {
+    if head_len > max_header_bytes {
+        return Err(Reason::HeadersTooLarge);
+    }
+    let has = |name: &str| {
+        header_names
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    if has("content-length") && has("transfer-encoding") {
+        return Err(Reason::AmbiguousFraming);
+    }
+    if let Some(t) = tunnel {
+        if !t.sni_matches() {
+            return Err(Reason::HostMismatch);
+        }
+    }
+    classify_request(raw_target, hosts, tunnel.map(|t| &t.authority))
+}
+
+impl Warden {
+    /// Answers the request with warden's own refusal for `reason` and closes the connection.
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, reason: Reason) {
+        ctx.reason = Some(reason);
+        ctx.status = Some(reason.status());
+        let host = ctx
+            .target
+            .as_ref()
+            .map(|t| t.authority.host.to_string())
+            .or_else(|| ctx.tunnel.as_ref().map(|t| t.authority.host.to_string()));
+        let body = error_body(reason, host.as_deref(), Some(&ctx.request_id));
+        match refusal_head(reason, &ctx.request_id, body.len()) {
+            Ok(head) => {
+                if let Err(e) = session.write_error_response(head, body).await {
+                    log::debug!("writing a refusal failed: {e}");
+                }
+            }
+            Err(e) => log::warn!("building a refusal failed: {e}"),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Warden {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snap: self.shared.snapshot.load_full(),
+            started: Instant::now(),
+            request_id: String::new(),
+            client_addr: None,
+            method: String::new(),
+            tunnel: None,
+            target: None,
+            reason: None,
+            status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.tunnel = tunnel_identity(session);
+        ctx.client_addr = session.client_addr().map(|a| a.to_string());
+        let req = session.req_header();
+        ctx.method = req.method.as_str().to_string();
+        ctx.request_id = request_id_from(req.headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes));
+        let raw = session
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes())
+            .unwrap_or_default();
+        let names = raw_header_names(&raw);
+        let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        let hosts: Vec<&[u8]> = req
+            .headers
+            .get_all(header::HOST)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let limits = &ctx.snap.limits;
+        let checked = check_head(
+            raw.len(),
+            &names,
+            req.raw_path(),
+            &hosts,
+            ctx.tunnel.as_ref(),
+            limits.max_request_header_bytes,
+        );
+        let idle = limits.idle_timeout;
+        match checked {
+            Ok(target) => ctx.target = Some(target),
+            Err(reason) => {
+                self.refuse(session, ctx, reason).await;
+                return Ok(true);
+            }
+        }
+        session.set_keepalive(Some(idle.as_secs().max(1)));
+        session.set_read_timeout(Some(idle));
+        session.set_write_timeout(Some(idle));
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(target) = ctx.target.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no target after request_filter");
+        };
+        let limits = &ctx.snap.limits;
+        let addr = match ctx
+            .snap
+            .resolver
+            .resolve(&target.authority, limits.upstream_connect_timeout)
+            .await
+        {
+            Ok(addr) => addr,
+            Err(reason) => {
+                ctx.reason = Some(reason);
+                return Error::e_explain(
+                    ErrorType::ConnectNoRoute,
+                    format!("{} did not resolve", target.authority.host),
+                );
+            }
+        };
+        let sni = target.authority.host.as_str_unbracketed();
+        let mut peer = HttpPeer::new(addr, target.scheme == Scheme::Https, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(limits.upstream_connect_timeout);
+        o.total_connection_timeout = Some(limits.upstream_connect_timeout);
+        // An upgraded connection may stay quiet for as long as the idle bound allows.
+        o.read_timeout = Some(if session.is_upgrade_req() {
+            limits.idle_timeout
+        } else {
+            limits.upstream_first_byte_timeout
+        });
+        o.write_timeout = Some(limits.idle_timeout);
+        o.idle_timeout = Some(limits.idle_timeout);
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        o.ca = ctx.snap.tls.upstream_roots.clone();
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The request line goes upstream in origin-form.
+        let uri = upstream.uri.clone();
+        upstream.set_uri(uri);
+        let upgrade = session.is_upgrade_req();
+        let listed: Vec<String> = upstream
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        for name in HOP_BY_HOP {
+            upstream.remove_header(name);
+        }
+        for name in &listed {
+            if !(upgrade && name == "upgrade") {
+                upstream.remove_header(name.as_str());
+            }
+        }
+        if !upgrade {
+            upstream.remove_header(&header::CONNECTION);
+            upstream.remove_header(&header::UPGRADE);
+        }
+        if let Some(target) = &ctx.target {
+            if upstream.headers.get(header::HOST).is_none() {
+                let default_port = match target.scheme {
+                    Scheme::Http => 80,
+                    Scheme::Https => 443,
+                };
+                let host = if target.authority.port == default_port {
+                    target.authority.host.to_string()
+                } else {
+                    target.authority.to_string()
+                };
+                upstream.insert_header(header::HOST, host)?;
+            }
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let reason = *ctx.reason.get_or_insert_with(|| reason_for(e));
+        let code = match reason {
+            // The client is gone or stalled; there is nobody to answer.
+            Reason::ClientError | Reason::IdleTimeout => 0,
+            _ if session.response_written().is_some() => 0,
+            _ => {
+                if ctx.request_id.is_empty() {
+                    ctx.request_id = request_id_from(None);
+                }
+                self.refuse(session, ctx, reason).await;
+                reason.status()
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // The canonical line records every failure, with the reason code.
+        true
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}",
+            req.method,
+            redact_query(&String::from_utf8_lossy(req.raw_path()))
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.request_id.is_empty() {
+            // The head never parsed; Pingora answered it. Nothing reached warden's phases.
+            return;
+        }
+        let upgraded = session.was_upgraded();
+        let kind = if upgraded {
+            Kind::Websocket
+        } else if ctx.tunnel.is_some() {
+            Kind::Intercepted
+        } else {
+            Kind::Plain
+        };
+        let mut line = CanonicalLog::new(kind);
+        line.request_id = Some(std::mem::take(&mut ctx.request_id));
+        line.client_addr = ctx.client_addr.take();
+        line.method = Some(std::mem::take(&mut ctx.method));
+        match (&ctx.target, &ctx.tunnel) {
+            (Some(t), _) => {
+                line.scheme = Some(t.scheme.as_str());
+                line.host = Some(t.authority.host.to_string());
+                line.port = Some(t.authority.port);
+                line.path = Some(redact_query(&t.path).into_owned());
+            }
+            (None, Some(tunnel)) => {
+                line.scheme = Some(Scheme::Https.as_str());
+                line.host = Some(tunnel.authority.host.to_string());
+                line.port = Some(tunnel.authority.port);
+            }
+            (None, None) => {}
+        }
+        line.status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.status);
+        line.bytes_in = session.body_bytes_read() as u64;
+        line.bytes_out = session.body_bytes_sent() as u64;
+        line.intercepted = ctx.tunnel.is_some();
+        line.upgraded = upgraded;
+        if let Some(e) = e {
+            let reason = *ctx.reason.get_or_insert_with(|| reason_for(e));
+            line.error = Some(format!("{} {}", e.esource().as_str(), e.etype().as_str()));
+            line.reason = Some(reason.code());
+        } else {
+            line.reason = ctx.reason.map(Reason::code);
+        }
+        line.took(ctx.started.elapsed());
+        line.emit(ctx.snap.log.format);
+    }
+}
+
+/// Converts a body the front door writes into raw HTTP/1.1 bytes: the same head and body
+/// `request_filter` sends, for connections that never reach the HTTP engine.
+pub(crate) fn raw_refusal(reason: Reason, host: Option<&str>, request_id: &str) -> Vec<u8> {
+    let body: Bytes = error_body(reason, host, Some(request_id));
+    let status = http::StatusCode::from_u16(reason.status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nproxy-status: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        reason.proxy_status(),
+        request_id,
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_clients_are_kept_only_when_sane() {
+        assert_eq!(request_id_from(Some(b"abc-123")), "abc-123");
+        assert_eq!(request_id_from(None).len(), 32);
+        assert_ne!(request_id_from(Some(b"has space")), "has space");
+        assert_ne!(request_id_from(Some(&[b'a'; 201])).len(), 201);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_ambiguous() {
+        let names: [&[u8]; 2] = [b"Content-Length", b"transfer-encoding"];
+        assert_eq!(
+            check_head(10, &names, b"http://a.test/", &[], None, 1024),
+            Err(Reason::AmbiguousFraming)
+        );
+        assert_eq!(
+            check_head(2000, &[], b"http://a.test/", &[], None, 1024),
+            Err(Reason::HeadersTooLarge)
+        );
+    }
+
+    #[test]
+    fn raw_refusals_are_complete_http_responses() {
+        let raw = raw_refusal(Reason::BadAuthority, None, "rid");
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(text.contains(
+            "proxy-status: warden; error=http_request_error; details=\"bad_authority\"\r\n"
+        ));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+}

@@ -1,0 +1,322 @@
+//! Stable reason codes for everything warden refuses or fails, and the one exhaustive mapping
+//! from a reason to what the client sees (status, `Proxy-Status`, JSON body). Used by the front
+//! door, `request_filter`, `fail_to_proxy` and the canonical log line alike.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Why warden answered a request itself, or why a connection ended early.
+///
+/// The string form ([`Reason::code`]) is part of the contract: it appears in response bodies,
+/// `Proxy-Status`, log lines and (later) metric labels, and never changes meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The request head could not be parsed as HTTP/1.x.
+    MalformedRequest,
+    /// The request head is larger than `limits.max_request_header_bytes`.
+    HeadersTooLarge,
+    /// The authority (CONNECT target, absolute-URI host or `Host`) is missing or unusable.
+    BadAuthority,
+    /// A numeric host in a non-canonical form (`0x7f.1`, `2130706433`, `017.0.0.1`).
+    NonCanonicalHost,
+    /// Both `Content-Length` and `Transfer-Encoding`, or more than one `Host`.
+    AmbiguousFraming,
+    /// An origin-form request (`GET /path`) sent to the proxy port outside a tunnel.
+    OriginFormToProxy,
+    /// `https://` in absolute form: the client asked the proxy to downgrade TLS.
+    TlsDowngrade,
+    /// An absolute-form URI with a scheme other than `http`.
+    UnsupportedScheme,
+    /// `Host` (or SNI) inside a tunnel names another host than the CONNECT authority.
+    HostMismatch,
+    /// The destination name did not resolve.
+    DnsError,
+    /// The upstream refused or reset the TCP connection.
+    UpstreamConnectFailed,
+    /// The upstream did not accept the connection within `limits.upstream_connect_timeout`.
+    UpstreamConnectTimeout,
+    /// The upstream's certificate did not verify, or its TLS handshake failed.
+    UpstreamTlsError,
+    /// The upstream accepted but sent nothing within `limits.upstream_first_byte_timeout`.
+    UpstreamTimeout,
+    /// The upstream closed or broke the connection mid-response, or sent an invalid response.
+    UpstreamError,
+    /// The client sent something other than a TLS ClientHello into an intercepted tunnel.
+    ClientNotTls,
+    /// The TLS handshake with the client failed (for example it does not trust warden's CA).
+    ClientTlsError,
+    /// The client went away or stopped sending before the exchange completed.
+    ClientError,
+    /// A connection stayed silent longer than `limits.idle_timeout`.
+    IdleTimeout,
+    /// A bug or resource failure inside warden.
+    Internal,
+}
+
+/// How a [`Reason`] is presented: status, RFC 9209 error type and a one-line hint.
+#[derive(Clone, Copy, Debug)]
+pub struct Presentation {
+    /// The HTTP status warden answers with.
+    pub status: u16,
+    /// The stable reason code.
+    pub code: &'static str,
+    /// The RFC 9209 `Proxy-Status` error type.
+    pub proxy_error: &'static str,
+    /// A one-line, human and agent readable message.
+    pub message: &'static str,
+    /// A one-line hint on what to do about it.
+    pub hint: &'static str,
+}
+
+impl Reason {
+    /// The one place a reason becomes a status, a code and a message.
+    pub const fn present(self) -> Presentation {
+        use Reason::*;
+        let (status, code, proxy_error, message, hint) = match self {
+            MalformedRequest => (
+                400,
+                "malformed_request",
+                "http_request_error",
+                "the request could not be parsed",
+                "send a well-formed HTTP/1.1 request",
+            ),
+            HeadersTooLarge => (
+                431,
+                "headers_too_large",
+                "http_request_error",
+                "the request head is too large",
+                "send fewer or smaller headers",
+            ),
+            BadAuthority => (
+                400,
+                "bad_authority",
+                "http_request_error",
+                "the request target has no usable host and port",
+                "use http://host[:port]/path, or CONNECT host:port for https",
+            ),
+            NonCanonicalHost => (
+                400,
+                "non_canonical_host",
+                "http_request_error",
+                "numeric hosts must be canonical dotted-quad IPv4 or bracketed IPv6",
+                "write the address as a.b.c.d",
+            ),
+            AmbiguousFraming => (
+                400,
+                "ambiguous_framing",
+                "http_request_error",
+                "the request framing is ambiguous (Content-Length with Transfer-Encoding, or several Host headers)",
+                "send exactly one of Content-Length or Transfer-Encoding, and one Host",
+            ),
+            OriginFormToProxy => (
+                400,
+                "origin_form_to_proxy",
+                "http_request_error",
+                "this port is a forward proxy; requests need an absolute URI",
+                "set HTTP_PROXY/HTTPS_PROXY to this address instead of calling it directly",
+            ),
+            TlsDowngrade => (
+                400,
+                "tls_downgrade",
+                "http_request_error",
+                "https:// URIs must be tunnelled with CONNECT, not sent in plain text",
+                "use HTTPS_PROXY so the client sends CONNECT for https URLs",
+            ),
+            UnsupportedScheme => (
+                400,
+                "unsupported_scheme",
+                "http_request_error",
+                "only http:// absolute URIs and CONNECT are supported",
+                "use http:// or CONNECT",
+            ),
+            HostMismatch => (
+                421,
+                "host_mismatch",
+                "http_request_denied",
+                "the Host header does not match the tunnel's CONNECT authority",
+                "open a new CONNECT tunnel for each destination host",
+            ),
+            DnsError => (
+                502,
+                "dns_error",
+                "dns_error",
+                "the destination host name did not resolve",
+                "check the host name",
+            ),
+            UpstreamConnectFailed => (
+                502,
+                "upstream_connect_failed",
+                "connection_refused",
+                "the destination refused the connection",
+                "check that the destination is up and listening on that port",
+            ),
+            UpstreamConnectTimeout => (
+                504,
+                "upstream_connect_timeout",
+                "connection_timeout",
+                "the destination did not accept the connection in time",
+                "the destination may be down or unreachable; retry later",
+            ),
+            UpstreamTlsError => (
+                502,
+                "upstream_tls_error",
+                "tls_certificate_error",
+                "the destination's TLS certificate did not verify",
+                "warden always verifies upstream certificates; fix the destination or add its CA to tls.upstream_ca_file",
+            ),
+            UpstreamTimeout => (
+                504,
+                "upstream_timeout",
+                "http_response_timeout",
+                "the destination did not answer in time",
+                "the destination is slow or stuck; retry later",
+            ),
+            UpstreamError => (
+                502,
+                "upstream_error",
+                "http_protocol_error",
+                "the destination closed the connection or sent an invalid response",
+                "retry later",
+            ),
+            ClientNotTls => (
+                400,
+                "client_not_tls",
+                "tls_protocol_error",
+                "the tunnel expected a TLS ClientHello",
+                "speak TLS inside CONNECT tunnels to intercepted hosts",
+            ),
+            ClientTlsError => (
+                400,
+                "client_tls_error",
+                "tls_protocol_error",
+                "the TLS handshake with the client failed",
+                "trust warden's CA certificate (see `warden ca`)",
+            ),
+            ClientError => (
+                400,
+                "client_error",
+                "http_request_error",
+                "the client closed or broke the connection",
+                "",
+            ),
+            IdleTimeout => (
+                408,
+                "idle_timeout",
+                "http_request_error",
+                "the connection was idle too long",
+                "",
+            ),
+            Internal => (
+                500,
+                "internal_error",
+                "proxy_internal_error",
+                "warden failed internally",
+                "retry; report it if it persists",
+            ),
+        };
+        Presentation {
+            status,
+            code,
+            proxy_error,
+            message,
+            hint,
+        }
+    }
+
+    /// The stable code, e.g. `upstream_tls_error`.
+    pub const fn code(self) -> &'static str {
+        self.present().code
+    }
+
+    /// The status warden answers with for this reason.
+    pub const fn status(self) -> u16 {
+        self.present().status
+    }
+
+    /// The `Proxy-Status` header value (RFC 9209) for this reason.
+    pub fn proxy_status(self) -> String {
+        let p = self.present();
+        format!("warden; error={}; details=\"{}\"", p.proxy_error, p.code)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    reason: &'a str,
+    host: Option<&'a str>,
+    rule: Option<&'a str>,
+    hint: &'a str,
+    request_id: Option<&'a str>,
+}
+
+/// The JSON body warden writes for `reason`. `host` and `request_id` are echoed so an agent can
+/// tell which destination was refused; neither carries a secret.
+pub fn error_body(reason: Reason, host: Option<&str>, request_id: Option<&str>) -> Bytes {
+    let p = reason.present();
+    let body = ErrorBody {
+        error: p.message,
+        reason: p.code,
+        host,
+        rule: None,
+        hint: p.hint,
+        request_id,
+    };
+    // Serialising a struct of strings cannot fail; fall back to a fixed body rather than panic.
+    let mut out = serde_json::to_vec(&body)
+        .unwrap_or_else(|_| br#"{"error":"internal","reason":"internal_error"}"#.to_vec());
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_code() {
+        use Reason::*;
+        let all = [
+            MalformedRequest,
+            HeadersTooLarge,
+            BadAuthority,
+            NonCanonicalHost,
+            AmbiguousFraming,
+            OriginFormToProxy,
+            TlsDowngrade,
+            UnsupportedScheme,
+            HostMismatch,
+            DnsError,
+            UpstreamConnectFailed,
+            UpstreamConnectTimeout,
+            UpstreamTlsError,
+            UpstreamTimeout,
+            UpstreamError,
+            ClientNotTls,
+            ClientTlsError,
+            ClientError,
+            IdleTimeout,
+            Internal,
+        ];
+        let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), all.len());
+    }
+
+    #[test]
+    fn error_body_is_json_with_the_reason_code() {
+        let body = error_body(Reason::UpstreamTlsError, Some("a.test"), Some("id-1"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["reason"], "upstream_tls_error");
+        assert_eq!(v["host"], "a.test");
+        assert_eq!(v["request_id"], "id-1");
+        assert!(v["hint"].as_str().unwrap().contains("upstream_ca_file"));
+    }
+
+    #[test]
+    fn proxy_status_names_the_rfc9209_type_and_the_code() {
+        assert_eq!(
+            Reason::UpstreamTimeout.proxy_status(),
+            "warden; error=http_response_timeout; details=\"upstream_timeout\""
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Starts warden: binds the proxy and admin listeners (port 0 allowed, the bound address is
+//! reported), runs the accept loops that hand each connection to the front door (or the admin
+//! app), and drains on shutdown. The binary and the integration tests use the same entry point.
+
+use crate::config::Snapshot;
+use crate::proxy::{FrontDoor, Shared, Warden};
+use crate::telemetry::Admin;
+use arc_swap::ArcSwap;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+/// Why warden could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The config key naming it.
+        key: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS acceptor could not be built.
+    #[error("cannot set up TLS interception: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
+}
+
+/// A running warden. Dropping it stops accepting; [`Running::shutdown`] also drains.
+pub struct Running {
+    proxy_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    tracker: TaskTracker,
+    http: Arc<pingora_proxy::HttpProxy<Warden>>,
+}
+
+/// Binds the listeners named in `snapshot` and starts serving on the current tokio runtime.
+pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
+    let bind = |addr: SocketAddr, key: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, key, source })
+    };
+    let proxy_listener = bind(snapshot.proxy_listen, "proxy.listen").await?;
+    let admin_listener = match snapshot.admin_listen {
+        Some(addr) => Some(bind(addr, "admin.listen").await?),
+        None => None,
+    };
+    let local = |l: &TcpListener, addr: SocketAddr, key| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { addr, key, source })
+    };
+    let proxy_addr = local(&proxy_listener, snapshot.proxy_listen, "proxy.listen")?;
+    let admin_addr = match (&admin_listener, snapshot.admin_listen) {
+        (Some(l), Some(addr)) => Some(local(l, addr, "admin.listen")?),
+        _ => None,
+    };
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+    });
+    let conf = Arc::new(ServerConf {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..ServerConf::default()
+    });
+    let http = Arc::new(pingora_proxy::http_proxy(
+        &conf,
+        Warden::new(shared.clone()),
+    ));
+    let front = Arc::new(FrontDoor::new(shared.clone(), http.clone())?);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    tracker.spawn(accept_loop(
+        proxy_listener,
+        shutdown_rx.clone(),
+        tracker.clone(),
+        move |stream, shutdown| front.clone().serve(stream, shutdown),
+    ));
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(HttpServer::new_app(Admin::new(shared.clone())));
+        tracker.spawn(accept_loop(
+            listener,
+            shutdown_rx,
+            tracker.clone(),
+            move |stream, shutdown| {
+                let admin = admin.clone();
+                async move {
+                    admin.process_new(Box::new(stream), &shutdown).await;
+                }
+            },
+        ));
+    }
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        shared,
+        shutdown_tx,
+        tracker,
+        http,
+    })
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: ShutdownWatch,
+    tracker: TaskTracker,
+    handle: F,
+) where
+    F: Fn(L4Stream, ShutdownWatch) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = Listener::from(listener);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(mut stream) => {
+                if let Err(e) = stream.set_nodelay() {
+                    log::debug!("TCP_NODELAY failed: {e}");
+                }
+                tracker.spawn(handle(stream, shutdown.clone()));
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                // Out of descriptors: back off instead of spinning on the error.
+                if e.raw_os_error() == Some(24) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Running {
+    /// The bound proxy address (the real port when the config said port 0).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The bound admin address, if an admin listener is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The live config snapshot holder.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, tells idle keep-alive connections to close, and waits up to `grace`
+    /// for in-flight work. Returns true when everything finished within the grace period.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shutdown_tx.send(true);
+        self.http.cleanup().await;
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+}

@@ -1,0 +1,436 @@
+//! The record of what warden did: the canonical log line — exactly one per request, per blind
+//! tunnel, per CONNECT refused at the front door and per failed client handshake — rendered as
+//! JSON or logfmt and emitted through the `log` crate, plus the process logger. Called from the
+//! `logging` phase and from the front door.
+
+use crate::config::NotYetSupported;
+use crate::proxy::Shared;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The `log` target canonical lines are emitted under; nothing else uses it.
+pub const ACCESS_TARGET: &str = "warden::access";
+
+/// The `log` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Minimum level.
+    #[serde(default)]
+    pub level: LogLevel,
+    /// Line format.
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default, rename = "body_capture_bytes")]
+    _body_capture_bytes: Option<NotYetSupported>,
+}
+
+/// `log.level`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Plus one canonical line per request.
+    #[default]
+    Info,
+    /// Plus diagnostics.
+    Debug,
+}
+
+/// `log.format`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// logfmt (`key=value key="quoted value"`).
+    Text,
+}
+
+/// The compiled `log` section.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    /// Minimum level.
+    pub level: log::LevelFilter,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+impl LogConfig {
+    /// The runtime form.
+    pub fn compile(&self) -> LogSettings {
+        LogSettings {
+            level: match self.level {
+                LogLevel::Error => log::LevelFilter::Error,
+                LogLevel::Warn => log::LevelFilter::Warn,
+                LogLevel::Info => log::LevelFilter::Info,
+                LogLevel::Debug => log::LevelFilter::Debug,
+            },
+            format: self.format,
+        }
+    }
+}
+
+/// What kind of exchange a canonical line records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Absolute-form HTTP through the proxy.
+    Plain,
+    /// A request inside an intercepted CONNECT tunnel.
+    Intercepted,
+    /// A blind CONNECT tunnel.
+    Tunnel,
+    /// A WebSocket (logged when it closes).
+    Websocket,
+    /// A CONNECT that ended at the front door (refused, or the client handshake failed).
+    Connect,
+}
+
+/// One canonical log line. Never holds a header value; `path` has its query redacted.
+#[derive(Debug, Serialize)]
+pub struct CanonicalLog {
+    /// When the line was written (RFC 3339, UTC).
+    pub ts: String,
+    /// What was recorded.
+    pub kind: Kind,
+    /// The request id (also sent upstream and returned in `X-Request-Id`).
+    pub request_id: Option<String>,
+    /// The client's address.
+    pub client_addr: Option<String>,
+    /// Request method (`CONNECT` for tunnels).
+    pub method: Option<String>,
+    /// `http` or `https`.
+    pub scheme: Option<&'static str>,
+    /// Destination host.
+    pub host: Option<String>,
+    /// Destination port.
+    pub port: Option<u16>,
+    /// Path, query values redacted.
+    pub path: Option<String>,
+    /// Status sent to the client (101 for upgrades, 200 for tunnels).
+    pub status: Option<u16>,
+    /// From the first byte read to the log line, in milliseconds.
+    pub duration_ms: f64,
+    /// Body bytes from the client (tunnels: all bytes).
+    pub bytes_in: u64,
+    /// Body bytes to the client (tunnels: all bytes).
+    pub bytes_out: u64,
+    /// TLS was terminated by warden.
+    pub intercepted: bool,
+    /// The connection was upgraded (WebSocket).
+    pub upgraded: bool,
+    /// The stable reason code when warden refused or failed the exchange.
+    pub reason: Option<&'static str>,
+    /// Detail on a failure, for operators.
+    pub error: Option<String>,
+}
+
+impl CanonicalLog {
+    /// An empty line of `kind`, to be filled in.
+    pub fn new(kind: Kind) -> Self {
+        CanonicalLog {
+            ts: String::new(),
+            kind,
+            request_id: None,
+            client_addr: None,
+            method: None,
+            scheme: None,
+            host: None,
+            port: None,
+            path: None,
+            status: None,
+            duration_ms: 0.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            intercepted: false,
+            upgraded: false,
+            reason: None,
+            error: None,
+        }
+    }
+
+    /// Sets `duration_ms` from an elapsed time.
+    pub fn took(&mut self, elapsed: Duration) {
+        self.duration_ms = (elapsed.as_micros() as f64) / 1000.0;
+    }
+
+    /// The line as text in `format`.
+    pub fn render(&self, format: LogFormat) -> String {
+        let value = match serde_json::to_value(self) {
+            Ok(v) => v,
+            Err(e) => return format!("{{\"error\":\"log line failed: {e}\"}}"),
+        };
+        match format {
+            LogFormat::Json => value.to_string(),
+            LogFormat::Text => logfmt(&value),
+        }
+    }
+
+    /// Stamps `ts` and emits the line at info level on [`ACCESS_TARGET`].
+    pub fn emit(mut self, format: LogFormat) {
+        if !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info) {
+            return;
+        }
+        self.ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        log::info!(target: ACCESS_TARGET, "{}", self.render(format));
+    }
+}
+
+fn logfmt(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let Some(map) = value.as_object() else {
+        return out;
+    };
+    for (k, v) in map {
+        let text = match v {
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(other.to_string()),
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(k);
+        out.push('=');
+        push_logfmt_value(&mut out, &text);
+    }
+    out
+}
+
+fn push_logfmt_value(out: &mut String, v: &str) {
+    let needs_quotes = v.is_empty()
+        || v.chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '=' || c == '\\' || c.is_control());
+    if !needs_quotes {
+        out.push_str(v);
+        return;
+    }
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `path` with every query value replaced by `[redacted]`; parameter names are kept.
+pub fn redact_query(path: &str) -> Cow<'_, str> {
+    let Some((base, query)) = path.split_once('?') else {
+        return Cow::Borrowed(path);
+    };
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push_str("=[redacted]");
+            }
+            None => out.push_str(pair),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Installs the process logger (the binary calls this once): canonical lines are written as
+/// rendered; other records are wrapped in the same format. Pingora's own records are kept at
+/// warn and above, since the canonical line already covers each request.
+pub fn init_logger(settings: LogSettings) {
+    let format = settings.format;
+    let _ = env_logger::Builder::new()
+        .filter_level(settings.level)
+        .filter_module("pingora", settings.level.min(log::LevelFilter::Warn))
+        .format(move |buf, record| {
+            if record.target() == ACCESS_TARGET {
+                return writeln!(buf, "{}", record.args());
+            }
+            let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            let msg = record.args().to_string();
+            match format {
+                LogFormat::Json => {
+                    let line = serde_json::json!({
+                        "ts": ts,
+                        "level": record.level().as_str().to_ascii_lowercase(),
+                        "target": record.target(),
+                        "msg": msg,
+                    });
+                    writeln!(buf, "{line}")
+                }
+                LogFormat::Text => {
+                    let mut line = format!(
+                        "ts={ts} level={} target={} msg=",
+                        record.level().as_str().to_ascii_lowercase(),
+                        record.target()
+                    );
+                    push_logfmt_value(&mut line, &msg);
+                    writeln!(buf, "{line}")
+                }
+            }
+        })
+        .try_init();
+}
+
+/// The admin listener's app: `/healthz` (alive), `/readyz` (config loaded, serving) and
+/// `/metrics` (Prometheus text from an owned registry). Never reachable through the proxy.
+pub struct Admin {
+    shared: Arc<Shared>,
+    registry: Registry,
+    cert_cache_entries: IntGauge,
+    cert_mints: IntCounter,
+}
+
+impl Admin {
+    /// An admin app reporting on `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("warden_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let cert_cache_entries = IntGauge::new(
+            "warden_cert_cache_entries",
+            "Leaf certificates currently cached.",
+        )
+        .expect("static metric definition");
+        let cert_mints = IntCounter::new(
+            "warden_cert_mints_total",
+            "Leaf certificates minted since start.",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(cert_cache_entries.clone()),
+            Box::new(cert_mints.clone()),
+        ] {
+            // Names are distinct constants; a clash would be a bug caught by the tests.
+            let _ = registry.register(c);
+        }
+        Admin {
+            shared,
+            registry,
+            cert_cache_entries,
+            cert_mints,
+        }
+    }
+
+    fn metrics_text(&self) -> Vec<u8> {
+        let snap = self.shared.snapshot.load();
+        let ca = &snap.tls.ca;
+        self.cert_cache_entries.set(ca.cached_leaves() as i64);
+        let minted = ca.mints();
+        let seen = self.cert_mints.get();
+        if minted > seen {
+            self.cert_mints.inc_by(minted - seen);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::warn!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let (status, content_type, body) = match path.as_str() {
+            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => (200, "text/plain", b"ready\n".to_vec()),
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics_text()),
+            _ => (404, "text/plain", b"not found\n".to_vec()),
+        };
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CanonicalLog {
+        let mut l = CanonicalLog::new(Kind::Plain);
+        l.request_id = Some("r1".into());
+        l.method = Some("GET".into());
+        l.host = Some("a.test".into());
+        l.port = Some(80);
+        l.path = Some("/x y".into());
+        l.status = Some(200);
+        l
+    }
+
+    #[test]
+    fn json_lines_carry_every_field() {
+        let v: serde_json::Value = serde_json::from_str(&sample().render(LogFormat::Json)).unwrap();
+        for key in [
+            "ts",
+            "request_id",
+            "client_addr",
+            "method",
+            "scheme",
+            "host",
+            "port",
+            "path",
+            "status",
+            "duration_ms",
+            "bytes_in",
+            "bytes_out",
+            "intercepted",
+            "upgraded",
+            "reason",
+            "error",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["kind"], "plain");
+        assert_eq!(v["status"], 200);
+    }
+
+    #[test]
+    fn logfmt_quotes_values_that_need_it_and_skips_nulls() {
+        let line = sample().render(LogFormat::Text);
+        assert!(line.contains("path=\"/x y\""), "{line}");
+        assert!(line.contains("status=200"), "{line}");
+        assert!(line.contains("kind=plain"), "{line}");
+        assert!(!line.contains("reason="), "{line}");
+    }
+
+    #[test]
+    fn query_values_are_redacted_names_kept() {
+        assert_eq!(
+            redact_query("/a?token=s3cret&x=1&flag"),
+            "/a?token=[redacted]&x=[redacted]&flag"
+        );
+        assert_eq!(redact_query("/plain"), "/plain");
+    }
+}
