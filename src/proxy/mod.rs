@@ -5,6 +5,7 @@
 
 mod front_door;
 mod tunnel;
+mod upgrade;
 
 pub use front_door::FrontDoor;
 
@@ -295,6 +296,12 @@ impl ProxyHttp for Warden {
         o.verify_cert = true;
         o.verify_hostname = true;
         o.ca = ctx.snap.tls.upstream_roots.clone();
+        if session.is_upgrade_req() {
+            o.custom_l4 = Some(Arc::new(upgrade::UpgradeConnect {
+                timeout: limits.upstream_connect_timeout,
+            }));
+            peer.group_key = upgrade::UPGRADE_POOL_GROUP;
+        }
         Ok(Box::new(peer))
     }
 
