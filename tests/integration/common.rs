@@ -1,0 +1,634 @@
+//! The shared test harness: warden started in-process on 127.0.0.1:0 from YAML text and shut
+//! down on drop; origins on 127.0.0.1:0 (HTTP, HTTPS with a CA made at test time, WebSocket
+//! echo, a slow origin); clients trusting warden's CA; captured canonical log lines.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// Bound on every wait in a test; nothing here should come close.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- log capture
+
+struct Capture {
+    lines: Mutex<Vec<String>>,
+    notify: Notify,
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if record.target() == warden::telemetry::ACCESS_TARGET {
+            if std::env::var_os("WARDEN_TEST_LOG").is_some() {
+                eprintln!("ACCESS {}", record.args());
+            }
+            self.lines.lock().unwrap().push(record.args().to_string());
+            self.notify.notify_waiters();
+        } else if std::env::var_os("WARDEN_TEST_LOG").is_some() {
+            eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture {
+            lines: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+        }));
+        let _ = log::set_logger(c);
+        let level = match std::env::var("WARDEN_TEST_LOG").as_deref() {
+            Ok("debug") => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Info,
+        };
+        log::set_max_level(level);
+        c
+    })
+}
+
+/// Every canonical line captured so far, raw.
+pub fn all_log_lines() -> Vec<String> {
+    capture().lines.lock().unwrap().clone()
+}
+
+/// Waits (bounded) for a raw canonical line matching `pred`.
+pub async fn wait_line(pred: impl Fn(&str) -> bool) -> String {
+    let c = capture();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let notified = c.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(l) = c.lines.lock().unwrap().iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            panic!(
+                "no matching log line; captured:\n{}",
+                all_log_lines().join("\n")
+            );
+        }
+    }
+}
+
+/// Waits (bounded) for a JSON canonical line matching `pred`.
+pub async fn wait_log(pred: impl Fn(&Value) -> bool) -> Value {
+    let line = wait_line(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v))).await;
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Waits for the canonical line of the request with `id`.
+pub async fn log_for(id: &str) -> Value {
+    let id = id.to_string();
+    wait_log(move |v| v["request_id"] == id.as_str()).await
+}
+
+// ---------------------------------------------------------------- test CA
+
+/// A CA made at test time, for origin certificates.
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and key (PEM) for an origin.
+pub struct OriginCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn issue(&self, names: &[&str]) -> OriginCert {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        OriginCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// The CA all test origins' certificates come from (warden trusts it via upstream_ca_file).
+pub fn origin_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(|| TestCa::new("warden test origin CA"))
+}
+
+/// Names every TLS test origin's certificate covers (all resolved to 127.0.0.1 by warden).
+pub const ORIGIN_NAMES: &[&str] = &[
+    "origin.test",
+    "direct.test",
+    "a.test",
+    "b.test",
+    "c.test",
+    "ws.test",
+];
+
+fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, &cert.cert_pem).unwrap();
+    std::fs::write(&k, &cert.key_pem).unwrap();
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    b.set_certificate_chain_file(&c).unwrap();
+    b.set_private_key_file(&k, SslFiletype::PEM).unwrap();
+    b.build()
+}
+
+// ---------------------------------------------------------------- warden
+
+/// A warden running in this process.
+pub struct TestWarden {
+    pub running: Option<warden::Running>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+}
+
+impl TestWarden {
+    /// Starts warden from YAML text. `{dir}` is replaced by a fresh temp dir (CA files live
+    /// there) and `{origin_ca}` by the path of the test origins' CA.
+    pub async fn start(yaml: &str) -> TestWarden {
+        capture();
+        let dir = tempfile::tempdir().unwrap();
+        let origin_ca_path = dir.path().join("origin-ca.pem");
+        std::fs::write(&origin_ca_path, &origin_ca().pem).unwrap();
+        let text = yaml
+            .replace("{dir}", dir.path().to_str().unwrap())
+            .replace("{origin_ca}", origin_ca_path.to_str().unwrap());
+        let cfg = warden::Config::parse(&text, dir.path()).expect("test config parses");
+        let snap = cfg
+            .compile(warden::CompileOptions { create_ca: true })
+            .expect("test config compiles");
+        let ca_pem = snap.tls.ca.cert_pem().to_string();
+        let running = warden::start(snap).await.expect("warden starts");
+        TestWarden {
+            addr: running.proxy_addr(),
+            running: Some(running),
+            dir,
+            ca_pem,
+        }
+    }
+
+    /// The usual test config: intercept `intercept`, test names resolved to loopback, the
+    /// origins' CA trusted; `extra` is appended (top-level keys).
+    pub async fn with(intercept: &str, extra: &str) -> TestWarden {
+        TestWarden::start(&default_yaml(intercept, "", extra)).await
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn mints(&self) -> u64 {
+        self.running
+            .as_ref()
+            .unwrap()
+            .shared()
+            .snapshot
+            .load()
+            .tls
+            .ca
+            .mints()
+    }
+
+    pub fn cached_leaves(&self) -> usize {
+        self.running
+            .as_ref()
+            .unwrap()
+            .shared()
+            .snapshot
+            .load()
+            .tls
+            .ca
+            .cached_leaves()
+    }
+
+    /// A reqwest client using warden as its proxy for http and https, trusting warden's CA
+    /// only.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().unwrap()
+    }
+
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(self.proxy_url()).unwrap())
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .timeout(WAIT)
+    }
+
+    /// Raw TCP to the proxy port.
+    pub async fn tcp(&self) -> TcpStream {
+        TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    /// Opens a CONNECT tunnel to `authority` and returns the stream after the 200.
+    pub async fn connect(&self, authority: &str) -> TcpStream {
+        let mut s = self.tcp().await;
+        s.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "CONNECT answered {head}");
+        s
+    }
+
+    /// Opens an intercepted tunnel to `authority` and completes TLS, verifying warden's leaf
+    /// for `sni`.
+    pub async fn tls_tunnel(
+        &self,
+        authority: &str,
+        sni: &str,
+    ) -> tokio_openssl::SslStream<TcpStream> {
+        let tcp = self.connect(authority).await;
+        tls_connect(tcp, sni, &self.ca_pem).await
+    }
+}
+
+impl Drop for TestWarden {
+    fn drop(&mut self) {
+        drop(self.running.take());
+    }
+}
+
+/// The usual config with `listen` on port 0.
+pub fn default_yaml(intercept: &str, tls_extra: &str, extra: &str) -> String {
+    let resolve: String = ORIGIN_NAMES
+        .iter()
+        .map(|n| format!("    {n}: 127.0.0.1\n"))
+        .collect();
+    format!(
+        "version: 1\nproxy:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {{dir}}/ca.crt\n  ca_key: {{dir}}/ca.key\n  intercept: {intercept}\n  upstream_ca_file: {{origin_ca}}\n{tls_extra}network:\n  resolve:\n{resolve}{extra}"
+    )
+}
+
+/// TLS client handshake over `io`, trusting only `ca_pem`, verifying `sni`.
+pub async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    sni: &str,
+    ca_pem: &str,
+) -> tokio_openssl::SslStream<S> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    let store = b.cert_store_mut();
+    for cert in openssl::x509::X509::stack_from_pem(ca_pem.as_bytes()).unwrap() {
+        store.add_cert(cert).unwrap();
+    }
+    b.set_verify(SslVerifyMode::PEER);
+    let ssl = b.build().configure().unwrap().into_ssl(sni).unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, io).unwrap();
+    tokio::time::timeout(WAIT, Pin::new(&mut s).connect())
+        .await
+        .expect("TLS handshake finished")
+        .expect("TLS handshake succeeded");
+    s
+}
+
+/// Reads one response/request head (up to the blank line), byte by byte.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut b))
+            .await
+            .expect("head arrived in time")
+            .unwrap();
+        assert!(
+            n == 1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Reads a full HTTP/1.1 response with Content-Length; returns (head, body).
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> (String, Vec<u8>) {
+    let head = read_head(s).await;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    (head, body)
+}
+
+/// Asserts the peer closes the connection (EOF or reset) within the bound.
+pub async fn assert_closed<S: AsyncRead + Unpin>(s: &mut S) {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!(
+            "expected close, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(_) => panic!("connection was not closed"),
+    }
+}
+
+/// Parses a JSON refusal and checks status, reason and Proxy-Status.
+pub fn assert_refusal(head: &str, body: &[u8], status: u16, reason: &str) {
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {status} ")),
+        "expected {status}, got {head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("proxy-status: warden; error=")
+            && lower.contains(&format!("details=\"{reason}\"")),
+        "Proxy-Status missing or wrong in {head}"
+    );
+    let v: Value = serde_json::from_slice(body).expect("JSON body");
+    assert_eq!(v["reason"], reason, "{v}");
+    assert!(v["hint"].is_string());
+}
+
+// ---------------------------------------------------------------- origins
+
+/// What an origin saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP or HTTPS origin on 127.0.0.1:0.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Plain HTTP origin.
+    pub async fn http() -> Origin {
+        Origin::start(None).await
+    }
+
+    /// HTTPS origin with a certificate from the test origin CA for [`ORIGIN_NAMES`].
+    pub async fn https() -> Origin {
+        Origin::start(Some(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES)))).await
+    }
+
+    /// HTTPS origin whose certificate comes from a CA nobody trusts.
+    pub async fn https_untrusted() -> Origin {
+        let rogue = TestCa::new("rogue CA");
+        Origin::start(Some(origin_acceptor(&rogue.issue(ORIGIN_NAMES)))).await
+    }
+
+    async fn start(tls: Option<SslAcceptor>) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tls = tls.map(Arc::new);
+        let (seen2, conns2) = (seen.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = seen2.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, seen.clone()));
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(tcp), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                            let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                            if Pin::new(&mut s).accept().await.is_ok() {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(s), svc)
+                                    .with_upgrades()
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Origin {
+            addr,
+            seen,
+            connections,
+            _task: task,
+        }
+    }
+}
+
+/// Deterministic body bytes for `/bytes/N`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    openssl::sha::sha256(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        uri: uri.clone(),
+        headers: headers.clone(),
+    });
+    let path = req.uri().path().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let resp = Response::builder().header("x-origin", "yes");
+    let resp = if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        resp.body(Full::new(Bytes::from(pattern(n))))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        resp.status(code.parse::<u16>().unwrap_or(500))
+            .header("x-status-test", code)
+            .body(Full::new(Bytes::from_static(b"status body")))
+    } else {
+        let echo = json!({
+            "method": method,
+            "uri": uri,
+            "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "body_len": body.len(),
+            "body_sha256": sha256_hex(&body),
+        });
+        resp.header("content-type", "application/json")
+            .body(Full::new(Bytes::from(echo.to_string())))
+    };
+    Ok(resp.unwrap())
+}
+
+/// An origin that accepts connections and reads, but never answers.
+pub struct SlowOrigin {
+    pub addr: SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowOrigin {
+    pub async fn start() -> SlowOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        SlowOrigin { addr, _task: task }
+    }
+}
+
+/// A WebSocket echo origin (plain or TLS).
+pub struct WsOrigin {
+    pub addr: SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl WsOrigin {
+    pub async fn start(tls: bool) -> WsOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tls.then(|| Arc::new(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES))));
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => echo_ws(tcp).await,
+                        Some(a) => {
+                            let ssl = openssl::ssl::Ssl::new(a.context()).unwrap();
+                            let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                            if Pin::new(&mut s).accept().await.is_ok() {
+                                echo_ws(s).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        WsOrigin { addr, _task: task }
+    }
+}
+
+async fn echo_ws<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
+    let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A port nothing listens on.
+pub async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The repository's folder (for conf/ and the binary's tests).
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

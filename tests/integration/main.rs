@@ -1,0 +1,11 @@
+//! Integration tests over real sockets: warden in-process on 127.0.0.1:0, real origins, real
+//! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl).
+
+mod cli;
+mod common;
+mod errors;
+mod intercept;
+mod logs;
+mod plain;
+mod tunnel;
+mod websocket;

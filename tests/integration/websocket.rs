@@ -1,0 +1,97 @@
+//! WebSockets through an intercepted tunnel and through plain HTTP, riding Pingora's upgrade
+//! handling.
+
+use crate::common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+async fn echo_100<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
+    for i in 0..100 {
+        ws.send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..100 {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("echo arrived")
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.into_text().unwrap().as_str(), format!("message {i}"));
+    }
+    ws.send(Message::binary(vec![7u8; 70_000])).await.unwrap();
+    let big = ws.next().await.unwrap().unwrap();
+    assert_eq!(big.into_data().len(), 70_000);
+    ws.close(None).await.unwrap();
+}
+
+async fn check_log(id: &str) {
+    let line = log_for(id).await;
+    assert_eq!(line["kind"], "websocket");
+    assert_eq!(line["status"], 101);
+    assert_eq!(line["upgraded"], true);
+    assert!(line["bytes_in"].as_u64().unwrap() > 70_000, "{line}");
+    assert!(line["bytes_out"].as_u64().unwrap() > 70_000, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_an_intercepted_tunnel() {
+    let origin = WsOrigin::start(true).await;
+    let w = TestWarden::with("all", "").await;
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let tls = w.tls_tunnel(&authority, "ws.test").await;
+    let mut req = format!("wss://{authority}/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-request-id", "ws-intercepted".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    echo_100(&mut ws).await;
+    check_log("ws-intercepted").await;
+}
+
+/// Opens a WebSocket with an absolute-form upgrade request to the proxy.
+async fn plain_ws(
+    w: &TestWarden,
+    authority: &str,
+    id: &str,
+) -> WebSocketStream<tokio::net::TcpStream> {
+    let mut s = w.tcp().await;
+    let req = format!(
+        "GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Request-Id: {id}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    WebSocketStream::from_raw_socket(s, Role::Client, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_plain_http() {
+    let origin = WsOrigin::start(false).await;
+    let w = TestWarden::with("all", "").await;
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let mut ws = plain_ws(&w, &authority, "ws-plain").await;
+    echo_100(&mut ws).await;
+    check_log("ws-plain").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_is_closed_after_the_idle_timeout() {
+    let origin = WsOrigin::start(false).await;
+    let w = TestWarden::with("all", "limits:\n  idle_timeout: 1s\n").await;
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let mut ws = plain_ws(&w, &authority, "ws-idle").await;
+    // Nothing is sent; warden must end the connection on its own.
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("closed by warden");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    let line = log_for("ws-idle").await;
+    assert_eq!(line["upgraded"], true);
+}
