@@ -162,8 +162,9 @@ pub struct AdminConfig {
 pub struct Limits {
     /// Largest request head accepted (bytes).
     pub max_request_header_bytes: usize,
-    /// Largest LLM response buffered for policy (bytes); used by LLM policy.
-    pub llm_buffer_bytes: usize,
+    /// Read by LLM policy, which this version does not have yet: refused if set.
+    #[serde(rename = "llm_buffer_bytes")]
+    _llm_buffer_bytes: Option<NotYetSupported>,
     /// TCP (+TLS) connect to an upstream.
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
@@ -181,7 +182,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_header_bytes: 64 * 1024,
-            llm_buffer_bytes: 10 * 1024 * 1024,
+            _llm_buffer_bytes: None,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_first_byte_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
@@ -294,7 +295,8 @@ impl Config {
     /// trust file, and returns the runtime snapshot.
     pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigError> {
         let f = &self.file;
-        if f.admin.listen == Some(f.proxy.listen) {
+        // Port 0 asks for an ephemeral port each, so two of them never collide.
+        if f.admin.listen == Some(f.proxy.listen) && f.proxy.listen.port() != 0 {
             return Err(self.error("admin.listen", "must differ from proxy.listen"));
         }
         if f.limits.cert_cache_entries == 0 {
@@ -438,6 +440,25 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("*example.com"), "{err}");
         assert_eq!(err.line, Some(3));
+    }
+
+    #[test]
+    fn llm_buffer_bytes_is_refused_until_llm_policy_exists() {
+        let err =
+            parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_buffer_bytes: 10\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("limits.llm_buffer_bytes"), "{err}");
+        assert!(err.message.contains("not yet supported"), "{err}");
+    }
+
+    #[test]
+    fn admin_and_proxy_must_not_share_an_address() {
+        let cfg = parse("proxy: { listen: 127.0.0.1:9080 }\nadmin: { listen: 127.0.0.1:9080 }\n")
+            .unwrap();
+        let err = cfg
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("admin.listen"));
+        assert_eq!(err.line, Some(2));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Error)]
 pub enum StartError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({key}): {source}")]
+    #[error("cannot listen on {addr} ({key})")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -178,13 +178,16 @@ impl CanonicalLog {
         }
     }
 
-    /// Stamps `ts` and emits the line at info level on [`ACCESS_TARGET`].
-    pub fn emit(mut self, format: LogFormat) {
-        if !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info) {
+    /// Stamps `ts` and emits the line at info level on [`ACCESS_TARGET`], unless the config's
+    /// `log.level` (checked per snapshot, so a reload applies it) is below info.
+    pub fn emit(mut self, settings: LogSettings) {
+        if settings.level < log::LevelFilter::Info
+            || !log::log_enabled!(target: ACCESS_TARGET, log::Level::Info)
+        {
             return;
         }
         self.ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        log::info!(target: ACCESS_TARGET, "{}", self.render(format));
+        log::info!(target: ACCESS_TARGET, "{}", self.render(settings.format));
     }
 }
 

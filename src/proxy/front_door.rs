@@ -147,7 +147,7 @@ impl FrontDoor {
                 }
             }
             line.took(event.started.elapsed());
-            line.emit(snap.log.format);
+            line.emit(snap.log);
         }
     }
 
@@ -171,7 +171,7 @@ impl FrontDoor {
             line.reason = Some(reason.code());
             line.error = error;
             line.took(event.started.elapsed());
-            line.emit(snap.log.format);
+            line.emit(snap.log);
         };
         if established(&mut stream).await.is_err() {
             return fail(Reason::ClientError, None);
@@ -268,7 +268,7 @@ async fn refuse(
     line.status = Some(reason.status());
     line.reason = Some(reason.code());
     line.took(event.started.elapsed());
-    line.emit(snap.log.format);
+    line.emit(snap.log);
 }
 
 /// Reads until one full request head has arrived, at most `max` bytes, waiting at most

@@ -453,7 +453,7 @@ impl ProxyHttp for Warden {
             line.reason = ctx.reason.map(Reason::code);
         }
         line.took(ctx.started.elapsed());
-        line.emit(ctx.snap.log.format);
+        line.emit(ctx.snap.log);
     }
 }
 

@@ -189,3 +189,28 @@ async fn an_ambiguous_request_later_on_a_kept_alive_connection_is_refused_too() 
     );
     assert_eq!(log_for("cl-te-2").await["reason"], "ambiguous_framing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_request_header_bytes_sets_the_head_limit() {
+    let origin = Origin::http().await;
+    let w = TestWarden::with("all", "limits:\n  max_request_header_bytes: 2048\n").await;
+    let a = format!("origin.test:{}", origin.port());
+    let ok = format!(
+        "GET http://{a}/ HTTP/1.1\r\nHost: {a}\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(1000)
+    );
+    let mut s = w.tcp().await;
+    s.write_all(ok.as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let big = format!(
+        "GET http://{a}/ HTTP/1.1\r\nHost: {a}\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(3000)
+    );
+    raw_refusal(&w, &big, 431, "headers_too_large").await;
+    // Also on a later request of a kept-alive connection.
+    s.write_all(big.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert_refusal(&head, &body, 431, "headers_too_large");
+    assert_eq!(origin.seen().len(), 1);
+}

@@ -139,3 +139,26 @@ async fn secrets_in_headers_and_queries_never_reach_the_log() {
         assert!(!line.contains("CANARY"), "secret in log line: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_warn_writes_no_canonical_lines() {
+    let origin = Origin::http().await;
+    let w = TestWarden::with("all", "log:\n  level: warn\n").await;
+    let a = format!("origin.test:{}", origin.port());
+    let mut s = w.tcp().await;
+    for id in ["quiet-1", "quiet-2"] {
+        s.write_all(
+            format!("GET http://{a}/echo HTTP/1.1\r\nHost: {a}\r\nX-Request-Id: {id}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    // The second response on the connection comes after the first request's logging phase.
+    assert!(
+        !all_log_lines().iter().any(|l| l.contains("quiet-1")),
+        "a canonical line was written at level warn"
+    );
+}

@@ -1,6 +1,7 @@
 //! Integration tests over real sockets: warden in-process on 127.0.0.1:0, real origins, real
 //! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl).
 
+mod admin;
 mod cli;
 mod common;
 mod errors;
