@@ -53,6 +53,32 @@ pub enum Reason {
     Internal,
 }
 
+impl Reason {
+    /// Every reason, for bounded metric label sets and exhaustive tests.
+    pub const ALL: [Reason; 20] = [
+        Reason::MalformedRequest,
+        Reason::HeadersTooLarge,
+        Reason::BadAuthority,
+        Reason::NonCanonicalHost,
+        Reason::AmbiguousFraming,
+        Reason::OriginFormToProxy,
+        Reason::TlsDowngrade,
+        Reason::UnsupportedScheme,
+        Reason::HostMismatch,
+        Reason::DnsError,
+        Reason::UpstreamConnectFailed,
+        Reason::UpstreamConnectTimeout,
+        Reason::UpstreamTlsError,
+        Reason::UpstreamTimeout,
+        Reason::UpstreamError,
+        Reason::ClientNotTls,
+        Reason::ClientTlsError,
+        Reason::ClientError,
+        Reason::IdleTimeout,
+        Reason::Internal,
+    ];
+}
+
 /// How a [`Reason`] is presented: status, RFC 9209 error type and a one-line hint.
 #[derive(Clone, Copy, Debug)]
 pub struct Presentation {
@@ -274,32 +300,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_reason_has_a_distinct_code() {
-        use Reason::*;
-        let all = [
-            MalformedRequest,
-            HeadersTooLarge,
-            BadAuthority,
-            NonCanonicalHost,
-            AmbiguousFraming,
-            OriginFormToProxy,
-            TlsDowngrade,
-            UnsupportedScheme,
-            HostMismatch,
-            DnsError,
-            UpstreamConnectFailed,
-            UpstreamConnectTimeout,
-            UpstreamTlsError,
-            UpstreamTimeout,
-            UpstreamError,
-            ClientNotTls,
-            ClientTlsError,
-            ClientError,
-            IdleTimeout,
-            Internal,
-        ];
-        let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();
-        assert_eq!(codes.len(), all.len());
+    fn every_reason_has_a_distinct_code_and_a_status() {
+        let codes: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            assert!((400..600).contains(&r.status()), "{r:?}");
+        }
     }
 
     #[test]

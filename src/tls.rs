@@ -522,25 +522,22 @@ mod tests {
     #[test]
     fn half_pair_and_bad_pem_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
+        let load = || {
+            CertAuthority::load_or_create(
+                &dir.path().join("ca.crt"),
+                &dir.path().join("ca.key"),
+                true,
+                4,
+            )
+            .unwrap_err()
+        };
         std::fs::write(dir.path().join("ca.crt"), "x").unwrap();
-        let err = CertAuthority::load_or_create(
-            &dir.path().join("ca.crt"),
-            &dir.path().join("ca.key"),
-            true,
-            4,
-        )
-        .unwrap_err();
+        let err = load();
         assert_eq!(err.key(), "tls.ca_key");
         assert!(err.to_string().contains("ca.key"), "{err}");
 
         std::fs::write(dir.path().join("ca.key"), "not pem").unwrap();
-        let err = CertAuthority::load_or_create(
-            &dir.path().join("ca.crt"),
-            &dir.path().join("ca.key"),
-            true,
-            4,
-        )
-        .unwrap_err();
+        let err = load();
         assert_eq!(err.key(), "tls.ca_key");
         assert!(err.to_string().contains("not a PEM private key"), "{err}");
     }

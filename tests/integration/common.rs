@@ -218,28 +218,18 @@ impl TestWarden {
         format!("http://{}", self.addr)
     }
 
+    /// warden's CA as the running snapshot holds it.
+    fn ca(&self) -> std::sync::Arc<warden::tls::CertAuthority> {
+        let running = self.running.as_ref().expect("warden is running");
+        running.shared().snapshot.load().tls.ca.clone()
+    }
+
     pub fn mints(&self) -> u64 {
-        self.running
-            .as_ref()
-            .unwrap()
-            .shared()
-            .snapshot
-            .load()
-            .tls
-            .ca
-            .mints()
+        self.ca().mints()
     }
 
     pub fn cached_leaves(&self) -> usize {
-        self.running
-            .as_ref()
-            .unwrap()
-            .shared()
-            .snapshot
-            .load()
-            .tls
-            .ca
-            .cached_leaves()
+        self.ca().cached_leaves()
     }
 
     /// A reqwest client using warden as its proxy for http and https, trusting warden's CA
