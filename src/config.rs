@@ -3,7 +3,7 @@
 //! ProxyHttp phases read once per request (`new_ctx`). `compile()` is where files are read and
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
-use crate::policy::{NetworkConfig, Resolver};
+use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
 use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -221,8 +221,8 @@ pub struct Snapshot {
     pub admin_listen: Option<SocketAddr>,
     /// Interception decisions, the CA, leaf cache and upstream trust.
     pub tls: TlsPolicy,
-    /// Where destinations resolve.
-    pub resolver: Resolver,
+    /// Network policy, the SSRF guard and resolution.
+    pub network: NetworkPolicy,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
@@ -320,7 +320,7 @@ impl Config {
                 return Err(self.error(key, "must be longer than zero"));
             }
         }
-        let resolver = f
+        let network = f
             .network
             .compile()
             .map_err(|(key, msg)| self.error(&key, msg))?;
@@ -339,7 +339,7 @@ impl Config {
             proxy_listen: f.proxy.listen,
             admin_listen: f.admin.listen,
             tls,
-            resolver,
+            network,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })

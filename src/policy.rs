@@ -1,15 +1,19 @@
-//! Host patterns and name resolution: which destinations a rule names (`tls.passthrough` now,
-//! the network allow/deny lists later) and where a destination resolves (`network.resolve`
-//! overrides first, then DNS). Called by the front door for CONNECT decisions and blind-tunnel
-//! dialing, and by `upstream_peer` for proxied requests.
+//! Network policy: which destinations a rule names (host globs, IPs, CIDRs — used by
+//! `network.allow`/`deny` and `tls.passthrough`), whether a destination is allowed, and where it
+//! may be dialled: resolved once (`network.resolve` overrides, then DNS), every address
+//! classified (the SSRF guard), warden's own listeners refused (loop detection), and exactly the
+//! checked address returned for dialling. Called by the front door (CONNECT decisions, blind
+//! tunnels), `request_filter` (host decisions) and `upstream_peer` (checked resolution).
 
 use crate::config::NotYetSupported;
 use crate::reason::Reason;
 use crate::target::{parse_host, split_authority, Authority, Host};
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A host pattern from the config: `api.example.com`, `*.example.com` (subdomains only, not
@@ -30,6 +34,8 @@ enum PatternKind {
     Exact(Host),
     /// `.example.com` for `*.example.com`.
     Suffix(String),
+    /// An address range; matches IP-literal destinations only.
+    Cidr(IpNet),
 }
 
 impl HostPattern {
@@ -46,7 +52,8 @@ impl HostPattern {
                 (PatternKind::Suffix(suffix), Host::Name(n)) => {
                     n.len() > suffix.len() && n.ends_with(suffix.as_str())
                 }
-                (_, Host::Ip(_)) => false,
+                (PatternKind::Cidr(net), Host::Ip(ip)) => net.contains(ip),
+                (_, Host::Ip(_)) | (PatternKind::Cidr(_), Host::Name(_)) => false,
             }
     }
 }
@@ -73,6 +80,24 @@ impl TryFrom<String> for HostPattern {
                 Ok((Host::Ip(_), _)) => return Err(invalid("a wildcard cannot precede an IP")),
                 Err(r) => return Err(invalid(r.present().message)),
             }
+        } else if let Some((net, len_and_port)) = source.split_once('/') {
+            let (len, port) = match len_and_port.split_once(':') {
+                Some((len, port)) => (len, Some(port)),
+                None => (len_and_port, None),
+            };
+            let net: IpNet = format!("{net}/{len}")
+                .parse()
+                .map_err(|_| invalid("not a CIDR range (`10.0.0.0/8`, `fd00::/8`)"))?;
+            let port = match port {
+                None => None,
+                Some(p) => Some(
+                    p.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| invalid("bad port"))?,
+                ),
+            };
+            (PatternKind::Cidr(net.trunc()), port)
         } else if source.contains('*') {
             return Err(invalid(
                 "a wildcard must be a whole leading label, as in `*.example.com`",
@@ -92,33 +117,74 @@ pub fn any_matches(patterns: &[HostPattern], dest: &Authority) -> bool {
     patterns.iter().any(|p| p.matches(dest))
 }
 
-/// The `network` section. Only `resolve` is supported so far; the policy keys are recognised
-/// and refused at load until network policy lands, so they are never silently ignored.
+/// `network.policy`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Only destinations in `allow` (minus `deny`).
+    Strict,
+    /// Everything but `deny`.
+    #[default]
+    Permissive,
+}
+
+/// `network.mode`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials are enforced.
+    #[default]
+    Enforce,
+    /// Host-policy denials are logged as `would_deny` and the request goes through. The SSRF
+    /// guard and loop detection are enforced in both modes.
+    Report,
+}
+
+/// `network.private_networks`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivateNetworks {
+    /// Refuse non-public addresses unless `allow_cidrs` covers them.
+    #[default]
+    Deny,
+    /// Allow them (warden's own listeners are still refused).
+    Allow,
+}
+
+/// The `network` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Static name → address overrides, used before DNS.
+    /// strict or permissive.
+    #[serde(default)]
+    pub policy: PolicyKind,
+    /// enforce or report.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Destinations allowed under `strict`.
+    #[serde(default)]
+    pub allow: Vec<HostPattern>,
+    /// Destinations always denied (deny wins).
+    #[serde(default)]
+    pub deny: Vec<HostPattern>,
+    /// The SSRF guard on resolved addresses.
+    #[serde(default)]
+    pub private_networks: PrivateNetworks,
+    /// Non-public ranges allowed despite the guard.
+    #[serde(default)]
+    pub allow_cidrs: Vec<IpNet>,
+    /// Static name → address overrides, used before DNS and checked like DNS answers.
     #[serde(default)]
     pub resolve: BTreeMap<String, IpAddr>,
-    #[serde(default, rename = "policy")]
-    _policy: Option<NotYetSupported>,
-    #[serde(default, rename = "allow")]
-    _allow: Option<NotYetSupported>,
-    #[serde(default, rename = "deny")]
-    _deny: Option<NotYetSupported>,
     #[serde(default, rename = "grants")]
     _grants: Option<NotYetSupported>,
     #[serde(default, rename = "rules")]
     _rules: Option<NotYetSupported>,
-    #[serde(default, rename = "private_networks")]
-    _private_networks: Option<NotYetSupported>,
-    #[serde(default, rename = "allow_cidrs")]
-    _allow_cidrs: Option<NotYetSupported>,
 }
 
 impl NetworkConfig {
-    /// Compiles the resolver overrides; fails naming the entry whose name is not a host name.
-    pub fn compile(&self) -> Result<Resolver, (String, String)> {
+    /// Compiles the section; fails naming the `resolve` entry whose name is not a host name.
+    pub fn compile(&self) -> Result<NetworkPolicy, (String, String)> {
         let mut overrides = HashMap::new();
         for (name, ip) in &self.resolve {
             match parse_host(name) {
@@ -133,7 +199,286 @@ impl NetworkConfig {
                 }
             }
         }
-        Ok(Resolver { overrides })
+        Ok(NetworkPolicy {
+            kind: self.policy,
+            mode: self.mode,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            private_networks: self.private_networks,
+            allow_cidrs: self.allow_cidrs.iter().map(IpNet::trunc).collect(),
+            resolver: Resolver {
+                overrides,
+                lookups: AtomicU64::new(0),
+            },
+        })
+    }
+}
+
+/// A host-policy verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostDecision {
+    /// The destination may be reached (subject to the address checks).
+    Allow,
+    /// Refused by `rule`.
+    Deny {
+        /// Which entry refused it (e.g. `network.deny: evil.example.com`).
+        rule: String,
+    },
+}
+
+/// A refusal: why, and which config entry decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The reason code.
+    pub reason: Reason,
+    /// The deciding entry, when one did.
+    pub rule: Option<String>,
+}
+
+/// The compiled `network` section.
+#[derive(Debug)]
+pub struct NetworkPolicy {
+    kind: PolicyKind,
+    /// enforce or report.
+    pub mode: Mode,
+    allow: Vec<HostPattern>,
+    deny: Vec<HostPattern>,
+    private_networks: PrivateNetworks,
+    allow_cidrs: Vec<IpNet>,
+    resolver: Resolver,
+}
+
+impl NetworkPolicy {
+    /// Whether `dest` may be reached by name (or literal), before any DNS: deny wins, then
+    /// `strict` requires an `allow` entry.
+    pub fn decide_host(&self, dest: &Authority) -> HostDecision {
+        if let Some(p) = self.deny.iter().find(|p| p.matches(dest)) {
+            return HostDecision::Deny {
+                rule: format!("network.deny: {p}"),
+            };
+        }
+        match self.kind {
+            PolicyKind::Permissive => HostDecision::Allow,
+            PolicyKind::Strict if any_matches(&self.allow, dest) => HostDecision::Allow,
+            PolicyKind::Strict => HostDecision::Deny {
+                rule: "network.policy: strict (not in network.allow)".into(),
+            },
+        }
+    }
+
+    /// Everything decidable before DNS: host policy (in report mode a denial becomes
+    /// `Ok(Some(reason))`, "would deny"), and for IP-literal destinations the loop and SSRF
+    /// checks. `own` are warden's bound listener addresses.
+    pub fn authorize(
+        &self,
+        dest: &Authority,
+        own: &[SocketAddr],
+    ) -> Result<Option<Reason>, Denial> {
+        let mut would_deny = None;
+        if let HostDecision::Deny { rule } = self.decide_host(dest) {
+            match self.mode {
+                Mode::Enforce => {
+                    return Err(Denial {
+                        reason: Reason::PolicyDeniedHost,
+                        rule: Some(rule),
+                    })
+                }
+                Mode::Report => would_deny = Some(Reason::PolicyDeniedHost),
+            }
+        }
+        if let Host::Ip(ip) = dest.host {
+            let addr = SocketAddr::new(ip, dest.port);
+            if is_own(addr, own) {
+                return Err(Denial {
+                    reason: Reason::LoopDetected,
+                    rule: None,
+                });
+            }
+            self.check_addr(ip).map_err(|reason| Denial {
+                reason,
+                rule: Some("network.private_networks: deny".into()),
+            })?;
+        }
+        Ok(would_deny)
+    }
+
+    /// The SSRF guard for one address: [`Reason::PrivateAddress`] for a non-public address
+    /// (including IPv4 embedded in IPv6) that no `allow_cidrs` entry covers.
+    pub fn check_addr(&self, ip: IpAddr) -> Result<(), Reason> {
+        if self.private_networks == PrivateNetworks::Allow {
+            return Ok(());
+        }
+        let class = classify_addr(ip);
+        if class == AddrClass::Public {
+            return Ok(());
+        }
+        let embedded = embedded_ipv4(ip).map(IpAddr::V4);
+        let covered = |a: IpAddr| self.allow_cidrs.iter().any(|n| n.contains(&a));
+        if covered(ip) || embedded.is_some_and(covered) {
+            Ok(())
+        } else {
+            Err(Reason::PrivateAddress)
+        }
+    }
+
+    /// Resolves `dest` once and returns the one address to dial: the first answer that is not
+    /// one of warden's own listeners (`own`) and passes [`Self::check_addr`]. When no answer is
+    /// left: [`Reason::LoopDetected`] if one pointed at warden, else
+    /// [`Reason::PrivateAddress`]; [`Reason::DnsError`] when nothing resolved.
+    pub async fn resolve_checked(
+        &self,
+        dest: &Authority,
+        timeout: Duration,
+        own: &[SocketAddr],
+    ) -> Result<SocketAddr, Reason> {
+        let answers = self.resolver.resolve_all(dest, timeout).await?;
+        self.pick_checked(&answers, own)
+    }
+
+    /// The first of `answers` that may be dialled (see [`Self::resolve_checked`]).
+    pub fn pick_checked(
+        &self,
+        answers: &[SocketAddr],
+        own: &[SocketAddr],
+    ) -> Result<SocketAddr, Reason> {
+        let mut refused = Reason::DnsError;
+        for &addr in answers {
+            if is_own(addr, own) {
+                refused = Reason::LoopDetected;
+                continue;
+            }
+            match self.check_addr(addr.ip()) {
+                Ok(()) => return Ok(addr),
+                Err(r) if refused != Reason::LoopDetected => refused = r,
+                Err(_) => {}
+            }
+        }
+        Err(refused)
+    }
+
+    /// Name lookups sent to DNS since start (overrides and IP literals are not lookups).
+    pub fn dns_lookups(&self) -> u64 {
+        self.resolver.lookups.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `addr` is one of warden's own listeners (a wildcard listener owns its port on
+/// loopback and on the wildcard address).
+fn is_own(addr: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter().any(|o| {
+        o.port() == addr.port()
+            && (o.ip() == addr.ip()
+                || (o.ip().is_unspecified()
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    })
+}
+
+/// What kind of address an IP is, for the SSRF guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrClass {
+    /// Routable on the internet.
+    Public,
+    /// 127/8, ::1.
+    Loopback,
+    /// RFC 1918, ULA fc00::/7, site-local fec0::/10.
+    Private,
+    /// 169.254/16 (cloud metadata), fe80::/10.
+    LinkLocal,
+    /// 100.64/10 (carrier-grade NAT; also some metadata services).
+    SharedAddressSpace,
+    /// 224/4, ff00::/8.
+    Multicast,
+    /// 0/8, ::.
+    Unspecified,
+    /// 255.255.255.255.
+    Broadcast,
+    /// Documentation ranges (TEST-NETs, 2001:db8::/32).
+    Documentation,
+    /// Reserved, benchmarking, protocol-assignment and other special-purpose ranges.
+    Reserved,
+}
+
+/// Classifies an address; IPv4 embedded in IPv6 (mapped, compatible, NAT64, 6to4, Teredo) is
+/// classified by the embedded address.
+pub fn classify_addr(ip: IpAddr) -> AddrClass {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_ipv4(ip) {
+                let class = classify_v4(v4);
+                // ::a.b.c.d with a public a.b.c.d is still a deprecated, reserved form.
+                return if class == AddrClass::Public && v6.segments()[..6] == [0; 6] {
+                    AddrClass::Reserved
+                } else {
+                    class
+                };
+            }
+            classify_v6(v6)
+        }
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> AddrClass {
+    let o = ip.octets();
+    match o {
+        [0, ..] => AddrClass::Unspecified,
+        [127, ..] => AddrClass::Loopback,
+        [10, ..] | [172, 16..=31, ..] | [192, 168, ..] => AddrClass::Private,
+        [169, 254, ..] => AddrClass::LinkLocal,
+        [100, 64..=127, ..] => AddrClass::SharedAddressSpace,
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => AddrClass::Documentation,
+        [255, 255, 255, 255] => AddrClass::Broadcast,
+        [224..=239, ..] => AddrClass::Multicast,
+        [240..=255, ..] | [192, 0, 0, _] | [192, 88, 99, _] | [198, 18..=19, ..] => {
+            AddrClass::Reserved
+        }
+        _ => AddrClass::Public,
+    }
+}
+
+fn classify_v6(ip: Ipv6Addr) -> AddrClass {
+    let s = ip.segments();
+    if ip.is_unspecified() {
+        AddrClass::Unspecified
+    } else if ip.is_loopback() {
+        AddrClass::Loopback
+    } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
+        AddrClass::Private
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        AddrClass::LinkLocal
+    } else if s[0] & 0xff00 == 0xff00 {
+        AddrClass::Multicast
+    } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+        AddrClass::Documentation
+    } else if (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) || (s[0] == 0x2001 && s[1] < 0x0200) {
+        // Discard-only 100::/64 and IETF protocol assignments 2001::/23.
+        AddrClass::Reserved
+    } else if s[0] & 0xe000 != 0x2000 {
+        // Outside global unicast 2000::/3.
+        AddrClass::Reserved
+    } else {
+        AddrClass::Public
+    }
+}
+
+/// The IPv4 address an IPv6 address carries: mapped `::ffff:a.b.c.d`, compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo
+/// `2001::/32` (the client address, stored inverted).
+pub fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let s = v6.segments();
+    let low = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(low(hi, lo)),
+        [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) > (0, 1) => Some(low(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, _, _, _, hi, lo] => {
+            Some(low(hi, lo))
+        }
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        [0x2001, 0, _, _, _, _, hi, lo] => Some(low(!hi, !lo)),
+        _ => None,
     }
 }
 
@@ -141,22 +486,35 @@ impl NetworkConfig {
 #[derive(Debug, Default)]
 pub struct Resolver {
     overrides: HashMap<String, IpAddr>,
+    lookups: AtomicU64,
 }
 
 impl Resolver {
-    /// The one address to dial for `dest`. DNS is bounded by `timeout`; no answer, an error or
-    /// the timeout all yield [`Reason::DnsError`].
-    pub async fn resolve(&self, dest: &Authority, timeout: Duration) -> Result<SocketAddr, Reason> {
+    /// Every address for `dest`. DNS is bounded by `timeout`; no answer, an error or the
+    /// timeout all yield [`Reason::DnsError`].
+    pub async fn resolve_all(
+        &self,
+        dest: &Authority,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, Reason> {
         let name = match &dest.host {
-            Host::Ip(ip) => return Ok(SocketAddr::new(*ip, dest.port)),
+            Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, dest.port)]),
             Host::Name(name) => name,
         };
         if let Some(ip) = self.overrides.get(name) {
-            return Ok(SocketAddr::new(*ip, dest.port));
+            return Ok(vec![SocketAddr::new(*ip, dest.port)]);
         }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let lookup = tokio::net::lookup_host((name.as_str(), dest.port));
         match tokio::time::timeout(timeout, lookup).await {
-            Ok(Ok(mut addrs)) => addrs.next().ok_or(Reason::DnsError),
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if addrs.is_empty() {
+                    Err(Reason::DnsError)
+                } else {
+                    Ok(addrs)
+                }
+            }
             Ok(Err(_)) | Err(_) => Err(Reason::DnsError),
         }
     }
@@ -214,21 +572,237 @@ mod tests {
 
     #[tokio::test]
     async fn overrides_win_over_dns_and_ips_pass_through() {
-        let cfg: NetworkConfig =
-            serde_yaml::from_str("resolve: { API.Example.Test: 127.0.0.9 }").unwrap();
-        let r = cfg.compile().unwrap();
+        let cfg: NetworkConfig = serde_yaml::from_str(
+            "resolve: { API.Example.Test: 127.0.0.9 }\nprivate_networks: allow",
+        )
+        .unwrap();
+        let p = cfg.compile().unwrap();
         let t = Duration::from_secs(1);
         assert_eq!(
-            r.resolve(&dest("api.example.test:443"), t).await.unwrap(),
-            "127.0.0.9:443".parse().unwrap()
+            p.resolve_checked(&dest("api.example.test:443"), t, &[])
+                .await,
+            Ok("127.0.0.9:443".parse().unwrap())
         );
         assert_eq!(
-            r.resolve(&dest("127.0.0.2:80"), t).await.unwrap(),
-            "127.0.0.2:80".parse().unwrap()
+            p.resolve_checked(&dest("127.0.0.2:80"), t, &[]).await,
+            Ok("127.0.0.2:80".parse().unwrap())
         );
+        assert_eq!(p.dns_lookups(), 0);
         assert_eq!(
-            r.resolve(&dest("no-such-host.invalid:80"), t).await,
+            p.resolve_checked(&dest("no-such-host.invalid:80"), t, &[])
+                .await,
             Err(Reason::DnsError)
         );
+        assert_eq!(p.dns_lookups(), 1);
+    }
+
+    fn policy(yaml: &str) -> NetworkPolicy {
+        serde_yaml::from_str::<NetworkConfig>(yaml)
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    #[test]
+    fn glob_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("api.github.com", "api.github.com:443", true),
+            ("api.github.com", "API.GitHub.com.:443", true),
+            ("api.github.com", "api.github.com:80", true),
+            ("api.github.com", "api.github.com:8443", false),
+            ("api.github.com", "github.com:443", false),
+            ("api.github.com", "xapi.github.com:443", false),
+            ("*.example.com", "a.example.com:443", true),
+            ("*.example.com", "a.b.example.com:443", true),
+            ("*.example.com", "example.com:443", false),
+            ("*.example.com", "evilexample.com:443", false),
+            ("*.example.com", "example.com.evil.test:443", false),
+            ("*.example.com:8443", "a.example.com:8443", true),
+            ("*.example.com:8443", "a.example.com:443", false),
+            ("example.org:8443", "example.org:8443", true),
+            ("*", "anything.test:443", true),
+            ("*", "anything.test:22", false),
+            ("*", "10.1.2.3:443", false),
+            ("10.0.0.0/8", "10.1.2.3:443", true),
+            ("10.0.0.0/8", "11.1.2.3:443", false),
+            ("10.0.0.0/8:22", "10.1.2.3:22", true),
+            ("10.0.0.0/8", "ten.example:443", false),
+            ("fd00::/8", "[fd12::1]:443", true),
+            ("127.0.0.1", "127.0.0.1:80", true),
+            ("127.0.0.1", "localhost:80", false),
+            ("bücher.example", "xn--bcher-kva.example:443", true),
+        ];
+        for (p, d, want) in cases {
+            assert_eq!(pat(p).matches(&dest(d)), *want, "{p} vs {d}");
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_strict_needs_allow() {
+        let p = policy("policy: strict\nallow: ['*.ok.test']\ndeny: ['bad.ok.test']");
+        assert_eq!(p.decide_host(&dest("a.ok.test:443")), HostDecision::Allow);
+        assert!(matches!(
+            p.decide_host(&dest("bad.ok.test:443")),
+            HostDecision::Deny { rule } if rule == "network.deny: bad.ok.test"
+        ));
+        assert!(matches!(
+            p.decide_host(&dest("other.test:443")),
+            HostDecision::Deny { .. }
+        ));
+        let open = policy("deny: ['bad.test']");
+        assert_eq!(
+            open.decide_host(&dest("other.test:443")),
+            HostDecision::Allow
+        );
+    }
+
+    #[test]
+    fn report_mode_turns_host_denials_into_would_deny_but_not_the_ssrf_guard() {
+        let p = policy("mode: report\ndeny: ['bad.test']");
+        assert_eq!(
+            p.authorize(&dest("bad.test:443"), &[]),
+            Ok(Some(Reason::PolicyDeniedHost))
+        );
+        assert_eq!(
+            p.authorize(&dest("127.0.0.1:443"), &[]).unwrap_err().reason,
+            Reason::PrivateAddress
+        );
+    }
+
+    #[test]
+    fn ip_literals_are_checked_before_any_lookup() {
+        let p = policy("allow_cidrs: ['127.0.0.0/8']");
+        let own: SocketAddr = "127.0.0.1:9080".parse().unwrap();
+        assert_eq!(p.authorize(&dest("127.0.0.1:80"), &[own]), Ok(None));
+        assert_eq!(
+            p.authorize(&dest("127.0.0.1:9080"), &[own])
+                .unwrap_err()
+                .reason,
+            Reason::LoopDetected
+        );
+        let wildcard: SocketAddr = "0.0.0.0:9080".parse().unwrap();
+        assert_eq!(
+            p.authorize(&dest("127.0.0.1:9080"), &[wildcard])
+                .unwrap_err()
+                .reason,
+            Reason::LoopDetected
+        );
+        assert_eq!(
+            p.authorize(&dest("10.0.0.1:80"), &[own])
+                .unwrap_err()
+                .reason,
+            Reason::PrivateAddress
+        );
+    }
+
+    #[test]
+    fn address_classes() {
+        use AddrClass::*;
+        let cases: &[(&str, AddrClass)] = &[
+            ("8.8.8.8", Public),
+            ("1.1.1.1", Public),
+            ("127.0.0.1", Loopback),
+            ("127.255.0.9", Loopback),
+            ("10.0.0.1", Private),
+            ("172.16.0.1", Private),
+            ("172.31.255.255", Private),
+            ("172.32.0.1", Public),
+            ("192.168.1.1", Private),
+            ("169.254.169.254", LinkLocal),
+            ("100.64.0.1", SharedAddressSpace),
+            ("100.100.100.200", SharedAddressSpace),
+            ("100.128.0.1", Public),
+            ("0.0.0.0", Unspecified),
+            ("255.255.255.255", Broadcast),
+            ("224.0.0.1", Multicast),
+            ("240.0.0.1", Reserved),
+            ("192.0.2.1", Documentation),
+            ("198.51.100.1", Documentation),
+            ("203.0.113.1", Documentation),
+            ("198.18.0.1", Reserved),
+            ("::1", Loopback),
+            ("::", Unspecified),
+            ("fe80::1", LinkLocal),
+            ("fc00::1", Private),
+            ("fd00:ec2::254", Private),
+            ("ff02::1", Multicast),
+            ("2001:db8::1", Documentation),
+            ("2606:4700::1111", Public),
+            ("::ffff:127.0.0.1", Loopback),
+            ("::ffff:8.8.8.8", Public),
+            ("::127.0.0.1", Loopback),
+            ("64:ff9b::a9fe:a9fe", LinkLocal),
+            ("64:ff9b::808:808", Public),
+            ("2002:7f00:1::", Loopback),
+            ("2002:0a00:0001::", Private),
+            ("2001:0:4136:e378:8000:63bf:f5ff:fffe", Private),
+            ("100::1", Reserved),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(classify_addr(ip.parse().unwrap()), *want, "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_non_public_addresses_are_refused() {
+        for ip in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "10.0.0.1",
+            "100.64.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let p = policy(&format!("resolve: {{ meta.test: '{ip}' }}"));
+            assert_eq!(
+                p.resolve_checked(&dest("meta.test:80"), Duration::from_secs(1), &[])
+                    .await,
+                Err(Reason::PrivateAddress),
+                "{ip}"
+            );
+        }
+        let p = policy("resolve: { local.test: 127.0.0.2 }\nallow_cidrs: ['127.0.0.0/8']");
+        assert_eq!(
+            p.resolve_checked(&dest("local.test:80"), Duration::from_secs(1), &[])
+                .await,
+            Ok("127.0.0.2:80".parse().unwrap())
+        );
+        // Embedded loopback is covered by a loopback exception too.
+        let p = policy("resolve: { m.test: '::ffff:127.0.0.1' }\nallow_cidrs: ['127.0.0.0/8']");
+        assert!(p
+            .resolve_checked(&dest("m.test:80"), Duration::from_secs(1), &[])
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn mixed_answers_keep_only_allowed_addresses() {
+        let p = policy("allow_cidrs: ['127.0.0.0/8']");
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let own = [a("127.0.0.1:9080")];
+        assert_eq!(
+            p.pick_checked(&[a("10.0.0.1:80"), a("127.0.0.5:80")], &own),
+            Ok(a("127.0.0.5:80"))
+        );
+        assert_eq!(
+            p.pick_checked(&[a("10.0.0.1:80"), a("169.254.169.254:80")], &own),
+            Err(Reason::PrivateAddress)
+        );
+        assert_eq!(
+            p.pick_checked(&[a("127.0.0.1:9080"), a("10.0.0.1:9080")], &own),
+            Err(Reason::LoopDetected)
+        );
+        assert_eq!(p.pick_checked(&[], &own), Err(Reason::DnsError));
+    }
+
+    #[test]
+    fn bad_cidrs_and_patterns_are_refused_at_load() {
+        for bad in ["10.0.0.0/33", "10.0.0.0/8:0", "nothost/8"] {
+            assert!(HostPattern::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+        assert!(serde_yaml::from_str::<NetworkConfig>("allow_cidrs: ['10.0.0.0/40']").is_err());
+        assert!(serde_yaml::from_str::<NetworkConfig>("grants: [x]").is_err());
+        assert!(serde_yaml::from_str::<NetworkConfig>("rules: ['allow * a /']").is_err());
     }
 }

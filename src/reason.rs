@@ -29,6 +29,12 @@ pub enum Reason {
     UnsupportedScheme,
     /// `Host` (or SNI) inside a tunnel names another host than the CONNECT authority.
     HostMismatch,
+    /// The destination is refused by `network.deny` or not in `network.allow` (strict).
+    PolicyDeniedHost,
+    /// The destination resolved only to non-public addresses (the SSRF guard).
+    PrivateAddress,
+    /// The destination is warden itself (its proxy or admin listener).
+    LoopDetected,
     /// The destination name did not resolve.
     DnsError,
     /// The upstream refused or reset the TCP connection.
@@ -55,7 +61,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for bounded metric label sets and exhaustive tests.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 23] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -65,6 +71,9 @@ impl Reason {
         Reason::TlsDowngrade,
         Reason::UnsupportedScheme,
         Reason::HostMismatch,
+        Reason::PolicyDeniedHost,
+        Reason::PrivateAddress,
+        Reason::LoopDetected,
         Reason::DnsError,
         Reason::UpstreamConnectFailed,
         Reason::UpstreamConnectTimeout,
@@ -161,6 +170,27 @@ impl Reason {
                 "http_request_denied",
                 "the Host header does not match the tunnel's CONNECT authority",
                 "open a new CONNECT tunnel for each destination host",
+            ),
+            PolicyDeniedHost => (
+                403,
+                "policy_denied_host",
+                "http_request_denied",
+                "this destination is not allowed by warden's network policy",
+                "the destination is blocked by policy; retrying or bypassing the proxy will not help — ask the operator to allow it",
+            ),
+            PrivateAddress => (
+                403,
+                "private_address",
+                "http_request_denied",
+                "the destination resolves to a private, loopback, link-local or otherwise non-public address",
+                "non-public addresses are blocked by policy; retrying or bypassing the proxy will not help",
+            ),
+            LoopDetected => (
+                403,
+                "loop_detected",
+                "http_request_denied",
+                "the destination is warden itself",
+                "send requests to their real destination through warden, not to warden's own ports",
             ),
             DnsError => (
                 502,
@@ -276,15 +306,20 @@ struct ErrorBody<'a> {
     request_id: Option<&'a str>,
 }
 
-/// The JSON body warden writes for `reason`. `host` and `request_id` are echoed so an agent can
-/// tell which destination was refused; neither carries a secret.
-pub fn error_body(reason: Reason, host: Option<&str>, request_id: Option<&str>) -> Bytes {
+/// The JSON body warden writes for `reason`. `host`, `rule` and `request_id` are echoed so an
+/// agent can tell which destination was refused and by what; none carries a secret.
+pub fn error_body(
+    reason: Reason,
+    host: Option<&str>,
+    rule: Option<&str>,
+    request_id: Option<&str>,
+) -> Bytes {
     let p = reason.present();
     let body = ErrorBody {
         error: p.message,
         reason: p.code,
         host,
-        rule: None,
+        rule,
         hint: p.hint,
         request_id,
     };
@@ -310,7 +345,7 @@ mod tests {
 
     #[test]
     fn error_body_is_json_with_the_reason_code() {
-        let body = error_body(Reason::UpstreamTlsError, Some("a.test"), Some("id-1"));
+        let body = error_body(Reason::UpstreamTlsError, Some("a.test"), None, Some("id-1"));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["reason"], "upstream_tls_error");
         assert_eq!(v["host"], "a.test");

@@ -133,6 +133,10 @@ pub struct CanonicalLog {
     pub upgraded: bool,
     /// The stable reason code when warden refused or failed the exchange.
     pub reason: Option<&'static str>,
+    /// The config entry that refused it, for policy denials.
+    pub rule: Option<String>,
+    /// In `network.mode: report`, the reason the request would have been denied.
+    pub would_deny: Option<&'static str>,
     /// Detail on a failure, for operators.
     pub error: Option<String>,
 }
@@ -157,6 +161,8 @@ impl CanonicalLog {
             intercepted: false,
             upgraded: false,
             reason: None,
+            rule: None,
+            would_deny: None,
             error: None,
         }
     }

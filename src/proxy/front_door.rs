@@ -7,6 +7,7 @@
 use super::tunnel;
 use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
 use crate::config::Snapshot;
+use crate::policy::Denial;
 use crate::reason::Reason;
 use crate::target::{classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
@@ -130,6 +131,13 @@ impl FrontDoor {
             Ok(dest) => dest,
             Err(reason) => return refuse(stream, &snap, &event, Some(&head), reason).await,
         };
+        // Decide before side effects: nothing is resolved, minted or dialled for a denial.
+        let would_deny = match snap.network.authorize(&dest, &self.shared.own_addrs) {
+            Ok(would_deny) => would_deny,
+            Err(denial) => {
+                return refuse_connect(stream, &snap, &event, &head, &dest, denial).await;
+            }
+        };
         let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
         if snap.tls.intercepts(&dest) {
             self.intercept(stream, rest, dest, head.request_id, &snap, &event, shutdown)
@@ -137,13 +145,15 @@ impl FrontDoor {
         } else {
             let mut line = event.line(Kind::Tunnel);
             line.request_id = Some(head.request_id.clone());
+            line.would_deny = would_deny.map(Reason::code);
             fill_connect(&mut line, &dest);
-            match tunnel::blind(&mut stream, rest, &dest, &snap, &shutdown, &mut line).await {
+            let own = &self.shared.own_addrs;
+            match tunnel::blind(&mut stream, rest, &dest, &snap, own, &mut line).await {
                 Ok(()) => {}
                 Err(reason) => {
                     line.status = Some(reason.status());
                     line.reason = Some(reason.code());
-                    write_refusal(&mut stream, reason, Some(&dest), &head.request_id).await;
+                    write_refusal(&mut stream, reason, Some(&dest), None, &head.request_id).await;
                 }
             }
             line.took(event.started.elapsed());
@@ -239,10 +249,11 @@ async fn write_refusal(
     stream: &mut L4Stream,
     reason: Reason,
     dest: Option<&Authority>,
+    rule: Option<&str>,
     request_id: &str,
 ) {
     let host = dest.map(|d| d.host.to_string());
-    let raw = raw_refusal(reason, host.as_deref(), request_id);
+    let raw = raw_refusal(reason, host.as_deref(), rule, request_id);
     // Best effort: the client may already be gone.
     let _ = stream.write_all(&raw).await;
     let _ = stream.flush().await;
@@ -260,13 +271,41 @@ async fn refuse(
     let request_id = head
         .map(|h| h.request_id.clone())
         .unwrap_or_else(|| request_id_from(None));
-    write_refusal(&mut stream, reason, None, &request_id).await;
+    write_refusal(&mut stream, reason, None, None, &request_id).await;
     let connect = head.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
     let mut line = event.line(if connect { Kind::Connect } else { Kind::Plain });
     line.request_id = Some(request_id);
     line.method = head.map(|h| h.method.clone());
     line.status = Some(reason.status());
     line.reason = Some(reason.code());
+    line.took(event.started.elapsed());
+    line.emit(snap.log);
+}
+
+/// Refuses a CONNECT that policy denied, logs it, and closes.
+async fn refuse_connect(
+    mut stream: L4Stream,
+    snap: &Snapshot,
+    event: &Event,
+    head: &Head,
+    dest: &Authority,
+    denial: Denial,
+) {
+    let rule = denial.rule.as_deref();
+    write_refusal(
+        &mut stream,
+        denial.reason,
+        Some(dest),
+        rule,
+        &head.request_id,
+    )
+    .await;
+    let mut line = event.line(Kind::Connect);
+    line.request_id = Some(head.request_id.clone());
+    fill_connect(&mut line, dest);
+    line.status = Some(denial.reason.status());
+    line.reason = Some(denial.reason.code());
+    line.rule = denial.rule;
     line.took(event.started.elapsed());
     line.emit(snap.log);
 }

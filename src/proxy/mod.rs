@@ -24,11 +24,14 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// State shared by the front door and every request: the current config snapshot.
+/// State shared by the front door and every request: the current config snapshot and
+/// warden's own listener addresses (never a destination: loop detection).
 #[derive(Debug)]
 pub struct Shared {
     /// The compiled config; loaded once per connection (front door) or request (`new_ctx`).
     pub snapshot: ArcSwap<Snapshot>,
+    /// The bound proxy and admin addresses.
+    pub own_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// The `ProxyHttp` implementation.
@@ -53,6 +56,10 @@ pub struct RequestCtx {
     tunnel: Option<TunnelIdentity>,
     target: Option<Target>,
     reason: Option<Reason>,
+    /// The config entry behind a denial.
+    rule: Option<String>,
+    /// In report mode, what the request would have been denied for.
+    would_deny: Option<Reason>,
     /// Status of a response warden wrote itself.
     status: Option<u16>,
 }
@@ -185,7 +192,12 @@ impl Warden {
             .as_ref()
             .map(|t| t.authority.host.to_string())
             .or_else(|| ctx.tunnel.as_ref().map(|t| t.authority.host.to_string()));
-        let body = error_body(reason, host.as_deref(), Some(&ctx.request_id));
+        let body = error_body(
+            reason,
+            host.as_deref(),
+            ctx.rule.as_deref(),
+            Some(&ctx.request_id),
+        );
         match refusal_head(reason, &ctx.request_id, body.len()) {
             Ok(head) => {
                 if let Err(e) = session.write_error_response(head, body).await {
@@ -211,6 +223,8 @@ impl ProxyHttp for Warden {
             tunnel: None,
             target: None,
             reason: None,
+            rule: None,
+            would_deny: None,
             status: None,
         }
     }
@@ -250,6 +264,18 @@ impl ProxyHttp for Warden {
                 return Ok(true);
             }
         }
+        // Decide before any side effect: no DNS, upstream connection or upgrade before this.
+        let dest = ctx.target.as_ref().map(|t| t.authority.clone());
+        if let Some(dest) = dest {
+            match ctx.snap.network.authorize(&dest, &self.shared.own_addrs) {
+                Ok(would_deny) => ctx.would_deny = would_deny,
+                Err(denial) => {
+                    ctx.rule = denial.rule;
+                    self.refuse(session, ctx, denial.reason).await;
+                    return Ok(true);
+                }
+            }
+        }
         session.set_keepalive(Some(idle.as_secs().max(1)));
         session.set_read_timeout(Some(idle));
         session.set_write_timeout(Some(idle));
@@ -265,18 +291,27 @@ impl ProxyHttp for Warden {
             return Error::e_explain(ErrorType::InternalError, "no target after request_filter");
         };
         let limits = &ctx.snap.limits;
+        // Resolve once, check every answer, and dial exactly the address that passed.
         let addr = match ctx
             .snap
-            .resolver
-            .resolve(&target.authority, limits.upstream_connect_timeout)
+            .network
+            .resolve_checked(
+                &target.authority,
+                limits.upstream_connect_timeout,
+                &self.shared.own_addrs,
+            )
             .await
         {
             Ok(addr) => addr,
             Err(reason) => {
                 ctx.reason = Some(reason);
+                let etype = match reason {
+                    Reason::DnsError => ErrorType::ConnectNoRoute,
+                    _ => ErrorType::HTTPStatus(reason.status()),
+                };
                 return Error::e_explain(
-                    ErrorType::ConnectNoRoute,
-                    format!("{} did not resolve", target.authority.host),
+                    etype,
+                    format!("{} refused: {}", target.authority.host, reason.code()),
                 );
             }
         };
@@ -452,6 +487,8 @@ impl ProxyHttp for Warden {
         } else {
             line.reason = ctx.reason.map(Reason::code);
         }
+        line.rule = ctx.rule.take();
+        line.would_deny = ctx.would_deny.map(Reason::code);
         line.took(ctx.started.elapsed());
         line.emit(ctx.snap.log);
     }
@@ -459,8 +496,13 @@ impl ProxyHttp for Warden {
 
 /// Converts a body the front door writes into raw HTTP/1.1 bytes: the same head and body
 /// `request_filter` sends, for connections that never reach the HTTP engine.
-pub(crate) fn raw_refusal(reason: Reason, host: Option<&str>, request_id: &str) -> Vec<u8> {
-    let body: Bytes = error_body(reason, host, Some(request_id));
+pub(crate) fn raw_refusal(
+    reason: Reason,
+    host: Option<&str>,
+    rule: Option<&str>,
+    request_id: &str,
+) -> Vec<u8> {
+    let body: Bytes = error_body(reason, host, rule, Some(request_id));
     let status = http::StatusCode::from_u16(reason.status())
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut out = format!(
@@ -503,7 +545,7 @@ mod tests {
 
     #[test]
     fn raw_refusals_are_complete_http_responses() {
-        let raw = raw_refusal(Reason::BadAuthority, None, "rid");
+        let raw = raw_refusal(Reason::BadAuthority, None, None, "rid");
         let text = String::from_utf8(raw).unwrap();
         assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(text.contains(

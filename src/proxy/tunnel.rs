@@ -9,7 +9,7 @@ use crate::target::Authority;
 use crate::telemetry::CanonicalLog;
 use bytes::Bytes;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::server::ShutdownWatch;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,13 +23,14 @@ pub(super) async fn blind(
     rest: Bytes,
     dest: &Authority,
     snap: &Snapshot,
-    _shutdown: &ShutdownWatch,
+    own: &[SocketAddr],
     line: &mut CanonicalLog,
 ) -> Result<(), Reason> {
     let limits = &snap.limits;
+    // Resolve once, check every answer, dial exactly the address that passed.
     let addr = snap
-        .resolver
-        .resolve(dest, limits.upstream_connect_timeout)
+        .network
+        .resolve_checked(dest, limits.upstream_connect_timeout, own)
         .await?;
     let upstream =
         match tokio::time::timeout(limits.upstream_connect_timeout, TcpStream::connect(addr)).await

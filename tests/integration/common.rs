@@ -284,12 +284,27 @@ impl Drop for TestWarden {
 
 /// The usual config with `listen` on port 0.
 pub fn default_yaml(intercept: &str, tls_extra: &str, extra: &str) -> String {
+    full_yaml(
+        intercept,
+        tls_extra,
+        "  allow_cidrs: [127.0.0.0/8]\n",
+        extra,
+    )
+}
+
+/// The usual config with these `network` keys (two-space indented) instead of the loopback
+/// exception.
+pub fn network_yaml(intercept: &str, network: &str, extra: &str) -> String {
+    full_yaml(intercept, "", network, extra)
+}
+
+fn full_yaml(intercept: &str, tls_extra: &str, network: &str, extra: &str) -> String {
     let resolve: String = ORIGIN_NAMES
         .iter()
         .map(|n| format!("    {n}: 127.0.0.1\n"))
         .collect();
     format!(
-        "version: 1\nproxy:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {{dir}}/ca.crt\n  ca_key: {{dir}}/ca.key\n  intercept: {intercept}\n  upstream_ca_file: {{origin_ca}}\n{tls_extra}network:\n  resolve:\n{resolve}{extra}"
+        "version: 1\nproxy:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {{dir}}/ca.crt\n  ca_key: {{dir}}/ca.key\n  intercept: {intercept}\n  upstream_ca_file: {{origin_ca}}\n{tls_extra}network:\n{network}  resolve:\n{resolve}{extra}"
     )
 }
 
@@ -436,8 +451,18 @@ impl Origin {
         Origin::start(Some(origin_acceptor(&rogue.issue(ORIGIN_NAMES)))).await
     }
 
+    /// Plain HTTP origin on `ip` (e.g. 127.0.0.2), recording the local address of each
+    /// accepted connection.
+    pub async fn http_on(ip: &str) -> Origin {
+        Origin::start_on(ip, None).await
+    }
+
     async fn start(tls: Option<SslAcceptor>) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::start_on("127.0.0.1", tls).await
+    }
+
+    async fn start_on(ip: &str, tls: Option<SslAcceptor>) -> Origin {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -8,5 +8,6 @@ mod errors;
 mod intercept;
 mod logs;
 mod plain;
+mod policy;
 mod tunnel;
 mod websocket;
