@@ -3,6 +3,7 @@
 //! ProxyHttp phases read once per request (`new_ctx`). `compile()` is where files are read and
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
+use crate::auth::{AuthConfig, Client, Clients};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
@@ -144,8 +145,12 @@ fn default_version() -> u32 {
 pub struct ProxyConfig {
     /// Address of the one listener for absolute-form HTTP and CONNECT.
     pub listen: SocketAddr,
-    #[serde(default, rename = "auth")]
-    _auth: Option<NotYetSupported>,
+    /// Client authentication; absent means none.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Allow a non-loopback `listen` without `auth`.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served; absent = no admin listener.
@@ -223,10 +228,21 @@ pub struct Snapshot {
     pub tls: TlsPolicy,
     /// Network policy, the SSRF guard and resolution.
     pub network: NetworkPolicy,
+    /// The clients, when `proxy.auth` is configured.
+    pub auth: Option<Clients>,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
     pub limits: Limits,
+}
+
+impl Snapshot {
+    /// The network policy for `client`: its own section if it has one, else the top-level one.
+    pub fn network_for<'a>(&'a self, client: Option<&'a Client>) -> &'a NetworkPolicy {
+        client
+            .and_then(|c| c.network.as_ref())
+            .unwrap_or(&self.network)
+    }
 }
 
 impl Config {
@@ -320,6 +336,22 @@ impl Config {
                 return Err(self.error(key, "must be longer than zero"));
             }
         }
+        if f.proxy.auth.is_none()
+            && !f.proxy.listen.ip().is_loopback()
+            && !f.proxy.allow_unauthenticated
+        {
+            return Err(self.error(
+                "proxy.listen",
+                "listens beyond loopback without proxy.auth; configure clients, or set proxy.allow_unauthenticated: true",
+            ));
+        }
+        let auth = match &f.proxy.auth {
+            Some(a) => Some(
+                a.compile(&self.base_dir)
+                    .map_err(|(key, msg)| self.error(&key, msg))?,
+            ),
+            None => None,
+        };
         let network = f
             .network
             .compile()
@@ -340,6 +372,7 @@ impl Config {
             admin_listen: f.admin.listen,
             tls,
             network,
+            auth,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
@@ -367,34 +400,78 @@ fn from_yaml_error(e: &serde_yaml::Error) -> ConfigError {
     }
 }
 
-/// Finds the line of a dotted key (`tls.ca_key`) in block-style YAML, for errors found after
-/// parsing. Returns the deepest line found, or `None` (flow style, absent key).
+/// Finds the line of a dotted key (`tls.ca_key`, `proxy.auth.clients[1].token`) in
+/// block-style YAML, for errors found after parsing. Returns the line of the deepest part found,
+/// or `None` (flow style, absent key).
 pub fn locate(text: &str, dotted: &str) -> Option<usize> {
-    let mut want = dotted.split('.').peekable();
-    let mut found = None;
-    let mut min_indent = 0usize;
-    let mut current = want.next()?;
-    for (idx, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('#') || trimmed.is_empty() {
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        if found.is_some() && indent < min_indent {
-            break;
-        }
-        let key = trimmed
-            .split_once(':')
-            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
-        if indent >= min_indent && key == Some(current) {
-            found = Some(idx + 1);
-            match want.next() {
-                Some(next) => {
-                    current = next;
-                    min_indent = indent + 1;
-                }
-                None => return found,
+    // (line index, indent of the content, content without a list marker)
+    let lines: Vec<(usize, usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let body = line.trim_start();
+            if body.is_empty() || body.starts_with('#') {
+                return None;
             }
+            Some((i, line.len() - body.len(), body))
+        })
+        .collect();
+    fn key_of(body: &str) -> Option<&str> {
+        body.split_once(':')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''))
+    }
+    let mut found = None;
+    let mut from = 0; // index into `lines`
+    let mut min_indent = 0;
+    for segment in dotted.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let mut hit = None;
+        for (pos, &(i, indent, body)) in lines.iter().enumerate().skip(from) {
+            let (indent, body) = match body.strip_prefix("- ") {
+                Some(rest) => (indent + 2, rest),
+                None => (indent, body),
+            };
+            if pos > from && indent < min_indent {
+                break;
+            }
+            if indent >= min_indent && key_of(body) == Some(key) {
+                hit = Some((pos, i, indent));
+                break;
+            }
+        }
+        let Some((pos, line, indent)) = hit else {
+            return found;
+        };
+        found = Some(line + 1);
+        from = pos + 1;
+        min_indent = indent + 1;
+        if let Some(n) = index {
+            let mut item_indent = None;
+            let mut seen = 0;
+            let mut item = None;
+            for (pos, &(i, indent, body)) in lines.iter().enumerate().skip(from) {
+                if indent < min_indent {
+                    break;
+                }
+                if !body.starts_with("- ") || item_indent.is_some_and(|d| d != indent) {
+                    continue;
+                }
+                item_indent = Some(indent);
+                if seen == n {
+                    item = Some((pos, i, indent + 2));
+                    break;
+                }
+                seen += 1;
+            }
+            let Some((pos, line, indent)) = item else {
+                return found;
+            };
+            found = Some(line + 1);
+            from = pos;
+            min_indent = indent;
         }
     }
     found
@@ -423,8 +500,8 @@ mod tests {
         assert!(err.message.contains("not yet supported"), "{err}");
         assert_eq!(err.key.as_deref(), Some("credentials"), "{err}");
         assert_eq!(err.line, Some(4), "{err}");
-        let err = parse("proxy:\n  listen: 127.0.0.1:0\n  auth: { clients: [] }\n").unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("proxy.auth"), "{err}");
+        let err = parse("proxy:\n  listen: 127.0.0.1:0\nheaders: []\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("headers"), "{err}");
     }
 
     #[test]
@@ -462,6 +539,36 @@ mod tests {
     }
 
     #[test]
+    fn a_public_listener_without_auth_needs_explicit_consent() {
+        let cfg = parse("proxy: { listen: 0.0.0.0:9080 }\n").unwrap();
+        let err = cfg
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("proxy.listen"));
+        let cfg = parse("proxy: { listen: 0.0.0.0:9080, allow_unauthenticated: true }\n").unwrap();
+        assert!(cfg.compile(CompileOptions { create_ca: false }).is_ok());
+        let cfg = parse(
+            "proxy:\n  listen: 0.0.0.0:9080\n  auth:\n    clients: [{ name: a, token: { type: static, value: t } }]\n",
+        )
+        .unwrap();
+        assert!(cfg.compile(CompileOptions { create_ca: false }).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_client_token_names_the_client_entry() {
+        let cfg = parse(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - name: a\n        token: { type: env, var: WARDEN_TEST_ABSENT_TOKEN }\n",
+        )
+        .unwrap();
+        let err = cfg
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("proxy.auth.clients[0].token"));
+        assert!(err.message.contains("WARDEN_TEST_ABSENT_TOKEN"));
+        assert_eq!(err.line, Some(6), "{err}");
+    }
+
+    #[test]
     fn version_other_than_one_is_refused() {
         let err = parse("version: 2\nproxy: { listen: 127.0.0.1:0 }\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("version"));
@@ -481,6 +588,11 @@ mod tests {
         assert_eq!(locate(text, "limits.ca_key"), Some(7));
         assert_eq!(locate(text, "a"), Some(1));
         assert_eq!(locate(text, "nope"), None);
+        let list = "proxy:\n  auth:\n    clients:\n      - name: a\n        token: x\n      - name: b\n        # c\n        token: y\n";
+        assert_eq!(locate(list, "proxy.auth.clients[0].token"), Some(5));
+        assert_eq!(locate(list, "proxy.auth.clients[1].token"), Some(8));
+        assert_eq!(locate(list, "proxy.auth.clients[1].name"), Some(6));
+        assert_eq!(locate(list, "proxy.auth.clients[5].name"), Some(3));
     }
 
     #[test]

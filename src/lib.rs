@@ -12,7 +12,7 @@
 //! | accept, drain            | [`server`]                               |
 //! | front door (CONNECT)     | [`proxy`], [`target`], [`tls`], [`policy`] |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`target`] (validation, host binding)    |
+//! | `request_filter`         | [`target`] (validation, host binding), [`auth`], [`policy`] |
 //! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
 //! | `upstream_request_filter`| [`proxy`] (hop-by-hop, request id)       |
 //! | `fail_to_proxy`          | [`reason`] (one error → response map)    |
@@ -20,10 +20,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod policy;
 pub mod proxy;
 pub mod reason;
+pub mod secret;
 pub mod server;
 pub mod target;
 pub mod telemetry;

@@ -29,6 +29,10 @@ pub enum Reason {
     UnsupportedScheme,
     /// `Host` (or SNI) inside a tunnel names another host than the CONNECT authority.
     HostMismatch,
+    /// No `Proxy-Authorization` was sent and the proxy requires one.
+    AuthRequired,
+    /// The `Proxy-Authorization` sent is malformed or matches no client.
+    AuthInvalid,
     /// The destination is refused by `network.deny` or not in `network.allow` (strict).
     PolicyDeniedHost,
     /// The destination resolved only to non-public addresses (the SSRF guard).
@@ -61,7 +65,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for bounded metric label sets and exhaustive tests.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -71,6 +75,8 @@ impl Reason {
         Reason::TlsDowngrade,
         Reason::UnsupportedScheme,
         Reason::HostMismatch,
+        Reason::AuthRequired,
+        Reason::AuthInvalid,
         Reason::PolicyDeniedHost,
         Reason::PrivateAddress,
         Reason::LoopDetected,
@@ -170,6 +176,20 @@ impl Reason {
                 "http_request_denied",
                 "the Host header does not match the tunnel's CONNECT authority",
                 "open a new CONNECT tunnel for each destination host",
+            ),
+            AuthRequired => (
+                407,
+                "auth_required",
+                "http_request_denied",
+                "this proxy requires authentication",
+                "send Proxy-Authorization: Basic base64(client:token) or Bearer token",
+            ),
+            AuthInvalid => (
+                407,
+                "auth_invalid",
+                "http_request_denied",
+                "the proxy credentials are malformed or not valid",
+                "check the client name and token given to this agent; retrying the same credentials will not help",
             ),
             PolicyDeniedHost => (
                 403,

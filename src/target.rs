@@ -91,6 +91,8 @@ pub struct TunnelIdentity {
     pub authority: Authority,
     /// The client's address.
     pub client_addr: Option<std::net::SocketAddr>,
+    /// The client that authenticated the CONNECT (`proxy.auth`), if any.
+    pub client: Option<std::sync::Arc<str>>,
     /// The SNI the client sent in its ClientHello, if any.
     pub sni: Option<String>,
 }

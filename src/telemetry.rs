@@ -107,6 +107,8 @@ pub struct CanonicalLog {
     pub kind: Kind,
     /// The request id (also sent upstream and returned in `X-Request-Id`).
     pub request_id: Option<String>,
+    /// The authenticated client's name (`proxy.auth`).
+    pub client: Option<String>,
     /// The client's address.
     pub client_addr: Option<String>,
     /// Request method (`CONNECT` for tunnels).
@@ -148,6 +150,7 @@ impl CanonicalLog {
             ts: String::new(),
             kind,
             request_id: None,
+            client: None,
             client_addr: None,
             method: None,
             scheme: None,
@@ -404,6 +407,7 @@ mod tests {
         for key in [
             "ts",
             "request_id",
+            "client",
             "client_addr",
             "method",
             "scheme",

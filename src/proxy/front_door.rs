@@ -44,6 +44,7 @@ struct Head {
     target: Vec<u8>,
     hosts: Vec<Vec<u8>>,
     names: Vec<Vec<u8>>,
+    proxy_auth: Vec<Vec<u8>>,
     request_id: String,
 }
 
@@ -60,12 +61,15 @@ enum HeadError {
 struct Event {
     started: Instant,
     client_addr: Option<SocketAddr>,
+    /// The authenticated client, once known.
+    client: Option<Arc<str>>,
 }
 
 impl Event {
     fn line(&self, kind: Kind) -> CanonicalLog {
         let mut line = CanonicalLog::new(kind);
         line.client_addr = self.client_addr.map(|a| a.to_string());
+        line.client = self.client.as_deref().map(str::to_string);
         line
     }
 }
@@ -91,6 +95,7 @@ impl FrontDoor {
             client_addr: stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())),
+            client: None,
         };
         let head = match read_head(
             &mut stream,
@@ -131,24 +136,45 @@ impl FrontDoor {
             Ok(dest) => dest,
             Err(reason) => return refuse(stream, &snap, &event, Some(&head), reason).await,
         };
-        // Decide before side effects: nothing is resolved, minted or dialled for a denial.
-        let would_deny = match snap.network.authorize(&dest, &self.shared.own_addrs) {
+        // Decide before side effects: nothing is resolved, minted or dialled for a refusal.
+        let client = match &snap.auth {
+            None => None,
+            Some(clients) => {
+                let values: Vec<&[u8]> = head.proxy_auth.iter().map(Vec::as_slice).collect();
+                match clients.authenticate(&values) {
+                    Ok(client) => Some(client),
+                    Err(reason) => {
+                        let denial = Denial { reason, rule: None };
+                        return refuse_connect(stream, &snap, &event, &head, &dest, denial, None)
+                            .await;
+                    }
+                }
+            }
+        };
+        let name = client.as_ref().map(|c| c.name.clone());
+        let network = snap.network_for(client.as_deref());
+        let would_deny = match network.authorize(&dest, &self.shared.own_addrs) {
             Ok(would_deny) => would_deny,
             Err(denial) => {
-                return refuse_connect(stream, &snap, &event, &head, &dest, denial).await;
+                return refuse_connect(stream, &snap, &event, &head, &dest, denial, name).await;
             }
         };
         let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
         if snap.tls.intercepts(&dest) {
+            let event = Event {
+                client: name,
+                ..event
+            };
             self.intercept(stream, rest, dest, head.request_id, &snap, &event, shutdown)
                 .await;
         } else {
             let mut line = event.line(Kind::Tunnel);
+            line.client = name.as_deref().map(str::to_string);
             line.request_id = Some(head.request_id.clone());
             line.would_deny = would_deny.map(Reason::code);
             fill_connect(&mut line, &dest);
             let own = &self.shared.own_addrs;
-            match tunnel::blind(&mut stream, rest, &dest, &snap, own, &mut line).await {
+            match tunnel::blind(&mut stream, rest, &dest, &snap, network, own, &mut line).await {
                 Ok(()) => {}
                 Err(reason) => {
                     line.status = Some(reason.status());
@@ -217,6 +243,7 @@ impl FrontDoor {
             identity: TunnelIdentity {
                 authority: dest.clone(),
                 client_addr: event.client_addr,
+                client: event.client.clone(),
                 sni: None,
             },
         };
@@ -290,6 +317,7 @@ async fn refuse_connect(
     head: &Head,
     dest: &Authority,
     denial: Denial,
+    client: Option<Arc<str>>,
 ) {
     let rule = denial.rule.as_deref();
     write_refusal(
@@ -301,6 +329,7 @@ async fn refuse_connect(
     )
     .await;
     let mut line = event.line(Kind::Connect);
+    line.client = client.as_deref().map(str::to_string);
     line.request_id = Some(head.request_id.clone());
     fill_connect(&mut line, dest);
     line.status = Some(denial.reason.status());
@@ -343,9 +372,12 @@ async fn read_head(
                 let mut hosts = Vec::new();
                 let mut names = Vec::new();
                 let mut request_id = None;
+                let mut proxy_auth = Vec::new();
                 for h in req.headers.iter() {
                     if h.name.eq_ignore_ascii_case("host") {
                         hosts.push(h.value.to_vec());
+                    } else if h.name.eq_ignore_ascii_case("proxy-authorization") {
+                        proxy_auth.push(h.value.to_vec());
                     } else if h.name.eq_ignore_ascii_case("x-request-id") {
                         request_id = Some(h.value);
                     }
@@ -359,6 +391,7 @@ async fn read_head(
                     target,
                     hosts,
                     names,
+                    proxy_auth,
                     request_id,
                 });
             }

@@ -9,6 +9,7 @@ mod upgrade;
 
 pub use front_door::FrontDoor;
 
+use crate::auth::Client;
 use crate::config::Snapshot;
 use crate::reason::{error_body, Reason};
 use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     client_addr: Option<String>,
     method: String,
     tunnel: Option<TunnelIdentity>,
+    /// The authenticated client (`proxy.auth`).
+    client: Option<Arc<Client>>,
     target: Option<Target>,
     reason: Option<Reason>,
     /// The config entry behind a denial.
@@ -79,9 +82,37 @@ pub(crate) fn request_id_from(value: Option<&[u8]>) -> String {
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 
+/// The `Proxy-Authenticate` challenge sent with every 407.
+const PROXY_CHALLENGE: &str = "Basic realm=\"warden\"";
+
+/// Who sent a request: the CONNECT's client inside a tunnel (which must still be configured),
+/// otherwise the request's own `Proxy-Authorization`. `None` when auth is off.
+fn identify(
+    snap: &Snapshot,
+    tunnel: Option<&TunnelIdentity>,
+    proxy_auth: &[&[u8]],
+) -> std::result::Result<Option<Arc<Client>>, Reason> {
+    let Some(clients) = &snap.auth else {
+        return Ok(None);
+    };
+    match tunnel {
+        Some(t) => t
+            .client
+            .as_deref()
+            .and_then(|name| clients.get(name))
+            .cloned()
+            .map(Some)
+            .ok_or(Reason::AuthInvalid),
+        None => clients.authenticate(proxy_auth).map(Some),
+    }
+}
+
 /// The response head warden sends for `reason`.
 fn refusal_head(reason: Reason, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(reason.status(), Some(6))?;
+    let mut resp = ResponseHeader::build(reason.status(), Some(7))?;
+    if reason.status() == 407 {
+        resp.insert_header(header::PROXY_AUTHENTICATE, PROXY_CHALLENGE)?;
+    }
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
     resp.insert_header(PROXY_STATUS, reason.proxy_status())?;
@@ -221,6 +252,7 @@ impl ProxyHttp for Warden {
             client_addr: None,
             method: String::new(),
             tunnel: None,
+            client: None,
             target: None,
             reason: None,
             rule: None,
@@ -264,10 +296,25 @@ impl ProxyHttp for Warden {
                 return Ok(true);
             }
         }
+        let proxy_auth: Vec<&[u8]> = session
+            .req_header()
+            .headers
+            .get_all(header::PROXY_AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        match identify(&ctx.snap, ctx.tunnel.as_ref(), &proxy_auth) {
+            Ok(client) => ctx.client = client,
+            Err(reason) => {
+                self.refuse(session, ctx, reason).await;
+                return Ok(true);
+            }
+        }
         // Decide before any side effect: no DNS, upstream connection or upgrade before this.
         let dest = ctx.target.as_ref().map(|t| t.authority.clone());
         if let Some(dest) = dest {
-            match ctx.snap.network.authorize(&dest, &self.shared.own_addrs) {
+            let network = ctx.snap.network_for(ctx.client.as_deref());
+            match network.authorize(&dest, &self.shared.own_addrs) {
                 Ok(would_deny) => ctx.would_deny = would_deny,
                 Err(denial) => {
                     ctx.rule = denial.rule;
@@ -294,7 +341,7 @@ impl ProxyHttp for Warden {
         // Resolve once, check every answer, and dial exactly the address that passed.
         let addr = match ctx
             .snap
-            .network
+            .network_for(ctx.client.as_deref())
             .resolve_checked(
                 &target.authority,
                 limits.upstream_connect_timeout,
@@ -456,6 +503,11 @@ impl ProxyHttp for Warden {
         };
         let mut line = CanonicalLog::new(kind);
         line.request_id = Some(std::mem::take(&mut ctx.request_id));
+        line.client = ctx.client.as_ref().map(|c| c.name.to_string()).or_else(|| {
+            ctx.tunnel
+                .as_ref()
+                .and_then(|t| t.client.as_deref().map(str::to_string))
+        });
         line.client_addr = ctx.client_addr.take();
         line.method = Some(std::mem::take(&mut ctx.method));
         match (&ctx.target, &ctx.tunnel) {
@@ -505,8 +557,13 @@ pub(crate) fn raw_refusal(
     let body: Bytes = error_body(reason, host, rule, Some(request_id));
     let status = http::StatusCode::from_u16(reason.status())
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let challenge = if status.as_u16() == 407 {
+        format!("proxy-authenticate: {PROXY_CHALLENGE}\r\n")
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nproxy-status: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nproxy-status: {}\r\n{challenge}x-request-id: {}\r\nconnection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len(),

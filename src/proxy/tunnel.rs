@@ -4,6 +4,7 @@
 
 use super::front_door::established;
 use crate::config::Snapshot;
+use crate::policy::NetworkPolicy;
 use crate::reason::Reason;
 use crate::target::Authority;
 use crate::telemetry::CanonicalLog;
@@ -18,18 +19,19 @@ const SPLICE_BUFFER: usize = 16 * 1024;
 
 /// Dials `dest` and splices `client` to it, recording status, bytes and how it ended in
 /// `line`. Fails before anything was sent to the client, with the reason to answer.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn blind(
     client: &mut L4Stream,
     rest: Bytes,
     dest: &Authority,
     snap: &Snapshot,
+    network: &NetworkPolicy,
     own: &[SocketAddr],
     line: &mut CanonicalLog,
 ) -> Result<(), Reason> {
     let limits = &snap.limits;
     // Resolve once, check every answer, dial exactly the address that passed.
-    let addr = snap
-        .network
+    let addr = network
         .resolve_checked(dest, limits.upstream_connect_timeout, own)
         .await?;
     let upstream =

@@ -75,7 +75,11 @@ fn run_with_a_bad_ca_pem_fails_with_a_clear_message() {
 fn ca_prints_the_certificate_path_and_client_environment() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.yaml");
-    std::fs::write(&file, "proxy:\n  listen: 0.0.0.0:9999\n").unwrap();
+    std::fs::write(
+        &file,
+        "proxy:\n  listen: 0.0.0.0:9999\n  allow_unauthenticated: true\n",
+    )
+    .unwrap();
     let out = warden(&["ca", "-c", file.to_str().unwrap()]);
     assert!(
         out.status.success(),

@@ -2,6 +2,7 @@
 //! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl).
 
 mod admin;
+mod auth;
 mod cli;
 mod common;
 mod errors;

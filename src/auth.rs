@@ -1,0 +1,241 @@
+//! Proxy authentication: which configured client a connection or request belongs to, from
+//! `Proxy-Authorization: Basic base64(name:token)` or `Bearer token`, compared in constant
+//! time; and the per-client sections that replace the top-level ones for that client. Called
+//! by the front door on CONNECT and by `request_filter` on plain requests; requests inside an
+//! intercepted tunnel keep the CONNECT's identity.
+
+use crate::config::NotYetSupported;
+use crate::policy::{NetworkConfig, NetworkPolicy};
+use crate::reason::Reason;
+use crate::secret::{Secret, SecretSource};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Presented credentials longer than this are refused without being parsed.
+const MAX_CREDENTIALS: usize = 4096;
+
+/// `proxy.auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The clients allowed to use the proxy.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// One `proxy.auth.clients` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The identity in logs, audit and metrics.
+    pub name: String,
+    /// Where the client's token is read from.
+    pub token: SecretSource,
+    /// Replaces the top-level `network` section for this client.
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+    #[serde(default, rename = "credentials")]
+    _credentials: Option<NotYetSupported>,
+    #[serde(default, rename = "headers")]
+    _headers: Option<NotYetSupported>,
+    #[serde(default, rename = "substitutions")]
+    _substitutions: Option<NotYetSupported>,
+    #[serde(default, rename = "llm")]
+    _llm: Option<NotYetSupported>,
+    #[serde(default, rename = "correlation")]
+    _correlation: Option<NotYetSupported>,
+}
+
+/// A configured client.
+#[derive(Debug)]
+pub struct Client {
+    /// Its name.
+    pub name: Arc<str>,
+    token: Secret,
+    /// Its own network policy, when it has one.
+    pub network: Option<NetworkPolicy>,
+}
+
+/// The compiled client list.
+#[derive(Debug)]
+pub struct Clients {
+    clients: Vec<Arc<Client>>,
+}
+
+impl AuthConfig {
+    /// Reads every token and compiles per-client sections. Errors carry the config key.
+    pub fn compile(&self, base_dir: &Path) -> Result<Clients, (String, String)> {
+        let mut names = HashSet::new();
+        let mut clients = Vec::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |field: &str| format!("proxy.auth.clients[{i}].{field}");
+            if c.name.is_empty() || c.name.contains(':') || c.name.len() > 64 {
+                return Err((
+                    key("name"),
+                    "a client name is 1-64 characters without ':'".into(),
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err((key("name"), format!("client `{}` is listed twice", c.name)));
+            }
+            let token = c
+                .token
+                .read(base_dir)
+                .map_err(|e| (key("token"), e.to_string()))?;
+            let network = match &c.network {
+                Some(n) => Some(
+                    n.compile()
+                        .map_err(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))?,
+                ),
+                None => None,
+            };
+            clients.push(Arc::new(Client {
+                name: Arc::from(c.name.as_str()),
+                token,
+                network,
+            }));
+        }
+        if clients.is_empty() {
+            return Err((
+                "proxy.auth.clients".into(),
+                "lists no client; remove proxy.auth to run without authentication".into(),
+            ));
+        }
+        Ok(Clients { clients })
+    }
+}
+
+impl Clients {
+    /// The client presenting `values` (every `Proxy-Authorization` header of the request).
+    /// [`Reason::AuthRequired`] when none was sent; [`Reason::AuthInvalid`] when it is
+    /// duplicated, malformed, too long or matches no client. Every client's token is compared,
+    /// so timing does not reveal which part was wrong.
+    pub fn authenticate(&self, values: &[&[u8]]) -> Result<Arc<Client>, Reason> {
+        let value = match values {
+            [] => return Err(Reason::AuthRequired),
+            [one] => *one,
+            _ => return Err(Reason::AuthInvalid),
+        };
+        if value.len() > MAX_CREDENTIALS {
+            return Err(Reason::AuthInvalid);
+        }
+        let text = std::str::from_utf8(value).map_err(|_| Reason::AuthInvalid)?;
+        let (scheme, rest) = text.trim().split_once(' ').ok_or(Reason::AuthInvalid)?;
+        let rest = rest.trim();
+        let (name, token): (Option<String>, Vec<u8>) = if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = openssl::base64::decode_block(rest).map_err(|_| Reason::AuthInvalid)?;
+            let text = String::from_utf8(decoded).map_err(|_| Reason::AuthInvalid)?;
+            let (name, token) = text.split_once(':').ok_or(Reason::AuthInvalid)?;
+            (Some(name.to_string()), token.as_bytes().to_vec())
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            (None, rest.as_bytes().to_vec())
+        } else {
+            return Err(Reason::AuthInvalid);
+        };
+        if token.is_empty() {
+            return Err(Reason::AuthInvalid);
+        }
+        let mut found = None;
+        for c in &self.clients {
+            let token_ok = c.token.matches(&token);
+            let name_ok = name.as_deref().is_none_or(|n| n == &*c.name);
+            if token_ok && name_ok && found.is_none() {
+                found = Some(c.clone());
+            }
+        }
+        found.ok_or(Reason::AuthInvalid)
+    }
+
+    /// The client named `name`, if it is still configured.
+    pub fn get(&self, name: &str) -> Option<&Arc<Client>> {
+        self.clients.iter().find(|c| &*c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients() -> Clients {
+        let cfg: AuthConfig = serde_yaml::from_str(
+            "clients:\n  - { name: a, token: { type: static, value: tok-a } }\n  - { name: b, token: { type: static, value: tok-b }, network: { policy: strict } }\n",
+        )
+        .unwrap();
+        cfg.compile(Path::new(".")).unwrap()
+    }
+
+    fn basic(user_token: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            openssl::base64::encode_block(user_token.as_bytes())
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn basic_and_bearer_identify_the_client() {
+        let c = clients();
+        assert_eq!(&*c.authenticate(&[&basic("a:tok-a")]).unwrap().name, "a");
+        assert_eq!(&*c.authenticate(&[b"Bearer tok-b"]).unwrap().name, "b");
+        assert_eq!(&*c.authenticate(&[b"bearer  tok-b "]).unwrap().name, "b");
+        assert!(c
+            .authenticate(&[b"Bearer tok-b"])
+            .unwrap()
+            .network
+            .is_some());
+    }
+
+    #[test]
+    fn bad_credentials_table() {
+        let c = clients();
+        let long = vec![b'A'; 8192];
+        let cases: Vec<(Vec<&[u8]>, Reason)> = vec![
+            (vec![], Reason::AuthRequired),
+            (vec![b"Bearer tok-a", b"Bearer tok-a"], Reason::AuthInvalid),
+            (vec![b""], Reason::AuthInvalid),
+            (vec![b"Basic"], Reason::AuthInvalid),
+            (vec![b"Basic !!notbase64!!"], Reason::AuthInvalid),
+            (vec![b"Digest abc"], Reason::AuthInvalid),
+            (vec![b"Bearer wrong"], Reason::AuthInvalid),
+            (vec![b"Bearer "], Reason::AuthInvalid),
+            (vec![&long], Reason::AuthInvalid),
+            (vec![b"\xff\xfe"], Reason::AuthInvalid),
+        ];
+        for (values, want) in cases {
+            assert_eq!(c.authenticate(&values).unwrap_err(), want, "{values:?}");
+        }
+        // Right token under another client's name, and a token without a name.
+        assert_eq!(
+            c.authenticate(&[&basic("b:tok-a")]).unwrap_err(),
+            Reason::AuthInvalid
+        );
+        assert_eq!(
+            c.authenticate(&[&basic("a")]).unwrap_err(),
+            Reason::AuthInvalid
+        );
+    }
+
+    #[test]
+    fn unreadable_tokens_and_bad_names_are_config_errors() {
+        let cfg: AuthConfig = serde_yaml::from_str(
+            "clients:\n  - { name: a, token: { type: env, var: WARDEN_TEST_NO_SUCH_TOKEN } }\n",
+        )
+        .unwrap();
+        let (key, msg) = cfg.compile(Path::new(".")).unwrap_err();
+        assert_eq!(key, "proxy.auth.clients[0].token");
+        assert!(msg.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{msg}");
+        let cfg: AuthConfig = serde_yaml::from_str(
+            "clients:\n  - { name: a, token: { type: static, value: x } }\n  - { name: a, token: { type: static, value: y } }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.compile(Path::new(".")).unwrap_err().0,
+            "proxy.auth.clients[1].name"
+        );
+        assert!(serde_yaml::from_str::<AuthConfig>(
+            "clients:\n  - { name: a, token: { type: static, value: x }, llm: [] }\n"
+        )
+        .is_err());
+    }
+}
