@@ -178,8 +178,9 @@ pub struct NetworkConfig {
     pub resolve: BTreeMap<String, IpAddr>,
     #[serde(default, rename = "grants")]
     _grants: Option<NotYetSupported>,
-    #[serde(default, rename = "rules")]
-    _rules: Option<NotYetSupported>,
+    /// L7 rules, first match wins, on every request (plain or inside an intercepted tunnel).
+    #[serde(default)]
+    pub rules: Vec<Rule>,
 }
 
 impl NetworkConfig {
@@ -206,6 +207,7 @@ impl NetworkConfig {
             deny: self.deny.clone(),
             private_networks: self.private_networks,
             allow_cidrs: self.allow_cidrs.iter().map(IpNet::trunc).collect(),
+            rules: self.rules.clone(),
             resolver: Resolver {
                 overrides,
                 lookups: AtomicU64::new(0),
@@ -245,6 +247,7 @@ pub struct NetworkPolicy {
     deny: Vec<HostPattern>,
     private_networks: PrivateNetworks,
     allow_cidrs: Vec<IpNet>,
+    rules: Vec<Rule>,
     resolver: Resolver,
 }
 
@@ -300,6 +303,42 @@ impl NetworkPolicy {
             })?;
         }
         Ok(would_deny)
+    }
+
+    /// Whether any rule names `dest`: its requests must be seen, so a CONNECT to it is
+    /// intercepted (or refused when it cannot be).
+    pub fn has_rules_for(&self, dest: &Authority) -> bool {
+        self.rules.iter().any(|r| r.host.matches(dest))
+    }
+
+    /// The L7 rules for one request: the first rule matching method, destination and
+    /// (normalised) path decides; no match leaves the host decision standing. In report mode a
+    /// deny becomes `Ok(Some(reason))`.
+    pub fn decide_request(
+        &self,
+        method: &str,
+        dest: &Authority,
+        path: &str,
+    ) -> Result<Option<Reason>, Denial> {
+        let segments = normalize_path(path);
+        let Some((i, rule)) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(method, dest, &segments))
+        else {
+            return Ok(None);
+        };
+        if rule.allow {
+            return Ok(None);
+        }
+        match self.mode {
+            Mode::Report => Ok(Some(Reason::PolicyDeniedRule)),
+            Mode::Enforce => Err(Denial {
+                reason: Reason::PolicyDeniedRule,
+                rule: Some(format!("network.rules[{i}]: {}", rule.source)),
+            }),
+        }
     }
 
     /// The SSRF guard for one address: [`Reason::PrivateAddress`] for a non-public address
@@ -360,6 +399,141 @@ impl NetworkPolicy {
     pub fn dns_lookups(&self) -> u64 {
         self.resolver.lookups.load(Ordering::Relaxed)
     }
+}
+
+/// One L7 rule: `"allow|deny METHODS HOSTGLOB PATHGLOB"`, e.g.
+/// `"allow GET,HEAD api.github.com /repos/**"`. METHODS is a comma list or `*`; PATHGLOB
+/// segments are literals, `*` (one segment) or a final `**` (the rest, including nothing).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Rule {
+    allow: bool,
+    /// `None`: any method.
+    methods: Option<Vec<String>>,
+    host: HostPattern,
+    path: Vec<PathSegment>,
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathSegment {
+    Literal(String),
+    /// `*`
+    One,
+    /// `**`
+    Rest,
+}
+
+impl TryFrom<String> for Rule {
+    type Error = String;
+
+    fn try_from(source: String) -> Result<Self, String> {
+        let invalid = |why: &str| format!("`{source}` is not a valid rule: {why}");
+        let parts: Vec<&str> = source.split_whitespace().collect();
+        let [action, methods, host, path] = parts[..] else {
+            return Err(invalid("expected \"allow|deny METHODS HOSTGLOB PATHGLOB\""));
+        };
+        let allow = match action {
+            "allow" => true,
+            "deny" => false,
+            _ => return Err(invalid("the action is allow or deny")),
+        };
+        let methods = if methods == "*" {
+            None
+        } else {
+            let list: Vec<String> = methods.split(',').map(str::to_ascii_uppercase).collect();
+            if list
+                .iter()
+                .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+            {
+                return Err(invalid("METHODS is `*` or a comma list like GET,HEAD"));
+            }
+            Some(list)
+        };
+        let host = HostPattern::try_from(host.to_string()).map_err(|e| invalid(&e))?;
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(invalid("PATHGLOB starts with /"));
+        };
+        let mut segments = Vec::new();
+        let raw: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        for (i, seg) in raw.iter().enumerate() {
+            segments.push(match *seg {
+                "**" if i + 1 == raw.len() => PathSegment::Rest,
+                "**" => return Err(invalid("`**` may only end a path")),
+                "*" => PathSegment::One,
+                lit if lit.contains('*') => return Err(invalid("`*` stands for a whole segment")),
+                lit => PathSegment::Literal(lit.to_string()),
+            });
+        }
+        Ok(Rule {
+            allow,
+            methods,
+            host,
+            path: segments,
+            source,
+        })
+    }
+}
+
+impl Rule {
+    fn matches(&self, method: &str, dest: &Authority, segments: &[String]) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && self.host.matches(dest)
+            && path_matches(&self.path, segments)
+    }
+}
+
+fn path_matches(glob: &[PathSegment], segments: &[String]) -> bool {
+    match glob.split_first() {
+        None => segments.is_empty(),
+        Some((PathSegment::Rest, _)) => true,
+        Some((PathSegment::One, rest)) => {
+            !segments.is_empty() && path_matches(rest, &segments[1..])
+        }
+        Some((PathSegment::Literal(l), rest)) => {
+            segments.first() == Some(l) && path_matches(rest, &segments[1..])
+        }
+    }
+}
+
+/// The path as an origin would see it, in segments: query dropped, percent-escapes decoded
+/// (so `%2e%2e` and `%2F` cannot hide a segment), empty and `.` segments dropped, `..` applied.
+pub fn normalize_path(path: &str) -> Vec<String> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let decoded = percent_decode(path);
+    let mut out: Vec<String> = Vec::new();
+    for seg in decoded.split(['/', '\\']) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s.to_string()),
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(((hex(h).unwrap_or(0) << 4) | hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `addr` is one of warden's own listeners (a wildcard listener owns its port on
@@ -803,6 +977,80 @@ mod tests {
         }
         assert!(serde_yaml::from_str::<NetworkConfig>("allow_cidrs: ['10.0.0.0/40']").is_err());
         assert!(serde_yaml::from_str::<NetworkConfig>("grants: [x]").is_err());
-        assert!(serde_yaml::from_str::<NetworkConfig>("rules: ['allow * a /']").is_err());
+        assert!(serde_yaml::from_str::<NetworkConfig>("rules: ['allow * a']").is_err());
+    }
+
+    #[test]
+    fn rule_table_first_match_wins() {
+        let p = policy(
+            "rules:\n  - \"allow GET,HEAD api.github.com /repos/**\"\n  - \"allow POST api.github.com /repos/*/issues\"\n  - \"deny * api.github.com /**\"\n",
+        );
+        let gh = dest("api.github.com:443");
+        let cases: &[(&str, &str, bool)] = &[
+            ("GET", "/repos/a/b", true),
+            ("get", "/repos/a/b?x=1", true),
+            ("HEAD", "/repos", true),
+            ("GET", "/repos/../user", false),
+            ("GET", "/repos/%2e%2e/user", false),
+            ("GET", "/repos%2F..%2Fuser", false),
+            ("GET", "//repos//a", true),
+            ("POST", "/repos/a/issues", true),
+            ("POST", "/repos/a/b/issues", false),
+            ("POST", "/repos/a", false),
+            ("DELETE", "/repos/a/b", false),
+            ("GET", "/user", false),
+            ("GET", "/", false),
+        ];
+        for (method, path, allowed) in cases {
+            let got = p.decide_request(method, &gh, path);
+            assert_eq!(got.is_ok(), *allowed, "{method} {path}: {got:?}");
+        }
+        let denial = p.decide_request("GET", &gh, "/user").unwrap_err();
+        assert_eq!(denial.reason, Reason::PolicyDeniedRule);
+        assert_eq!(
+            denial.rule.as_deref(),
+            Some("network.rules[2]: deny * api.github.com /**")
+        );
+        // Other hosts are untouched by these rules.
+        assert_eq!(
+            p.decide_request("DELETE", &dest("x.test:443"), "/"),
+            Ok(None)
+        );
+        assert!(p.has_rules_for(&gh));
+        assert!(!p.has_rules_for(&dest("x.test:443")));
+    }
+
+    #[test]
+    fn report_mode_turns_rule_denials_into_would_deny() {
+        let p = policy("mode: report\nrules: ['deny DELETE *.test /**']");
+        assert_eq!(
+            p.decide_request("DELETE", &dest("a.test:443"), "/x"),
+            Ok(Some(Reason::PolicyDeniedRule))
+        );
+    }
+
+    #[test]
+    fn malformed_rules_are_refused_naming_the_rule() {
+        for bad in [
+            "allow GET api.github.com",
+            "permit GET api.github.com /",
+            "allow G-T api.github.com /",
+            "allow GET *github.com /",
+            "allow GET api.github.com repos",
+            "allow GET api.github.com /**/x",
+            "allow GET api.github.com /re*",
+        ] {
+            let err = Rule::try_from(bad.to_string()).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn paths_normalise_like_an_origin_would() {
+        assert_eq!(normalize_path("/a/./b/../c//d?x=/e"), ["a", "c", "d"]);
+        assert_eq!(normalize_path("/%61%2Fb"), ["a", "b"]);
+        assert_eq!(normalize_path("/../../etc"), ["etc"]);
+        assert_eq!(normalize_path("/a\\..\\b"), ["b"]);
+        assert!(normalize_path("/").is_empty());
     }
 }

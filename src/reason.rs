@@ -35,6 +35,8 @@ pub enum Reason {
     AuthInvalid,
     /// The destination is refused by `network.deny` or not in `network.allow` (strict).
     PolicyDeniedHost,
+    /// A `network.rules` entry denies this method and path.
+    PolicyDeniedRule,
     /// The destination resolved only to non-public addresses (the SSRF guard).
     PrivateAddress,
     /// The destination is warden itself (its proxy or admin listener).
@@ -65,7 +67,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for bounded metric label sets and exhaustive tests.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -78,6 +80,7 @@ impl Reason {
         Reason::AuthRequired,
         Reason::AuthInvalid,
         Reason::PolicyDeniedHost,
+        Reason::PolicyDeniedRule,
         Reason::PrivateAddress,
         Reason::LoopDetected,
         Reason::DnsError,
@@ -197,6 +200,13 @@ impl Reason {
                 "http_request_denied",
                 "this destination is not allowed by warden's network policy",
                 "the destination is blocked by policy; retrying or bypassing the proxy will not help — ask the operator to allow it",
+            ),
+            PolicyDeniedRule => (
+                403,
+                "policy_denied_rule",
+                "http_request_denied",
+                "this method and path are not allowed by warden's network rules",
+                "the request is blocked by policy; retrying or bypassing the proxy will not help — ask the operator to allow it",
             ),
             PrivateAddress => (
                 403,

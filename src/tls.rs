@@ -432,17 +432,16 @@ impl TlsConfig {
 
 impl TlsPolicy {
     /// Whether a CONNECT to `dest` is intercepted (TLS terminated with a minted leaf) rather
-    /// than tunnelled blind. `passthrough` always wins.
-    pub fn intercepts(&self, dest: &Authority) -> bool {
+    /// than tunnelled blind. `needs_inspection`: some rule must see the requests (L7 rules now,
+    /// credentials and headers later), which is what `auto` intercepts. `passthrough` wins.
+    pub fn intercepts(&self, dest: &Authority, needs_inspection: bool) -> bool {
         if any_matches(&self.passthrough, dest) {
             return false;
         }
         match self.intercept {
             InterceptMode::All => true,
             InterceptMode::None => false,
-            // No rule that needs to see inside a tunnel exists yet; credentials, headers and
-            // L7 rules will make `auto` intercept the hosts they name.
-            InterceptMode::Auto => false,
+            InterceptMode::Auto => needs_inspection,
         }
     }
 }
@@ -631,7 +630,7 @@ mod tests {
             .compile(Arc::new(ca_in(dir.path(), 1)), Path::to_path_buf)
             .unwrap();
         let dest = |s: &str| crate::target::parse_authority(s.as_bytes(), None).unwrap();
-        assert!(policy.intercepts(&dest("api.test:443")));
-        assert!(!policy.intercepts(&dest("gs.apple.com:443")));
+        assert!(policy.intercepts(&dest("api.test:443"), false));
+        assert!(!policy.intercepts(&dest("gs.apple.com:443"), true));
     }
 }

@@ -7,7 +7,7 @@
 use super::tunnel;
 use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
 use crate::config::Snapshot;
-use crate::policy::Denial;
+use crate::policy::{Denial, Mode};
 use crate::reason::Reason;
 use crate::target::{classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
@@ -159,8 +159,27 @@ impl FrontDoor {
                 return refuse_connect(stream, &snap, &event, &head, &dest, denial, name).await;
             }
         };
+        let inspect = network.has_rules_for(&dest);
+        let intercept = snap.tls.intercepts(&dest, inspect);
+        let mut would_deny = would_deny;
+        if inspect && !intercept {
+            // Rules that cannot see inside a blind tunnel fail closed.
+            let denial = Denial {
+                reason: Reason::PolicyDeniedRule,
+                rule: Some(
+                    "network.rules apply to this host, but tls.intercept/passthrough tunnel it blind"
+                        .into(),
+                ),
+            };
+            match network.mode {
+                Mode::Enforce => {
+                    return refuse_connect(stream, &snap, &event, &head, &dest, denial, name).await;
+                }
+                Mode::Report => would_deny = would_deny.or(Some(Reason::PolicyDeniedRule)),
+            }
+        }
         let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
-        if snap.tls.intercepts(&dest) {
+        if intercept {
             let event = Event {
                 client: name,
                 ..event

@@ -314,7 +314,14 @@ impl ProxyHttp for Warden {
         let dest = ctx.target.as_ref().map(|t| t.authority.clone());
         if let Some(dest) = dest {
             let network = ctx.snap.network_for(ctx.client.as_deref());
-            match network.authorize(&dest, &self.shared.own_addrs) {
+            let path = ctx.target.as_ref().map_or("/", |t| t.path.as_str());
+            let decided = network
+                .authorize(&dest, &self.shared.own_addrs)
+                .and_then(|host| {
+                    let rule = network.decide_request(&ctx.method, &dest, path)?;
+                    Ok(host.or(rule))
+                });
+            match decided {
                 Ok(would_deny) => ctx.would_deny = would_deny,
                 Err(denial) => {
                     ctx.rule = denial.rule;

@@ -265,3 +265,132 @@ async fn report_mode_lets_a_denied_request_through_and_logs_would_deny() {
     assert_eq!(line["would_deny"], "policy_denied_host");
     assert!(line["reason"].is_null());
 }
+
+fn rules_yaml(intercept: &str, port: u16, extra_network: &str) -> String {
+    network_yaml(
+        intercept,
+        &format!(
+            "  allow_cidrs: [127.0.0.0/8]\n{extra_network}  rules:\n    - \"allow GET,HEAD origin.test:{port} /repos/**\"\n    - \"deny * origin.test:{port} /**\"\n"
+        ),
+        "",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_make_auto_intercept_and_decide_every_request_in_the_tunnel() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = TestWarden::start(&rules_yaml("auto", port, "")).await;
+    let client = w.client(); // trusts warden's CA only: success means the tunnel was intercepted
+    let ok = client
+        .get(format!("https://origin.test:{port}/repos/a/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(w.mints(), 1);
+    for (method, path) in [
+        ("DELETE", "/repos/a/b"),
+        ("GET", "/admin"),
+        ("GET", "/repos/../admin"),
+        ("GET", "/repos/%2e%2e/admin"),
+    ] {
+        let r = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("https://origin.test:{port}{path}"),
+            )
+            .header("x-request-id", format!("rule-{method}-{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["reason"], "policy_denied_rule");
+        assert_eq!(
+            v["rule"],
+            format!("network.rules[1]: deny * origin.test:{port} /**").as_str()
+        );
+    }
+    // Only the allowed request reached the origin; other hosts are not intercepted by auto.
+    assert_eq!(origin.seen().len(), 1);
+    let line = log_for("rule-DELETE-/repos/a/b").await;
+    assert_eq!(line["reason"], "policy_denied_rule");
+    assert_eq!(line["kind"], "intercepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_apply_to_plain_http_too() {
+    let origin = Origin::http().await;
+    let port = origin.port();
+    let w = TestWarden::start(&rules_yaml("auto", port, "")).await;
+    let client = w.client();
+    let base = format!("http://origin.test:{port}");
+    assert_eq!(
+        client
+            .get(format!("{base}/repos/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .post(format!("{base}/repos/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Raw request lines, as sent (HTTP clients would normalise these before sending).
+    let a = format!("origin.test:{port}");
+    for path in [
+        "/repos/../admin",
+        "/repos/%2e%2e/admin",
+        "/repos%2F..%2Fadmin",
+    ] {
+        let mut s = w.tcp().await;
+        s.write_all(format!("GET http://{a}{path} HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert_refusal(&head, &body, 403, "policy_denied_rule");
+    }
+    assert_eq!(origin.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_a_host_that_would_be_tunnelled_blind_fail_closed() {
+    let origin = Origin::https().await;
+    let w = TestWarden::start(&rules_yaml("none", origin.port(), "")).await;
+    let body = connect_refusal(
+        &w,
+        &format!("origin.test:{}", origin.port()),
+        403,
+        "policy_denied_rule",
+    )
+    .await;
+    assert!(body["rule"].as_str().unwrap().contains("tunnel it blind"));
+    assert_eq!(origin.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mode_logs_a_rule_denial_and_lets_it_through() {
+    let origin = Origin::http().await;
+    let port = origin.port();
+    let w = TestWarden::start(&rules_yaml("auto", port, "  mode: report\n")).await;
+    let r = w
+        .client()
+        .delete(format!("http://origin.test:{port}/repos/x"))
+        .header("x-request-id", "rule-report-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        log_for("rule-report-1").await["would_deny"],
+        "policy_denied_rule"
+    );
+}
