@@ -5,10 +5,14 @@
 
 use crate::config::NotYetSupported;
 use crate::proxy::Shared;
+use crate::reason::Reason;
+use crate::tls::CertAuthority;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::io::Write;
@@ -303,18 +307,32 @@ pub fn init_logger(settings: LogSettings) {
         .try_init();
 }
 
-/// The admin listener's app: `/healthz` (alive), `/readyz` (config loaded, serving) and
-/// `/metrics` (Prometheus text from an owned registry). Never reachable through the proxy.
-pub struct Admin {
-    shared: Arc<Shared>,
+/// warden's metrics, in a registry owned by one running instance (no global registry, so two
+/// instances can share a process). Label values come from bounded sets only.
+pub struct Metrics {
     registry: Registry,
+    denials: IntCounterVec,
+    upstream_errors: IntCounterVec,
     cert_cache_entries: IntGauge,
     cert_mints: IntCounter,
 }
 
-impl Admin {
-    /// An admin app reporting on `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every warden metric registered.
+    pub fn new() -> Self {
+        // The definitions are constants: failing to build one is a bug, caught by the tests.
         let registry = Registry::new();
         let build_info = IntGaugeVec::new(
             Opts::new("warden_build_info", "Build information; always 1."),
@@ -324,6 +342,22 @@ impl Admin {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let denials = IntCounterVec::new(
+            Opts::new(
+                "warden_denials_total",
+                "Requests and connections warden refused itself (4xx), by reason code.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "warden_upstream_errors_total",
+                "Requests that failed toward the upstream (5xx), by reason code.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         let cert_cache_entries = IntGauge::new(
             "warden_cert_cache_entries",
             "Leaf certificates currently cached.",
@@ -336,23 +370,35 @@ impl Admin {
         .expect("static metric definition");
         for c in [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(denials.clone()),
+            Box::new(upstream_errors.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(cert_mints.clone()),
         ] {
-            // Names are distinct constants; a clash would be a bug caught by the tests.
             let _ = registry.register(c);
         }
-        Admin {
-            shared,
+        Metrics {
             registry,
+            denials,
+            upstream_errors,
             cert_cache_entries,
             cert_mints,
         }
     }
 
-    fn metrics_text(&self) -> Vec<u8> {
-        let snap = self.shared.snapshot.load();
-        let ca = &snap.tls.ca;
+    /// Counts a response warden wrote itself for `reason`: 4xx as a denial, 5xx as an
+    /// upstream error, labelled with the same code as the body and the log line.
+    pub fn refused(&self, reason: Reason) {
+        let family = if reason.status() < 500 {
+            &self.denials
+        } else {
+            &self.upstream_errors
+        };
+        family.with_label_values(&[reason.code()]).inc();
+    }
+
+    /// The Prometheus text for a scrape, with the certificate figures read from `ca`.
+    pub fn render(&self, ca: &CertAuthority) -> Vec<u8> {
         self.cert_cache_entries.set(ca.cached_leaves() as i64);
         let minted = ca.mints();
         let seen = self.cert_mints.get();
@@ -364,6 +410,24 @@ impl Admin {
             log::warn!("encoding metrics failed: {e}");
         }
         out
+    }
+}
+
+/// The admin listener's app: `/healthz` (alive), `/readyz` (config loaded, serving) and
+/// `/metrics` (Prometheus text). Never reachable through the proxy (loop detection).
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    /// An admin app reporting on `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Admin { shared }
+    }
+
+    fn metrics_text(&self) -> Vec<u8> {
+        let snap = self.shared.snapshot.load();
+        self.shared.metrics.render(&snap.tls.ca)
     }
 }
 

@@ -107,10 +107,14 @@ impl FrontDoor {
             Ok(head) => head,
             Err(HeadError::Closed | HeadError::Timeout) => return,
             Err(HeadError::TooLarge) => {
-                return refuse(stream, &snap, &event, None, Reason::HeadersTooLarge).await
+                return self
+                    .refuse(stream, &snap, &event, None, Reason::HeadersTooLarge)
+                    .await
             }
             Err(HeadError::Malformed) => {
-                return refuse(stream, &snap, &event, None, Reason::MalformedRequest).await
+                return self
+                    .refuse(stream, &snap, &event, None, Reason::MalformedRequest)
+                    .await
             }
         };
         if !head.method.eq_ignore_ascii_case("CONNECT") {
@@ -126,7 +130,9 @@ impl FrontDoor {
                 None,
                 snap.limits.max_request_header_bytes,
             ) {
-                return refuse(stream, &snap, &event, Some(&head), reason).await;
+                return self
+                    .refuse(stream, &snap, &event, Some(&head), reason)
+                    .await;
             }
             stream.rewind(&head.bytes);
             self.http.process_new(Box::new(stream), &shutdown).await;
@@ -134,7 +140,11 @@ impl FrontDoor {
         }
         let dest = match classify_connect(&head.target) {
             Ok(dest) => dest,
-            Err(reason) => return refuse(stream, &snap, &event, Some(&head), reason).await,
+            Err(reason) => {
+                return self
+                    .refuse(stream, &snap, &event, Some(&head), reason)
+                    .await
+            }
         };
         // Decide before side effects: nothing is resolved, minted or dialled for a refusal.
         let client = match &snap.auth {
@@ -145,18 +155,25 @@ impl FrontDoor {
                     Ok(client) => Some(client),
                     Err(reason) => {
                         let denial = Denial { reason, rule: None };
-                        return refuse_connect(stream, &snap, &event, &head, &dest, denial, None)
+                        return self
+                            .refuse_connect(stream, &snap, &event, &head, &dest, denial)
                             .await;
                     }
                 }
             }
         };
         let name = client.as_ref().map(|c| c.name.clone());
+        let event = Event {
+            client: name.clone(),
+            ..event
+        };
         let network = snap.network_for(client.as_deref());
         let would_deny = match network.authorize(&dest, &self.shared.own_addrs) {
             Ok(would_deny) => would_deny,
             Err(denial) => {
-                return refuse_connect(stream, &snap, &event, &head, &dest, denial, name).await;
+                return self
+                    .refuse_connect(stream, &snap, &event, &head, &dest, denial)
+                    .await;
             }
         };
         let inspect = network.has_rules_for(&dest);
@@ -173,22 +190,19 @@ impl FrontDoor {
             };
             match network.mode {
                 Mode::Enforce => {
-                    return refuse_connect(stream, &snap, &event, &head, &dest, denial, name).await;
+                    return self
+                        .refuse_connect(stream, &snap, &event, &head, &dest, denial)
+                        .await;
                 }
                 Mode::Report => would_deny = would_deny.or(Some(Reason::PolicyDeniedRule)),
             }
         }
         let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
         if intercept {
-            let event = Event {
-                client: name,
-                ..event
-            };
             self.intercept(stream, rest, dest, head.request_id, &snap, &event, shutdown)
                 .await;
         } else {
             let mut line = event.line(Kind::Tunnel);
-            line.client = name.as_deref().map(str::to_string);
             line.request_id = Some(head.request_id.clone());
             line.would_deny = would_deny.map(Reason::code);
             fill_connect(&mut line, &dest);
@@ -198,6 +212,7 @@ impl FrontDoor {
                 Err(reason) => {
                     line.status = Some(reason.status());
                     line.reason = Some(reason.code());
+                    self.shared.metrics.refused(reason);
                     write_refusal(&mut stream, reason, Some(&dest), None, &head.request_id).await;
                 }
             }
@@ -306,56 +321,60 @@ async fn write_refusal(
     let _ = stream.shutdown().await;
 }
 
-/// Answers a connection that never reaches the HTTP engine, logs it, and closes.
-async fn refuse(
-    mut stream: L4Stream,
-    snap: &Snapshot,
-    event: &Event,
-    head: Option<&Head>,
-    reason: Reason,
-) {
-    let request_id = head
-        .map(|h| h.request_id.clone())
-        .unwrap_or_else(|| request_id_from(None));
-    write_refusal(&mut stream, reason, None, None, &request_id).await;
-    let connect = head.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
-    let mut line = event.line(if connect { Kind::Connect } else { Kind::Plain });
-    line.request_id = Some(request_id);
-    line.method = head.map(|h| h.method.clone());
-    line.status = Some(reason.status());
-    line.reason = Some(reason.code());
-    line.took(event.started.elapsed());
-    line.emit(snap.log);
-}
+impl FrontDoor {
+    /// Answers a connection that never reaches the HTTP engine, logs it, and closes.
+    async fn refuse(
+        &self,
+        mut stream: L4Stream,
+        snap: &Snapshot,
+        event: &Event,
+        head: Option<&Head>,
+        reason: Reason,
+    ) {
+        let request_id = head
+            .map(|h| h.request_id.clone())
+            .unwrap_or_else(|| request_id_from(None));
+        self.shared.metrics.refused(reason);
+        write_refusal(&mut stream, reason, None, None, &request_id).await;
+        let connect = head.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
+        let mut line = event.line(if connect { Kind::Connect } else { Kind::Plain });
+        line.request_id = Some(request_id);
+        line.method = head.map(|h| h.method.clone());
+        line.status = Some(reason.status());
+        line.reason = Some(reason.code());
+        line.took(event.started.elapsed());
+        line.emit(snap.log);
+    }
 
-/// Refuses a CONNECT that policy denied, logs it, and closes.
-async fn refuse_connect(
-    mut stream: L4Stream,
-    snap: &Snapshot,
-    event: &Event,
-    head: &Head,
-    dest: &Authority,
-    denial: Denial,
-    client: Option<Arc<str>>,
-) {
-    let rule = denial.rule.as_deref();
-    write_refusal(
-        &mut stream,
-        denial.reason,
-        Some(dest),
-        rule,
-        &head.request_id,
-    )
-    .await;
-    let mut line = event.line(Kind::Connect);
-    line.client = client.as_deref().map(str::to_string);
-    line.request_id = Some(head.request_id.clone());
-    fill_connect(&mut line, dest);
-    line.status = Some(denial.reason.status());
-    line.reason = Some(denial.reason.code());
-    line.rule = denial.rule;
-    line.took(event.started.elapsed());
-    line.emit(snap.log);
+    /// Refuses a CONNECT that policy denied, logs it, and closes.
+    async fn refuse_connect(
+        &self,
+        mut stream: L4Stream,
+        snap: &Snapshot,
+        event: &Event,
+        head: &Head,
+        dest: &Authority,
+        denial: Denial,
+    ) {
+        let rule = denial.rule.as_deref();
+        self.shared.metrics.refused(denial.reason);
+        write_refusal(
+            &mut stream,
+            denial.reason,
+            Some(dest),
+            rule,
+            &head.request_id,
+        )
+        .await;
+        let mut line = event.line(Kind::Connect);
+        line.request_id = Some(head.request_id.clone());
+        fill_connect(&mut line, dest);
+        line.status = Some(denial.reason.status());
+        line.reason = Some(denial.reason.code());
+        line.rule = denial.rule;
+        line.took(event.started.elapsed());
+        line.emit(snap.log);
+    }
 }
 
 /// Reads until one full request head has arrived, at most `max` bytes, waiting at most

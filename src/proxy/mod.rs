@@ -33,6 +33,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// The bound proxy and admin addresses.
     pub own_addrs: Vec<std::net::SocketAddr>,
+    /// This instance's metrics.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 /// The `ProxyHttp` implementation.
@@ -216,6 +218,7 @@ pub(crate) fn check_head(
 impl Warden {
     /// Answers the request with warden's own refusal for `reason` and closes the connection.
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, reason: Reason) {
+        self.shared.metrics.refused(reason);
         ctx.reason = Some(reason);
         ctx.status = Some(reason.status());
         let host = ctx

@@ -20,6 +20,21 @@ async fn admin_serves_health_readiness_and_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // One refusal and one upstream failure, counted under the codes their bodies carried.
+    let denied = w
+        .client()
+        .get(format!("http://{}/", w.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let failed = w
+        .client()
+        .get(format!("http://origin.test:{}/", closed_port().await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
     let direct = reqwest::Client::builder().no_proxy().build().unwrap();
     let get = |path: &str| direct.get(format!("http://{admin}{path}")).send();
     let health = get("/healthz").await.unwrap();
@@ -30,6 +45,14 @@ async fn admin_serves_health_readiness_and_metrics() {
     assert!(metrics.contains("warden_build_info{version="), "{metrics}");
     assert!(metrics.contains("warden_cert_mints_total 1"), "{metrics}");
     assert!(metrics.contains("warden_cert_cache_entries 1"), "{metrics}");
+    assert!(
+        metrics.contains("warden_denials_total{reason=\"loop_detected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_upstream_errors_total{reason=\"upstream_connect_failed\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
