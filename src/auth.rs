@@ -5,6 +5,7 @@
 //! intercepted tunnel keep the CONNECT's identity.
 
 use crate::config::NotYetSupported;
+use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::reason::Reason;
 use crate::secret::{Secret, SecretSource};
@@ -35,8 +36,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `network` section for this client.
     #[serde(default)]
     pub network: Option<NetworkConfig>,
-    #[serde(default, rename = "credentials")]
-    _credentials: Option<NotYetSupported>,
+    /// Replaces the top-level `credentials` section for this client.
+    #[serde(default)]
+    pub credentials: Option<Vec<CredentialConfig>>,
     #[serde(default, rename = "headers")]
     _headers: Option<NotYetSupported>,
     #[serde(default, rename = "substitutions")]
@@ -55,6 +57,8 @@ pub struct Client {
     token: Secret,
     /// Its own network policy, when it has one.
     pub network: Option<NetworkPolicy>,
+    /// Its own credentials, when it has them.
+    pub credentials: Option<Credentials>,
 }
 
 /// The compiled client list.
@@ -64,8 +68,14 @@ pub struct Clients {
 }
 
 impl AuthConfig {
-    /// Reads every token and compiles per-client sections. Errors carry the config key.
-    pub fn compile(&self, base_dir: &Path) -> Result<Clients, (String, String)> {
+    /// Reads every token and compiles per-client sections (`top_credentials`: the top-level
+    /// credentials, for a client network section whose grants name them). Errors carry the
+    /// config key.
+    pub fn compile(
+        &self,
+        base_dir: &Path,
+        top_credentials: &Credentials,
+    ) -> Result<Clients, (String, String)> {
         let mut names = HashSet::new();
         let mut clients = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
@@ -83,9 +93,17 @@ impl AuthConfig {
                 .token
                 .read(base_dir)
                 .map_err(|e| (key("token"), e.to_string()))?;
+            let credentials = match &c.credentials {
+                Some(entries) => Some(credentials::compile(
+                    entries,
+                    &format!("proxy.auth.clients[{i}].credentials"),
+                    base_dir,
+                )?),
+                None => None,
+            };
             let network = match &c.network {
                 Some(n) => Some(
-                    n.compile()
+                    n.compile(credentials.as_ref().unwrap_or(top_credentials))
                         .map_err(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))?,
                 ),
                 None => None,
@@ -94,6 +112,7 @@ impl AuthConfig {
                 name: Arc::from(c.name.as_str()),
                 token,
                 network,
+                credentials,
             }));
         }
         if clients.is_empty() {
@@ -162,7 +181,8 @@ mod tests {
             "clients:\n  - { name: a, token: { type: static, value: tok-a } }\n  - { name: b, token: { type: static, value: tok-b }, network: { policy: strict } }\n",
         )
         .unwrap();
-        cfg.compile(Path::new(".")).unwrap()
+        cfg.compile(Path::new("."), &Credentials::default())
+            .unwrap()
     }
 
     fn basic(user_token: &str) -> Vec<u8> {
@@ -222,7 +242,9 @@ mod tests {
             "clients:\n  - { name: a, token: { type: env, var: WARDEN_TEST_NO_SUCH_TOKEN } }\n",
         )
         .unwrap();
-        let (key, msg) = cfg.compile(Path::new(".")).unwrap_err();
+        let (key, msg) = cfg
+            .compile(Path::new("."), &Credentials::default())
+            .unwrap_err();
         assert_eq!(key, "proxy.auth.clients[0].token");
         assert!(msg.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{msg}");
         let cfg: AuthConfig = serde_yaml::from_str(
@@ -230,7 +252,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            cfg.compile(Path::new(".")).unwrap_err().0,
+            cfg.compile(Path::new("."), &Credentials::default())
+                .unwrap_err()
+                .0,
             "proxy.auth.clients[1].name"
         );
         assert!(serde_yaml::from_str::<AuthConfig>(

@@ -4,6 +4,7 @@
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
 use crate::auth::{AuthConfig, Client, Clients};
+use crate::credentials::{CredentialConfig, Credentials};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
@@ -121,8 +122,9 @@ pub struct FileConfig {
     /// Timeouts and bounds.
     #[serde(default)]
     pub limits: Limits,
-    #[serde(default, rename = "credentials")]
-    _credentials: Option<NotYetSupported>,
+    /// Secrets injected per destination.
+    #[serde(default)]
+    pub credentials: Vec<CredentialConfig>,
     #[serde(default, rename = "headers")]
     _headers: Option<NotYetSupported>,
     #[serde(default, rename = "substitutions")]
@@ -230,6 +232,8 @@ pub struct Snapshot {
     pub network: NetworkPolicy,
     /// The clients, when `proxy.auth` is configured.
     pub auth: Option<Clients>,
+    /// Credentials injected per destination.
+    pub credentials: Credentials,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
@@ -242,6 +246,13 @@ impl Snapshot {
         client
             .and_then(|c| c.network.as_ref())
             .unwrap_or(&self.network)
+    }
+
+    /// The credentials for `client`: its own if it has them, else the top-level ones.
+    pub fn credentials_for<'a>(&'a self, client: Option<&'a Client>) -> &'a Credentials {
+        client
+            .and_then(|c| c.credentials.as_ref())
+            .unwrap_or(&self.credentials)
     }
 }
 
@@ -345,16 +356,19 @@ impl Config {
                 "listens beyond loopback without proxy.auth; configure clients, or set proxy.allow_unauthenticated: true",
             ));
         }
+        let credentials =
+            crate::credentials::compile(&f.credentials, "credentials", &self.base_dir)
+                .map_err(|(key, msg)| self.error(&key, msg))?;
         let auth = match &f.proxy.auth {
             Some(a) => Some(
-                a.compile(&self.base_dir)
+                a.compile(&self.base_dir, &credentials)
                     .map_err(|(key, msg)| self.error(&key, msg))?,
             ),
             None => None,
         };
         let network = f
             .network
-            .compile()
+            .compile(&credentials)
             .map_err(|(key, msg)| self.error(&key, msg))?;
         let ca = CertAuthority::load_or_create(
             &self.resolve_path(&f.tls.ca_cert),
@@ -373,6 +387,7 @@ impl Config {
             tls,
             network,
             auth,
+            credentials,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
@@ -495,10 +510,9 @@ mod tests {
 
     #[test]
     fn sections_not_yet_supported_are_refused_not_ignored() {
-        let err =
-            parse("proxy: { listen: 127.0.0.1:0 }\n\ncredentials:\n  - host: a\n").unwrap_err();
+        let err = parse("proxy: { listen: 127.0.0.1:0 }\n\nllm:\n  - host: a\n").unwrap_err();
         assert!(err.message.contains("not yet supported"), "{err}");
-        assert_eq!(err.key.as_deref(), Some("credentials"), "{err}");
+        assert_eq!(err.key.as_deref(), Some("llm"), "{err}");
         assert_eq!(err.line, Some(4), "{err}");
         let err = parse("proxy:\n  listen: 127.0.0.1:0\nheaders: []\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("headers"), "{err}");

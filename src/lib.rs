@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod policy;
 pub mod proxy;
 pub mod reason;

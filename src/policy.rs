@@ -5,7 +5,7 @@
 //! checked address returned for dialling. Called by the front door (CONNECT decisions, blind
 //! tunnels), `request_filter` (host decisions) and `upstream_peer` (checked resolution).
 
-use crate::config::NotYetSupported;
+use crate::credentials::Credentials;
 use crate::reason::Reason;
 use crate::target::{parse_host, split_authority, Authority, Host};
 use ipnet::IpNet;
@@ -176,16 +176,28 @@ pub struct NetworkConfig {
     /// Static name → address overrides, used before DNS and checked like DNS answers.
     #[serde(default)]
     pub resolve: BTreeMap<String, IpAddr>,
-    #[serde(default, rename = "grants")]
-    _grants: Option<NotYetSupported>,
+    /// Allow the hosts of every credential with one of these grants.
+    #[serde(default)]
+    pub grants: Vec<String>,
     /// L7 rules, first match wins, on every request (plain or inside an intercepted tunnel).
     #[serde(default)]
     pub rules: Vec<Rule>,
 }
 
 impl NetworkConfig {
-    /// Compiles the section; fails naming the `resolve` entry whose name is not a host name.
-    pub fn compile(&self) -> Result<NetworkPolicy, (String, String)> {
+    /// Compiles the section against the credentials in force (for `grants`); fails naming the
+    /// `resolve` entry that is not a host name or the grant no credential carries.
+    pub fn compile(&self, credentials: &Credentials) -> Result<NetworkPolicy, (String, String)> {
+        let mut allow = self.allow.clone();
+        for grant in &self.grants {
+            let hosts = credentials.grant_hosts(grant).ok_or_else(|| {
+                (
+                    "network.grants".to_string(),
+                    format!("no credential has grant `{grant}`"),
+                )
+            })?;
+            allow.extend(hosts);
+        }
         let mut overrides = HashMap::new();
         for (name, ip) in &self.resolve {
             match parse_host(name) {
@@ -203,7 +215,7 @@ impl NetworkConfig {
         Ok(NetworkPolicy {
             kind: self.policy,
             mode: self.mode,
-            allow: self.allow.clone(),
+            allow,
             deny: self.deny.clone(),
             private_networks: self.private_networks,
             allow_cidrs: self.allow_cidrs.iter().map(IpNet::trunc).collect(),
@@ -750,7 +762,7 @@ mod tests {
             "resolve: { API.Example.Test: 127.0.0.9 }\nprivate_networks: allow",
         )
         .unwrap();
-        let p = cfg.compile().unwrap();
+        let p = cfg.compile(&Credentials::default()).unwrap();
         let t = Duration::from_secs(1);
         assert_eq!(
             p.resolve_checked(&dest("api.example.test:443"), t, &[])
@@ -773,7 +785,7 @@ mod tests {
     fn policy(yaml: &str) -> NetworkPolicy {
         serde_yaml::from_str::<NetworkConfig>(yaml)
             .unwrap()
-            .compile()
+            .compile(&Credentials::default())
             .unwrap()
     }
 
@@ -976,7 +988,6 @@ mod tests {
             assert!(HostPattern::try_from(bad.to_string()).is_err(), "{bad}");
         }
         assert!(serde_yaml::from_str::<NetworkConfig>("allow_cidrs: ['10.0.0.0/40']").is_err());
-        assert!(serde_yaml::from_str::<NetworkConfig>("grants: [x]").is_err());
         assert!(serde_yaml::from_str::<NetworkConfig>("rules: ['allow * a']").is_err());
     }
 
@@ -1052,5 +1063,29 @@ mod tests {
         assert_eq!(normalize_path("/../../etc"), ["etc"]);
         assert_eq!(normalize_path("/a\\..\\b"), ["b"]);
         assert!(normalize_path("/").is_empty());
+    }
+
+    #[test]
+    fn grants_allow_their_credentials_hosts_under_strict() {
+        let entries: Vec<crate::credentials::CredentialConfig> = serde_yaml::from_str(
+            "- { host: api.github.com, grant: github, source: { type: static, value: s } }",
+        )
+        .unwrap();
+        let creds = crate::credentials::compile(&entries, "credentials", std::path::Path::new("."))
+            .unwrap();
+        let cfg: NetworkConfig = serde_yaml::from_str("policy: strict\ngrants: [github]").unwrap();
+        let p = cfg.compile(&creds).unwrap();
+        assert_eq!(
+            p.decide_host(&dest("api.github.com:443")),
+            HostDecision::Allow
+        );
+        assert!(matches!(
+            p.decide_host(&dest("gitlab.com:443")),
+            HostDecision::Deny { .. }
+        ));
+        let cfg: NetworkConfig = serde_yaml::from_str("grants: [gitlab]").unwrap();
+        let (key, msg) = cfg.compile(&creds).unwrap_err();
+        assert_eq!(key, "network.grants");
+        assert!(msg.contains("gitlab"));
     }
 }

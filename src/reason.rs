@@ -41,6 +41,8 @@ pub enum Reason {
     PrivateAddress,
     /// The destination is warden itself (its proxy or admin listener).
     LoopDetected,
+    /// A credential for this destination could not be read; nothing was sent upstream.
+    CredentialUnavailable,
     /// The destination name did not resolve.
     DnsError,
     /// The upstream refused or reset the TCP connection.
@@ -67,7 +69,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for bounded metric label sets and exhaustive tests.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -83,6 +85,7 @@ impl Reason {
         Reason::PolicyDeniedRule,
         Reason::PrivateAddress,
         Reason::LoopDetected,
+        Reason::CredentialUnavailable,
         Reason::DnsError,
         Reason::UpstreamConnectFailed,
         Reason::UpstreamConnectTimeout,
@@ -221,6 +224,13 @@ impl Reason {
                 "http_request_denied",
                 "the destination is warden itself",
                 "send requests to their real destination through warden, not to warden's own ports",
+            ),
+            CredentialUnavailable => (
+                502,
+                "credential_unavailable",
+                "proxy_internal_error",
+                "warden could not read the credential for this destination; nothing was sent",
+                "the operator must fix the credential's source; retrying will not help until then",
             ),
             DnsError => (
                 502,

@@ -143,6 +143,10 @@ pub struct CanonicalLog {
     pub rule: Option<String>,
     /// In `network.mode: report`, the reason the request would have been denied.
     pub would_deny: Option<&'static str>,
+    /// The name of the header a credential was injected into (never its value).
+    pub injected: Option<String>,
+    /// The injected credential's grant.
+    pub grant: Option<String>,
     /// Detail on a failure, for operators.
     pub error: Option<String>,
 }
@@ -170,6 +174,8 @@ impl CanonicalLog {
             reason: None,
             rule: None,
             would_deny: None,
+            injected: None,
+            grant: None,
             error: None,
         }
     }
@@ -313,6 +319,7 @@ pub struct Metrics {
     registry: Registry,
     denials: IntCounterVec,
     upstream_errors: IntCounterVec,
+    injections: IntCounterVec,
     cert_cache_entries: IntGauge,
     cert_mints: IntCounter,
 }
@@ -358,6 +365,14 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let injections = IntCounterVec::new(
+            Opts::new(
+                "warden_credential_injections_total",
+                "Credentials injected into upstream requests, by grant (\"none\" without one).",
+            ),
+            &["grant"],
+        )
+        .expect("static metric definition");
         let cert_cache_entries = IntGauge::new(
             "warden_cert_cache_entries",
             "Leaf certificates currently cached.",
@@ -372,6 +387,7 @@ impl Metrics {
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(denials.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(injections.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(cert_mints.clone()),
         ] {
@@ -381,9 +397,17 @@ impl Metrics {
             registry,
             denials,
             upstream_errors,
+            injections,
             cert_cache_entries,
             cert_mints,
         }
+    }
+
+    /// Counts one injected credential under its configured grant.
+    pub fn injected(&self, grant: Option<&str>) {
+        self.injections
+            .with_label_values(&[grant.unwrap_or("none")])
+            .inc();
     }
 
     /// Counts a response warden wrote itself for `reason`: 4xx as a denial, 5xx as an

@@ -65,6 +65,14 @@ pub struct RequestCtx {
     rule: Option<String>,
     /// In report mode, what the request would have been denied for.
     would_deny: Option<Reason>,
+    /// The credential header to set upstream (read after policy allowed the request).
+    inject: Option<(HeaderName, HeaderValue)>,
+    /// The injected credential's grant, for the log and metrics.
+    grant: Option<String>,
+    /// Set once the credential was put on an upstream request.
+    injected: bool,
+    /// Operator detail on a failure warden decided itself (never a secret).
+    error: Option<String>,
     /// Status of a response warden wrote itself.
     status: Option<u16>,
 }
@@ -260,6 +268,10 @@ impl ProxyHttp for Warden {
             reason: None,
             rule: None,
             would_deny: None,
+            inject: None,
+            grant: None,
+            injected: false,
+            error: None,
             status: None,
         }
     }
@@ -330,6 +342,25 @@ impl ProxyHttp for Warden {
                     ctx.rule = denial.rule;
                     self.refuse(session, ctx, denial.reason).await;
                     return Ok(true);
+                }
+            }
+            // Only now, with the request allowed, is a credential read. It is bound to the
+            // connection identity (the CONNECT or absolute-URI authority), never to Host.
+            let scheme = ctx.target.as_ref().map_or(Scheme::Http, |t| t.scheme);
+            let credentials = ctx.snap.credentials_for(ctx.client.as_deref());
+            if let Some(cred) = credentials.for_request(&dest, scheme) {
+                match cred.value() {
+                    Ok(value) => {
+                        ctx.grant = cred.grant.clone();
+                        ctx.inject = Some((cred.header.clone(), value));
+                    }
+                    Err(e) => {
+                        log::warn!("{e}");
+                        ctx.error = Some(e.to_string());
+                        self.refuse(session, ctx, Reason::CredentialUnavailable)
+                            .await;
+                        return Ok(true);
+                    }
                 }
             }
         }
@@ -443,6 +474,12 @@ impl ProxyHttp for Warden {
             }
         }
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some((name, value)) = ctx.inject.clone() {
+            // Overwrites whatever the client sent under that name.
+            upstream.insert_header(name, value)?;
+            self.shared.metrics.injected(ctx.grant.as_deref());
+            ctx.injected = true;
+        }
         Ok(())
     }
 
@@ -548,9 +585,17 @@ impl ProxyHttp for Warden {
             line.reason = Some(reason.code());
         } else {
             line.reason = ctx.reason.map(Reason::code);
+            line.error = ctx.error.take();
         }
         line.rule = ctx.rule.take();
         line.would_deny = ctx.would_deny.map(Reason::code);
+        if ctx.injected {
+            line.injected = ctx
+                .inject
+                .as_ref()
+                .map(|(name, _)| name.as_str().to_string());
+            line.grant = ctx.grant.take();
+        }
         line.took(ctx.started.elapsed());
         line.emit(ctx.snap.log);
     }

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod cli;
 mod common;
+mod credentials;
 mod errors;
 mod intercept;
 mod logs;

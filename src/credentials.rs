@@ -1,0 +1,347 @@
+//! Credential injection: the secrets the agent never holds. A `credentials` entry names a host
+//! pattern, a header, a format and a secret source. `request_filter` picks the entry matching
+//! the connection identity (never the `Host` header) once policy has allowed the request, and
+//! reads its secret — failing the request closed when it cannot be read. `upstream_request_filter`
+//! then sets the header, overwriting whatever the client sent.
+
+use crate::policy::HostPattern;
+use crate::secret::{Secret, SecretError, SecretSource};
+use crate::target::{Authority, Scheme};
+use http::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// One `credentials` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The destination it belongs to.
+    pub host: HostPattern,
+    /// Header to set; default `Authorization`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Value template with `{secret}`; default `Bearer {secret}` for `Authorization`, else
+    /// `{secret}`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// A name `network.grants` can allow this credential's host by.
+    #[serde(default)]
+    pub grant: Option<String>,
+    /// Where the secret is read from, at request time.
+    pub source: SecretSource,
+    /// Also inject into plain-HTTP requests to this host (never by default).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// A compiled credential.
+#[derive(Debug)]
+pub struct Credential {
+    host: HostPattern,
+    /// The header it sets.
+    pub header: HeaderName,
+    prefix: String,
+    suffix: String,
+    /// Its grant, if any.
+    pub grant: Option<String>,
+    source: LiveSource,
+    allow_plaintext: bool,
+}
+
+/// The compiled `credentials` section.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    list: Vec<Credential>,
+}
+
+/// A credential whose secret could not be read: which one (by grant and host), and why.
+#[derive(Debug, thiserror::Error)]
+#[error("credential {which} ({source_name}): {cause}")]
+pub struct Unavailable {
+    /// `grant github` or `host api.github.com`.
+    pub which: String,
+    /// `env GITHUB_TOKEN`, `file /run/token`, `static value`.
+    pub source_name: String,
+    /// What went wrong.
+    pub cause: String,
+}
+
+/// Compiles `entries`; `key` is the config key they sit under (for error messages).
+pub fn compile(
+    entries: &[CredentialConfig],
+    key: &str,
+    base_dir: &Path,
+) -> Result<Credentials, (String, String)> {
+    let mut list = Vec::new();
+    for (i, c) in entries.iter().enumerate() {
+        let at = |field: &str| format!("{key}[{i}].{field}");
+        let header_name = c.header.as_deref().unwrap_or("authorization");
+        let header = HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
+            (
+                at("header"),
+                format!("`{header_name}` is not a header name"),
+            )
+        })?;
+        let format = c.format.clone().unwrap_or_else(|| {
+            if header == http::header::AUTHORIZATION {
+                "Bearer {secret}".into()
+            } else {
+                "{secret}".into()
+            }
+        });
+        let (prefix, suffix) = format
+            .split_once("{secret}")
+            .filter(|(_, rest)| !rest.contains("{secret}"))
+            .ok_or_else(|| {
+                (
+                    at("format"),
+                    "must contain {secret} exactly once".to_string(),
+                )
+            })?;
+        if HeaderValue::from_str(&format!("{prefix}x{suffix}")).is_err() {
+            return Err((at("format"), "is not a valid header value".into()));
+        }
+        if c.grant.as_deref().is_some_and(str::is_empty) {
+            return Err((at("grant"), "must not be empty".into()));
+        }
+        list.push(Credential {
+            host: c.host.clone(),
+            header,
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+            grant: c.grant.clone(),
+            source: LiveSource::new(c.source.clone(), base_dir),
+            allow_plaintext: c.allow_plaintext,
+        });
+    }
+    Ok(Credentials { list })
+}
+
+impl Credentials {
+    /// The credential for a request to `dest` over `scheme`: the first entry naming the
+    /// destination, if it may be sent that way (plain HTTP only with `allow_plaintext`).
+    pub fn for_request(&self, dest: &Authority, scheme: Scheme) -> Option<&Credential> {
+        self.list
+            .iter()
+            .find(|c| c.host.matches(dest))
+            .filter(|c| scheme == Scheme::Https || c.allow_plaintext)
+    }
+
+    /// Whether some credential names `dest` (its tunnels must be intercepted).
+    pub fn has_for(&self, dest: &Authority) -> bool {
+        self.list.iter().any(|c| c.host.matches(dest))
+    }
+
+    /// The host patterns of every credential with `grant`; `None` if no credential has it.
+    pub fn grant_hosts(&self, grant: &str) -> Option<Vec<HostPattern>> {
+        let hosts: Vec<HostPattern> = self
+            .list
+            .iter()
+            .filter(|c| c.grant.as_deref() == Some(grant))
+            .map(|c| c.host.clone())
+            .collect();
+        (!hosts.is_empty()).then_some(hosts)
+    }
+}
+
+impl Credential {
+    /// The header value to send, reading the secret now. Fails closed, naming the credential
+    /// and its source but never a value.
+    pub fn value(&self) -> Result<HeaderValue, Unavailable> {
+        let unavailable = |cause: String| Unavailable {
+            which: self.describe(),
+            source_name: self.source.source.describe(),
+            cause,
+        };
+        let secret = self.source.read().map_err(|e| unavailable(e.to_string()))?;
+        let mut value = HeaderValue::from_str(&format!(
+            "{}{}{}",
+            self.prefix,
+            secret.expose(),
+            self.suffix
+        ))
+        .map_err(|_| unavailable("the secret is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// `grant github`, or `host api.github.com` when it has no grant.
+    pub fn describe(&self) -> String {
+        match &self.grant {
+            Some(g) => format!("grant {g}"),
+            None => format!("host {}", self.host),
+        }
+    }
+}
+
+/// A secret source read at request time. File contents are cached and re-read when the file's
+/// modification time or size changes, so rotation needs no reload.
+#[derive(Debug)]
+struct LiveSource {
+    source: SecretSource,
+    base_dir: PathBuf,
+    cached: Mutex<Option<(SystemTime, u64, Secret)>>,
+}
+
+impl LiveSource {
+    fn new(source: SecretSource, base_dir: &Path) -> Self {
+        LiveSource {
+            source,
+            base_dir: base_dir.to_path_buf(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    fn read(&self) -> Result<Secret, SecretError> {
+        let SecretSource::File { path } = &self.source else {
+            return self.source.read(&self.base_dir);
+        };
+        let path = self.base_dir.join(path);
+        let meta = std::fs::metadata(&path).map_err(|e| SecretError::File {
+            path: path.clone(),
+            kind: e.kind(),
+        })?;
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        // A poisoned lock only means another request panicked mid-update: re-read the file.
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((mtime, len, secret)) = cached.as_ref() {
+            if (*mtime, *len) == stamp {
+                return Ok(secret.clone());
+            }
+        }
+        let secret = self.source.read(&self.base_dir)?;
+        *cached = Some((stamp.0, stamp.1, secret.clone()));
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(yaml: &str, dir: &Path) -> Credentials {
+        let entries: Vec<CredentialConfig> = serde_yaml::from_str(yaml).unwrap();
+        compile(&entries, "credentials", dir).unwrap()
+    }
+
+    fn dest(s: &str) -> Authority {
+        crate::target::parse_authority(s.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_formats() {
+        let c = creds(
+            "- { host: api.test, source: { type: static, value: s3cr3t } }\n- { host: other.test, header: x-api-key, source: { type: static, value: k } }\n- { host: fmt.test, header: x-t, format: 'token={secret};', source: { type: static, value: v } }\n",
+            Path::new("."),
+        );
+        let a = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
+        assert_eq!(a.header, http::header::AUTHORIZATION);
+        assert_eq!(a.value().unwrap(), "Bearer s3cr3t");
+        assert!(a.value().unwrap().is_sensitive());
+        let b = c
+            .for_request(&dest("other.test:443"), Scheme::Https)
+            .unwrap();
+        assert_eq!(
+            (b.header.as_str(), b.value().unwrap()),
+            ("x-api-key", HeaderValue::from_static("k"))
+        );
+        let f = c.for_request(&dest("fmt.test:443"), Scheme::Https).unwrap();
+        assert_eq!(f.value().unwrap(), "token=v;");
+    }
+
+    #[test]
+    fn only_the_named_host_over_tls_unless_plaintext_is_allowed() {
+        let c = creds(
+            "- { host: api.test, source: { type: static, value: s } }\n- { host: plain.test, allow_plaintext: true, source: { type: static, value: s } }\n",
+            Path::new("."),
+        );
+        assert!(c
+            .for_request(&dest("api.test:443"), Scheme::Https)
+            .is_some());
+        assert!(c.for_request(&dest("api.test:80"), Scheme::Http).is_none());
+        assert!(c
+            .for_request(&dest("evil-api.test:443"), Scheme::Https)
+            .is_none());
+        assert!(c
+            .for_request(&dest("sub.api.test:443"), Scheme::Https)
+            .is_none());
+        assert!(c
+            .for_request(&dest("api.test:8443"), Scheme::Https)
+            .is_none());
+        assert!(c
+            .for_request(&dest("plain.test:80"), Scheme::Http)
+            .is_some());
+        assert!(c.has_for(&dest("api.test:443")));
+    }
+
+    #[test]
+    fn unreadable_sources_fail_closed_naming_the_credential_not_the_value() {
+        let c = creds(
+            "- { host: api.test, grant: github, source: { type: env, var: WARDEN_TEST_NO_CRED } }\n",
+            Path::new("."),
+        );
+        let err = c
+            .for_request(&dest("api.test:443"), Scheme::Https)
+            .unwrap()
+            .value()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "credential grant github (env WARDEN_TEST_NO_CRED): environment variable WARDEN_TEST_NO_CRED is not set"
+        );
+    }
+
+    #[test]
+    fn file_sources_follow_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "first\n").unwrap();
+        let c = creds(
+            "- { host: api.test, source: { type: file, path: tok } }\n",
+            dir.path(),
+        );
+        let cred = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
+        assert_eq!(cred.value().unwrap(), "Bearer first");
+        std::fs::write(dir.path().join("tok"), "second-longer\n").unwrap();
+        assert_eq!(cred.value().unwrap(), "Bearer second-longer");
+        std::fs::remove_file(dir.path().join("tok")).unwrap();
+        assert!(cred.value().is_err());
+    }
+
+    #[test]
+    fn bad_entries_name_their_key() {
+        let bad = |yaml: &str| {
+            let entries: Vec<CredentialConfig> = serde_yaml::from_str(yaml).unwrap();
+            compile(&entries, "credentials", Path::new("."))
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(
+            bad("- { host: a.test, header: 'bad header', source: { type: static, value: s } }"),
+            "credentials[0].header"
+        );
+        assert_eq!(
+            bad("- { host: a.test, format: 'no placeholder', source: { type: static, value: s } }"),
+            "credentials[0].format"
+        );
+        assert_eq!(
+            bad("- { host: a.test, format: '{secret}{secret}', source: { type: static, value: s } }"),
+            "credentials[0].format"
+        );
+    }
+
+    #[test]
+    fn grants_collect_their_hosts() {
+        let c = creds(
+            "- { host: api.github.com, grant: github, source: { type: static, value: s } }\n- { host: '*.githubusercontent.com', grant: github, source: { type: static, value: s } }\n",
+            Path::new("."),
+        );
+        assert_eq!(c.grant_hosts("github").unwrap().len(), 2);
+        assert!(c.grant_hosts("gitlab").is_none());
+    }
+}
