@@ -6,6 +6,7 @@
 
 use crate::config::NotYetSupported;
 use crate::credentials::{self, CredentialConfig, Credentials};
+use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::reason::Reason;
 use crate::secret::{Secret, SecretSource};
@@ -39,8 +40,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `credentials` section for this client.
     #[serde(default)]
     pub credentials: Option<Vec<CredentialConfig>>,
-    #[serde(default, rename = "headers")]
-    _headers: Option<NotYetSupported>,
+    /// Replaces the top-level `headers` section for this client.
+    #[serde(default)]
+    pub headers: Option<Vec<HeaderRuleConfig>>,
     #[serde(default, rename = "substitutions")]
     _substitutions: Option<NotYetSupported>,
     #[serde(default, rename = "llm")]
@@ -59,6 +61,8 @@ pub struct Client {
     pub network: Option<NetworkPolicy>,
     /// Its own credentials, when it has them.
     pub credentials: Option<Credentials>,
+    /// Its own header rules, when it has them.
+    pub headers: Option<HeaderRules>,
 }
 
 /// The compiled client list.
@@ -101,6 +105,13 @@ impl AuthConfig {
                 )?),
                 None => None,
             };
+            let headers = match &c.headers {
+                Some(entries) => Some(crate::headers::compile(
+                    entries,
+                    &format!("proxy.auth.clients[{i}].headers"),
+                )?),
+                None => None,
+            };
             let network = match &c.network {
                 Some(n) => Some(
                     n.compile(credentials.as_ref().unwrap_or(top_credentials))
@@ -113,6 +124,7 @@ impl AuthConfig {
                 token,
                 network,
                 credentials,
+                headers,
             }));
         }
         if clients.is_empty() {

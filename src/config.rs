@@ -5,6 +5,7 @@
 
 use crate::auth::{AuthConfig, Client, Clients};
 use crate::credentials::{CredentialConfig, Credentials};
+use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
@@ -125,8 +126,9 @@ pub struct FileConfig {
     /// Secrets injected per destination.
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,
-    #[serde(default, rename = "headers")]
-    _headers: Option<NotYetSupported>,
+    /// Headers set on and removed from upstream requests, per destination.
+    #[serde(default)]
+    pub headers: Vec<HeaderRuleConfig>,
     #[serde(default, rename = "substitutions")]
     _substitutions: Option<NotYetSupported>,
     #[serde(default, rename = "llm")]
@@ -234,6 +236,8 @@ pub struct Snapshot {
     pub auth: Option<Clients>,
     /// Credentials injected per destination.
     pub credentials: Credentials,
+    /// Header rules per destination.
+    pub headers: HeaderRules,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
@@ -246,6 +250,13 @@ impl Snapshot {
         client
             .and_then(|c| c.network.as_ref())
             .unwrap_or(&self.network)
+    }
+
+    /// The header rules for `client`: its own if it has them, else the top-level ones.
+    pub fn headers_for<'a>(&'a self, client: Option<&'a Client>) -> &'a HeaderRules {
+        client
+            .and_then(|c| c.headers.as_ref())
+            .unwrap_or(&self.headers)
     }
 
     /// The credentials for `client`: its own if it has them, else the top-level ones.
@@ -359,6 +370,8 @@ impl Config {
         let credentials =
             crate::credentials::compile(&f.credentials, "credentials", &self.base_dir)
                 .map_err(|(key, msg)| self.error(&key, msg))?;
+        let headers = crate::headers::compile(&f.headers, "headers")
+            .map_err(|(key, msg)| self.error(&key, msg))?;
         let auth = match &f.proxy.auth {
             Some(a) => Some(
                 a.compile(&self.base_dir, &credentials)
@@ -388,6 +401,7 @@ impl Config {
             network,
             auth,
             credentials,
+            headers,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
@@ -514,8 +528,8 @@ mod tests {
         assert!(err.message.contains("not yet supported"), "{err}");
         assert_eq!(err.key.as_deref(), Some("llm"), "{err}");
         assert_eq!(err.line, Some(4), "{err}");
-        let err = parse("proxy:\n  listen: 127.0.0.1:0\nheaders: []\n").unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("headers"), "{err}");
+        let err = parse("proxy:\n  listen: 127.0.0.1:0\ncorrelation: {}\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("correlation"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod headers;
 pub mod policy;
 pub mod proxy;
 pub mod reason;

@@ -176,8 +176,9 @@ impl FrontDoor {
                     .await;
             }
         };
-        let inspect =
-            network.has_rules_for(&dest) || snap.credentials_for(client.as_deref()).has_for(&dest);
+        let inspect = network.has_rules_for(&dest)
+            || snap.credentials_for(client.as_deref()).has_for(&dest)
+            || snap.headers_for(client.as_deref()).has_for(&dest);
         let intercept = snap.tls.intercepts(&dest, inspect);
         let mut would_deny = would_deny;
         if inspect && !intercept {
@@ -185,7 +186,7 @@ impl FrontDoor {
             let denial = Denial {
                 reason: Reason::PolicyDeniedRule,
                 rule: Some(
-                    "network.rules or credentials apply to this host, but tls.intercept/passthrough tunnel it blind"
+                    "network.rules, credentials or headers apply to this host, but tls.intercept/passthrough tunnel it blind"
                         .into(),
                 ),
             };

@@ -474,6 +474,17 @@ impl ProxyHttp for Warden {
             }
         }
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(target) = &ctx.target {
+            let rules = ctx.snap.headers_for(ctx.client.as_deref());
+            for rule in rules.for_dest(&target.authority) {
+                for name in &rule.remove {
+                    upstream.remove_header(name);
+                }
+                for (name, value) in &rule.set {
+                    upstream.insert_header(name.clone(), value.clone())?;
+                }
+            }
+        }
         if let Some((name, value)) = ctx.inject.clone() {
             // Overwrites whatever the client sent under that name.
             upstream.insert_header(name, value)?;

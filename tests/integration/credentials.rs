@@ -189,3 +189,28 @@ async fn grants_allow_credential_hosts_under_strict_policy_and_injections_are_co
     );
     assert!(!metrics.contains(CANARY));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_never_reads_its_credential() {
+    let origin = Origin::http().await;
+    let port = origin.port();
+    // The credential cannot be read: if policy ran after the read, this would be a 502.
+    let w = warden_with_credentials(
+        "all",
+        &format!("  deny: [\"origin.test:{port}\"]\n"),
+        &format!(
+            "  - host: origin.test:{port}\n    allow_plaintext: true\n    source: {{ type: env, var: WARDEN_TEST_NEVER_READ }}\n"
+        ),
+    )
+    .await;
+    let r = w
+        .client()
+        .get(format!("http://origin.test:{port}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["reason"], "policy_denied_host");
+    assert!(origin.seen().is_empty());
+}

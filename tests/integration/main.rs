@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod credentials;
 mod errors;
+mod headers;
 mod intercept;
 mod logs;
 mod plain;
