@@ -10,16 +10,17 @@
 //! | phase / place            | module                                   |
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
-//! | front door (CONNECT)     | [`proxy`], [`target`], [`tls`], [`policy`] |
+//! | front door (CONNECT)     | [`proxy`], [`target`], [`admission`], [`tls`] |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`target`] (validation, host binding), [`auth`], [`policy`] |
+//! | `request_filter`         | [`target`] (validation, host binding), [`admission`] ([`auth`], [`policy`], [`credentials`]) |
+//! | `upstream_request_filter`| [`headers`], [`credentials`] (injection)  |
 //! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
-//! | `upstream_request_filter`| [`proxy`] (hop-by-hop, request id)       |
 //! | `fail_to_proxy`          | [`reason`] (one error → response map)    |
 //! | `logging`                | [`telemetry`] (canonical line)           |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod credentials;

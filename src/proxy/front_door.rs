@@ -6,8 +6,8 @@
 
 use super::tunnel;
 use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
+use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
-use crate::policy::{Denial, Mode};
 use crate::reason::Reason;
 use crate::target::{classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
@@ -147,58 +147,26 @@ impl FrontDoor {
             }
         };
         // Decide before side effects: nothing is resolved, minted or dialled for a refusal.
-        let client = match &snap.auth {
-            None => None,
-            Some(clients) => {
-                let values: Vec<&[u8]> = head.proxy_auth.iter().map(Vec::as_slice).collect();
-                match clients.authenticate(&values) {
-                    Ok(client) => Some(client),
-                    Err(reason) => {
-                        let denial = Denial { reason, rule: None };
-                        return self
-                            .refuse_connect(stream, &snap, &event, &head, &dest, denial)
-                            .await;
-                    }
-                }
-            }
-        };
-        let name = client.as_ref().map(|c| c.name.clone());
-        let event = Event {
-            client: name.clone(),
-            ..event
-        };
-        let network = snap.network_for(client.as_deref());
-        let would_deny = match network.authorize(&dest, &self.shared.own_addrs) {
-            Ok(would_deny) => would_deny,
-            Err(denial) => {
+        let values: Vec<&[u8]> = head.proxy_auth.iter().map(Vec::as_slice).collect();
+        let admitted = match admit_connect(&snap, &self.shared.own_addrs, &values, &dest) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let event = Event {
+                    client: refusal.client.as_ref().map(|c| c.name.clone()),
+                    ..event
+                };
                 return self
-                    .refuse_connect(stream, &snap, &event, &head, &dest, denial)
+                    .refuse_connect(stream, &snap, &event, &head, &dest, refusal)
                     .await;
             }
         };
-        let inspect = network.has_rules_for(&dest)
-            || snap.credentials_for(client.as_deref()).has_for(&dest)
-            || snap.headers_for(client.as_deref()).has_for(&dest);
-        let intercept = snap.tls.intercepts(&dest, inspect);
-        let mut would_deny = would_deny;
-        if inspect && !intercept {
-            // Rules that cannot see inside a blind tunnel fail closed.
-            let denial = Denial {
-                reason: Reason::PolicyDeniedRule,
-                rule: Some(
-                    "network.rules, credentials or headers apply to this host, but tls.intercept/passthrough tunnel it blind"
-                        .into(),
-                ),
-            };
-            match network.mode {
-                Mode::Enforce => {
-                    return self
-                        .refuse_connect(stream, &snap, &event, &head, &dest, denial)
-                        .await;
-                }
-                Mode::Report => would_deny = would_deny.or(Some(Reason::PolicyDeniedRule)),
-            }
-        }
+        let event = Event {
+            client: admitted.client.as_ref().map(|c| c.name.clone()),
+            ..event
+        };
+        let network = snap.network_for(admitted.client.as_deref());
+        let would_deny = admitted.would_deny;
+        let intercept = admitted.intercept;
         let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
         if intercept {
             self.intercept(stream, rest, dest, head.request_id, &snap, &event, shutdown)
@@ -356,13 +324,13 @@ impl FrontDoor {
         event: &Event,
         head: &Head,
         dest: &Authority,
-        denial: Denial,
+        refusal: Refusal,
     ) {
-        let rule = denial.rule.as_deref();
-        self.shared.metrics.refused(denial.reason);
+        let rule = refusal.rule.as_deref();
+        self.shared.metrics.refused(refusal.reason);
         write_refusal(
             &mut stream,
-            denial.reason,
+            refusal.reason,
             Some(dest),
             rule,
             &head.request_id,
@@ -371,9 +339,9 @@ impl FrontDoor {
         let mut line = event.line(Kind::Connect);
         line.request_id = Some(head.request_id.clone());
         fill_connect(&mut line, dest);
-        line.status = Some(denial.reason.status());
-        line.reason = Some(denial.reason.code());
-        line.rule = denial.rule;
+        line.status = Some(refusal.reason.status());
+        line.reason = Some(refusal.reason.code());
+        line.rule = refusal.rule;
         line.took(event.started.elapsed());
         line.emit(snap.log);
     }

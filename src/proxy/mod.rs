@@ -9,6 +9,7 @@ mod upgrade;
 
 pub use front_door::FrontDoor;
 
+use crate::admission::admit_request;
 use crate::auth::Client;
 use crate::config::Snapshot;
 use crate::reason::{error_body, Reason};
@@ -94,28 +95,6 @@ const PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 
 /// The `Proxy-Authenticate` challenge sent with every 407.
 const PROXY_CHALLENGE: &str = "Basic realm=\"warden\"";
-
-/// Who sent a request: the CONNECT's client inside a tunnel (which must still be configured),
-/// otherwise the request's own `Proxy-Authorization`. `None` when auth is off.
-fn identify(
-    snap: &Snapshot,
-    tunnel: Option<&TunnelIdentity>,
-    proxy_auth: &[&[u8]],
-) -> std::result::Result<Option<Arc<Client>>, Reason> {
-    let Some(clients) = &snap.auth else {
-        return Ok(None);
-    };
-    match tunnel {
-        Some(t) => t
-            .client
-            .as_deref()
-            .and_then(|name| clients.get(name))
-            .cloned()
-            .map(Some)
-            .ok_or(Reason::AuthInvalid),
-        None => clients.authenticate(proxy_auth).map(Some),
-    }
-}
 
 /// The response head warden sends for `reason`.
 fn refusal_head(reason: Reason, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
@@ -318,50 +297,35 @@ impl ProxyHttp for Warden {
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        match identify(&ctx.snap, ctx.tunnel.as_ref(), &proxy_auth) {
-            Ok(client) => ctx.client = client,
-            Err(reason) => {
-                self.refuse(session, ctx, reason).await;
+        let Some(target) = ctx.target.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no target after check_head");
+        };
+        let admitted = admit_request(
+            &ctx.snap,
+            &self.shared.own_addrs,
+            ctx.tunnel.as_ref(),
+            &proxy_auth,
+            &ctx.method,
+            target,
+        );
+        match admitted {
+            Ok(a) => {
+                ctx.client = a.client;
+                ctx.would_deny = a.would_deny;
+                if let Some(c) = a.credential {
+                    ctx.grant = c.grant;
+                    ctx.inject = Some((c.header, c.value));
+                }
+            }
+            Err(refusal) => {
+                if let Some(detail) = &refusal.detail {
+                    log::warn!("{detail}");
+                }
+                ctx.client = refusal.client;
+                ctx.rule = refusal.rule;
+                ctx.error = refusal.detail;
+                self.refuse(session, ctx, refusal.reason).await;
                 return Ok(true);
-            }
-        }
-        // Decide before any side effect: no DNS, upstream connection or upgrade before this.
-        let dest = ctx.target.as_ref().map(|t| t.authority.clone());
-        if let Some(dest) = dest {
-            let network = ctx.snap.network_for(ctx.client.as_deref());
-            let path = ctx.target.as_ref().map_or("/", |t| t.path.as_str());
-            let decided = network
-                .authorize(&dest, &self.shared.own_addrs)
-                .and_then(|host| {
-                    let rule = network.decide_request(&ctx.method, &dest, path)?;
-                    Ok(host.or(rule))
-                });
-            match decided {
-                Ok(would_deny) => ctx.would_deny = would_deny,
-                Err(denial) => {
-                    ctx.rule = denial.rule;
-                    self.refuse(session, ctx, denial.reason).await;
-                    return Ok(true);
-                }
-            }
-            // Only now, with the request allowed, is a credential read. It is bound to the
-            // connection identity (the CONNECT or absolute-URI authority), never to Host.
-            let scheme = ctx.target.as_ref().map_or(Scheme::Http, |t| t.scheme);
-            let credentials = ctx.snap.credentials_for(ctx.client.as_deref());
-            if let Some(cred) = credentials.for_request(&dest, scheme) {
-                match cred.value() {
-                    Ok(value) => {
-                        ctx.grant = cred.grant.clone();
-                        ctx.inject = Some((cred.header.clone(), value));
-                    }
-                    Err(e) => {
-                        log::warn!("{e}");
-                        ctx.error = Some(e.to_string());
-                        self.refuse(session, ctx, Reason::CredentialUnavailable)
-                            .await;
-                        return Ok(true);
-                    }
-                }
             }
         }
         session.set_keepalive(Some(idle.as_secs().max(1)));

@@ -1,0 +1,269 @@
+//! Admission: the ordered decisions a CONNECT or a request passes before anything is done on
+//! its behalf — who the client is (auth), whether its destination and, for requests, its
+//! method and path are allowed (policy), how a CONNECT is carried (intercepted or blind), and
+//! which credential a request carries (read only once it is allowed). Called by the front door
+//! for every CONNECT and by `request_filter` for every request. Free of `Session`, so the order
+//! (DESIGN invariant 2) is tested here.
+
+use crate::auth::Client;
+use crate::config::Snapshot;
+use crate::policy::{Denial, Mode};
+use crate::reason::Reason;
+use crate::target::{Authority, Target, TunnelIdentity};
+use http::header::{HeaderName, HeaderValue};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A CONNECT that may proceed.
+#[derive(Debug)]
+pub struct ConnectAdmission {
+    /// The authenticated client, when auth is on.
+    pub client: Option<Arc<Client>>,
+    /// Terminate TLS (true) or tunnel blind (false).
+    pub intercept: bool,
+    /// In report mode: what it would have been denied for.
+    pub would_deny: Option<Reason>,
+}
+
+/// A request that may proceed.
+#[derive(Debug)]
+pub struct RequestAdmission {
+    /// The authenticated client, when auth is on.
+    pub client: Option<Arc<Client>>,
+    /// In report mode: what it would have been denied for.
+    pub would_deny: Option<Reason>,
+    /// The credential to set on the upstream request, already read.
+    pub credential: Option<Injection>,
+}
+
+/// A credential header to set upstream.
+#[derive(Debug)]
+pub struct Injection {
+    /// Header name.
+    pub header: HeaderName,
+    /// Header value (marked sensitive).
+    pub value: HeaderValue,
+    /// The credential's grant.
+    pub grant: Option<String>,
+}
+
+/// Why a CONNECT or request is refused.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The reason code.
+    pub reason: Reason,
+    /// The config entry that decided it.
+    pub rule: Option<String>,
+    /// Operator detail for the log (never a secret).
+    pub detail: Option<String>,
+    /// The client, when it was identified before the refusal.
+    pub client: Option<Arc<Client>>,
+}
+
+impl Refusal {
+    fn new(reason: Reason, client: Option<Arc<Client>>) -> Self {
+        Refusal {
+            reason,
+            rule: None,
+            detail: None,
+            client,
+        }
+    }
+
+    fn denied(denial: Denial, client: Option<Arc<Client>>) -> Self {
+        Refusal {
+            reason: denial.reason,
+            rule: denial.rule,
+            detail: None,
+            client,
+        }
+    }
+}
+
+/// Who sent a request: inside a tunnel the CONNECT's client (which must still be configured),
+/// otherwise the request's own `Proxy-Authorization`. `None` when auth is off.
+pub fn identify(
+    snap: &Snapshot,
+    tunnel: Option<&TunnelIdentity>,
+    proxy_auth: &[&[u8]],
+) -> Result<Option<Arc<Client>>, Reason> {
+    let Some(clients) = &snap.auth else {
+        return Ok(None);
+    };
+    match tunnel {
+        Some(t) => t
+            .client
+            .as_deref()
+            .and_then(|name| clients.get(name))
+            .cloned()
+            .map(Some)
+            .ok_or(Reason::AuthInvalid),
+        None => clients.authenticate(proxy_auth).map(Some),
+    }
+}
+
+/// Admits a CONNECT to `dest`: auth, host policy (IP literals also checked against the SSRF
+/// guard and warden's own addresses `own`), then interception. A host some rule must see
+/// inside (L7 rules, credentials, header rules) is intercepted; when `tls.intercept` or
+/// `passthrough` would tunnel it blind instead, it is refused rather than left unchecked.
+pub fn admit_connect(
+    snap: &Snapshot,
+    own: &[SocketAddr],
+    proxy_auth: &[&[u8]],
+    dest: &Authority,
+) -> Result<ConnectAdmission, Refusal> {
+    let client = identify(snap, None, proxy_auth).map_err(|r| Refusal::new(r, None))?;
+    let c = client.as_deref();
+    let network = snap.network_for(c);
+    let mut would_deny = network
+        .authorize(dest, own)
+        .map_err(|d| Refusal::denied(d, client.clone()))?;
+    let inspect = network.has_rules_for(dest)
+        || snap.credentials_for(c).has_for(dest)
+        || snap.headers_for(c).has_for(dest);
+    let intercept = snap.tls.intercepts(dest, inspect);
+    if inspect && !intercept {
+        let rule = "network.rules, credentials or headers apply to this host, but tls.intercept/passthrough tunnel it blind";
+        match network.mode {
+            Mode::Enforce => {
+                return Err(Refusal::denied(
+                    Denial {
+                        reason: Reason::PolicyDeniedRule,
+                        rule: Some(rule.into()),
+                    },
+                    client,
+                ))
+            }
+            Mode::Report => would_deny = would_deny.or(Some(Reason::PolicyDeniedRule)),
+        }
+    }
+    Ok(ConnectAdmission {
+        client,
+        intercept,
+        would_deny,
+    })
+}
+
+/// Admits one request to `target`: identity, host policy, L7 rules, and only then the
+/// credential read (an unreadable credential refuses with `credential_unavailable`).
+pub fn admit_request(
+    snap: &Snapshot,
+    own: &[SocketAddr],
+    tunnel: Option<&TunnelIdentity>,
+    proxy_auth: &[&[u8]],
+    method: &str,
+    target: &Target,
+) -> Result<RequestAdmission, Refusal> {
+    let client = identify(snap, tunnel, proxy_auth).map_err(|r| Refusal::new(r, None))?;
+    let c = client.as_deref();
+    let network = snap.network_for(c);
+    let dest = &target.authority;
+    let host = network
+        .authorize(dest, own)
+        .map_err(|d| Refusal::denied(d, client.clone()))?;
+    let rule = network
+        .decide_request(method, dest, &target.path)
+        .map_err(|d| Refusal::denied(d, client.clone()))?;
+    // The credential is bound to the connection identity, never to the Host header.
+    let credential = match snap.credentials_for(c).for_request(dest, target.scheme) {
+        None => None,
+        Some(cred) => match cred.value() {
+            Ok(value) => Some(Injection {
+                header: cred.header.clone(),
+                value,
+                grant: cred.grant.clone(),
+            }),
+            Err(e) => {
+                return Err(Refusal {
+                    reason: Reason::CredentialUnavailable,
+                    rule: None,
+                    detail: Some(e.to_string()),
+                    client,
+                })
+            }
+        },
+    };
+    Ok(RequestAdmission {
+        client,
+        would_deny: host.or(rule),
+        credential,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CompileOptions, Config};
+    use crate::target::Scheme;
+    use std::path::Path;
+
+    fn snap_with(intercept: &str, yaml: &str) -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - {{ name: a, token: {{ type: static, value: tok }} }}\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\n  intercept: {intercept}\n{yaml}",
+            dir.path().display()
+        );
+        Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap()
+    }
+
+    fn snap(yaml: &str) -> Snapshot {
+        snap_with("auto", yaml)
+    }
+
+    fn target(s: &str, path: &str) -> Target {
+        Target {
+            scheme: Scheme::Https,
+            authority: crate::target::parse_authority(s.as_bytes(), None).unwrap(),
+            path: path.into(),
+        }
+    }
+
+    const AUTH: &[&[u8]] = &[b"Bearer tok"];
+
+    #[test]
+    fn authentication_comes_before_policy() {
+        let s = snap("network: { deny: [bad.test] }\n");
+        let r = admit_request(&s, &[], None, &[], "GET", &target("bad.test:443", "/")).unwrap_err();
+        assert_eq!(r.reason, Reason::AuthRequired);
+        let r =
+            admit_request(&s, &[], None, AUTH, "GET", &target("bad.test:443", "/")).unwrap_err();
+        assert_eq!(r.reason, Reason::PolicyDeniedHost);
+        assert_eq!(r.client.as_deref().map(|c| &*c.name), Some("a"));
+    }
+
+    #[test]
+    fn a_denied_request_never_reads_its_credential() {
+        let s = snap(
+            "network: { rules: ['deny DELETE api.test /**'] }\ncredentials:\n  - { host: api.test, source: { type: env, var: WARDEN_TEST_ADMISSION_UNSET } }\n",
+        );
+        let t = target("api.test:443", "/x");
+        let r = admit_request(&s, &[], None, AUTH, "DELETE", &t).unwrap_err();
+        assert_eq!(r.reason, Reason::PolicyDeniedRule);
+        let r = admit_request(&s, &[], None, AUTH, "GET", &t).unwrap_err();
+        assert_eq!(r.reason, Reason::CredentialUnavailable);
+        assert!(r.detail.unwrap().contains("WARDEN_TEST_ADMISSION_UNSET"));
+    }
+
+    #[test]
+    fn hosts_that_need_inspection_are_intercepted_or_refused() {
+        let creds = "credentials:\n  - { host: api.test, source: { type: static, value: s } }\n";
+        let dest = crate::target::parse_authority(b"api.test:443", None).unwrap();
+        let other = crate::target::parse_authority(b"other.test:443", None).unwrap();
+        let auto = snap_with("auto", creds);
+        assert!(admit_connect(&auto, &[], AUTH, &dest).unwrap().intercept);
+        assert!(!admit_connect(&auto, &[], AUTH, &other).unwrap().intercept);
+        let none = snap_with("none", creds);
+        let r = admit_connect(&none, &[], AUTH, &dest).unwrap_err();
+        assert_eq!(r.reason, Reason::PolicyDeniedRule);
+        assert!(!admit_connect(&none, &[], AUTH, &other).unwrap().intercept);
+        let report = snap_with("none", &format!("{creds}network: {{ mode: report }}\n"));
+        let a = admit_connect(&report, &[], AUTH, &dest).unwrap();
+        assert!(!a.intercept);
+        assert_eq!(a.would_deny, Some(Reason::PolicyDeniedRule));
+        let missing = admit_connect(&auto, &[], &[], &dest).unwrap_err();
+        assert_eq!(missing.reason, Reason::AuthRequired);
+    }
+}
