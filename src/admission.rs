@@ -9,6 +9,7 @@ use crate::auth::Client;
 use crate::config::Snapshot;
 use crate::policy::{Denial, Mode};
 use crate::reason::Reason;
+use crate::secret::Secret;
 use crate::target::{Authority, Target, TunnelIdentity};
 use http::header::{HeaderName, HeaderValue};
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct Injection {
     pub value: HeaderValue,
     /// The credential's grant.
     pub grant: Option<String>,
+    /// The secret itself, for scrubbing responses that echo it.
+    pub secret: Secret,
 }
 
 /// Why a CONNECT or request is refused.
@@ -167,11 +170,12 @@ pub fn admit_request(
     // The credential is bound to the connection identity, never to the Host header.
     let credential = match snap.credentials_for(c).for_request(dest, target.scheme) {
         None => None,
-        Some(cred) => match cred.value() {
-            Ok(value) => Some(Injection {
+        Some(cred) => match cred.read() {
+            Ok((value, secret)) => Some(Injection {
                 header: cred.header.clone(),
                 value,
                 grant: cred.grant.clone(),
+                secret,
             }),
             Err(e) => {
                 return Err(Refusal {

@@ -147,9 +147,9 @@ impl Credentials {
 }
 
 impl Credential {
-    /// The header value to send, reading the secret now. Fails closed, naming the credential
-    /// and its source but never a value.
-    pub fn value(&self) -> Result<HeaderValue, Unavailable> {
+    /// The header value to send and the secret in it (for scrubbing echoes), reading the
+    /// secret now. Fails closed, naming the credential and its source but never a value.
+    pub fn read(&self) -> Result<(HeaderValue, Secret), Unavailable> {
         let unavailable = |cause: String| Unavailable {
             which: self.describe(),
             source_name: self.source.source.describe(),
@@ -164,7 +164,7 @@ impl Credential {
         ))
         .map_err(|_| unavailable("the secret is not a valid header value".into()))?;
         value.set_sensitive(true);
-        Ok(value)
+        Ok((value, secret))
     }
 
     /// `grant github`, or `host api.github.com` when it has no grant.
@@ -241,17 +241,17 @@ mod tests {
         );
         let a = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
         assert_eq!(a.header, http::header::AUTHORIZATION);
-        assert_eq!(a.value().unwrap(), "Bearer s3cr3t");
-        assert!(a.value().unwrap().is_sensitive());
+        assert_eq!(a.read().unwrap().0, "Bearer s3cr3t");
+        assert!(a.read().unwrap().0.is_sensitive());
         let b = c
             .for_request(&dest("other.test:443"), Scheme::Https)
             .unwrap();
         assert_eq!(
-            (b.header.as_str(), b.value().unwrap()),
+            (b.header.as_str(), b.read().unwrap().0),
             ("x-api-key", HeaderValue::from_static("k"))
         );
         let f = c.for_request(&dest("fmt.test:443"), Scheme::Https).unwrap();
-        assert_eq!(f.value().unwrap(), "token=v;");
+        assert_eq!(f.read().unwrap().0, "token=v;");
     }
 
     #[test]
@@ -288,7 +288,7 @@ mod tests {
         let err = c
             .for_request(&dest("api.test:443"), Scheme::Https)
             .unwrap()
-            .value()
+            .read()
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -306,11 +306,11 @@ mod tests {
             dir.path(),
         );
         let cred = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
-        assert_eq!(cred.value().unwrap(), "Bearer first");
+        assert_eq!(cred.read().unwrap().0, "Bearer first");
         std::fs::write(dir.path().join("tok"), "second-longer\n").unwrap();
-        assert_eq!(cred.value().unwrap(), "Bearer second-longer");
+        assert_eq!(cred.read().unwrap().0, "Bearer second-longer");
         std::fs::remove_file(dir.path().join("tok")).unwrap();
-        assert!(cred.value().is_err());
+        assert!(cred.read().is_err());
     }
 
     #[test]

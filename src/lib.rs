@@ -15,6 +15,7 @@
 //! | `request_filter`         | [`target`] (validation, host binding), [`admission`] ([`auth`], [`policy`], [`credentials`]) |
 //! | `upstream_request_filter`| [`headers`], [`credentials`] (injection)  |
 //! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
+//! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked) |
 //! | `fail_to_proxy`          | [`reason`] (one error → response map)    |
 //! | `logging`                | [`telemetry`] (canonical line)           |
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod headers;
 pub mod policy;
 pub mod proxy;
 pub mod reason;
+pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod target;

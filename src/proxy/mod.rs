@@ -13,6 +13,7 @@ use crate::admission::admit_request;
 use crate::auth::Client;
 use crate::config::Snapshot;
 use crate::reason::{error_body, Reason};
+use crate::scrub::Scrubber;
 use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
 use crate::telemetry::{redact_query, CanonicalLog, Kind};
 use arc_swap::ArcSwap;
@@ -72,6 +73,8 @@ pub struct RequestCtx {
     grant: Option<String>,
     /// Set once the credential was put on an upstream request.
     injected: bool,
+    /// Masks the injected secret in the response, should the origin echo it.
+    scrubber: Option<Scrubber>,
     /// Operator detail on a failure warden decided itself (never a secret).
     error: Option<String>,
     /// Status of a response warden wrote itself.
@@ -134,6 +137,35 @@ fn reason_for(e: &Error) -> Reason {
             _ => Reason::Internal,
         },
     }
+}
+
+/// Masks the secret in every response header value that carries it.
+fn scrub_headers(scrubber: &Scrubber, resp: &mut ResponseHeader) -> Result<()> {
+    let hit: Vec<HeaderName> = resp
+        .headers
+        .iter()
+        .filter(|(_, v)| scrubber.scrub_value(v.as_bytes()).is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in hit {
+        let values: Vec<Vec<u8>> = resp
+            .headers
+            .get_all(&name)
+            .iter()
+            .map(|v| {
+                scrubber
+                    .scrub_value(v.as_bytes())
+                    .unwrap_or_else(|| v.as_bytes().to_vec())
+            })
+            .collect();
+        resp.remove_header(&name);
+        for v in values {
+            let value = HeaderValue::from_bytes(&v)
+                .map_err(|e| Error::because(ErrorType::InternalError, "scrubbed header", e))?;
+            resp.append_header(name.clone(), value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the proxy's own.
@@ -250,6 +282,7 @@ impl ProxyHttp for Warden {
             inject: None,
             grant: None,
             injected: false,
+            scrubber: None,
             error: None,
             status: None,
         }
@@ -313,6 +346,7 @@ impl ProxyHttp for Warden {
                 ctx.client = a.client;
                 ctx.would_deny = a.would_deny;
                 if let Some(c) = a.credential {
+                    ctx.scrubber = Some(Scrubber::new([c.secret.expose().as_bytes().to_vec()]));
                     ctx.grant = c.grant;
                     ctx.inject = Some((c.header, c.value));
                 }
@@ -452,6 +486,8 @@ impl ProxyHttp for Warden {
         if let Some((name, value)) = ctx.inject.clone() {
             // Overwrites whatever the client sent under that name.
             upstream.insert_header(name, value)?;
+            // An uncompressed response can be scanned for an echoed secret.
+            upstream.insert_header(header::ACCEPT_ENCODING, "identity")?;
             self.shared.metrics.injected(ctx.grant.as_deref());
             ctx.injected = true;
         }
@@ -465,7 +501,24 @@ impl ProxyHttp for Warden {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(scrubber) = &ctx.scrubber {
+            scrub_headers(scrubber, upstream_response)?;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(scrubber) = ctx.scrubber.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(scrubber.feed(&chunk, end_of_stream));
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(

@@ -549,7 +549,13 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let resp = Response::builder().header("x-origin", "yes");
+    let mut resp = Response::builder().header("x-origin", "yes");
+    if path == "/echo-header" {
+        // Echo the Authorization header back, as some error pages and echo services do.
+        if let Some((_, v)) = headers.iter().find(|(k, _)| k == "authorization") {
+            resp = resp.header("x-echo-auth", v.as_str());
+        }
+    }
     let resp = if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         resp.body(Full::new(Bytes::from(pattern(n))))

@@ -214,3 +214,48 @@ async fn a_denied_request_never_reads_its_credential() {
     assert_eq!(v["reason"], "policy_denied_host");
     assert!(origin.seen().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_echoing_the_secret_is_scrubbed_before_the_agent_sees_it() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = warden_with_credentials(
+        "auto",
+        "",
+        &format!("  - host: origin.test:{port}\n    source: {{ type: static, value: {CANARY} }}\n"),
+    )
+    .await;
+    let client = w.client();
+    // The JSON echo carries every request header back in the body.
+    let body = client
+        .get(format!("https://origin.test:{port}/echo"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains(CANARY), "secret echoed in body: {body}");
+    assert!(body.contains("Bearer [redacted]"), "{body}");
+    let v: Value = serde_json::from_str(&body).expect("still valid JSON (same length)");
+    assert!(v["headers"].is_array());
+    // And in a response header.
+    let r = client
+        .get(format!("https://origin.test:{port}/echo-header"))
+        .send()
+        .await
+        .unwrap();
+    let echoed = r.headers()["x-echo-auth"].to_str().unwrap().to_string();
+    assert!(!echoed.contains(CANARY), "{echoed}");
+    assert!(echoed.starts_with("Bearer [redacted]"), "{echoed}");
+    // The origin did receive it, uncompressed responses requested.
+    let seen = origin.seen();
+    assert_eq!(
+        header_of(&seen[0], "authorization").as_deref(),
+        Some(format!("Bearer {CANARY}").as_str())
+    );
+    assert_eq!(
+        header_of(&seen[0], "accept-encoding").as_deref(),
+        Some("identity")
+    );
+}
