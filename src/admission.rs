@@ -35,6 +35,8 @@ pub struct RequestAdmission {
     pub would_deny: Option<Reason>,
     /// The credential to set on the upstream request, already read.
     pub credential: Option<Injection>,
+    /// The correlation sequence number, when the request is a correlation target.
+    pub seq: Option<u64>,
 }
 
 /// A credential header to set upstream.
@@ -61,6 +63,8 @@ pub struct Refusal {
     pub detail: Option<String>,
     /// The client, when it was identified before the refusal.
     pub client: Option<Arc<Client>>,
+    /// The sequence number the request consumed, when it was a correlation target.
+    pub seq: Option<u64>,
 }
 
 impl Refusal {
@@ -70,6 +74,7 @@ impl Refusal {
             rule: None,
             detail: None,
             client,
+            seq: None,
         }
     }
 
@@ -79,6 +84,7 @@ impl Refusal {
             rule: denial.rule,
             detail: None,
             client,
+            seq: None,
         }
     }
 }
@@ -123,10 +129,13 @@ pub fn admit_connect(
         .map_err(|d| Refusal::denied(d, client.clone()))?;
     let inspect = network.has_rules_for(dest)
         || snap.credentials_for(c).has_for(dest)
-        || snap.headers_for(c).has_for(dest);
+        || snap.headers_for(c).has_for(dest)
+        || snap
+            .correlation_for(c)
+            .is_some_and(|corr| corr.has_for(dest));
     let intercept = snap.tls.intercepts(dest, inspect);
     if inspect && !intercept {
-        let rule = "network.rules, credentials or headers apply to this host, but tls.intercept/passthrough tunnel it blind";
+        let rule = "network.rules, credentials, headers or correlation apply to this host, but tls.intercept/passthrough tunnel it blind";
         match network.mode {
             Mode::Enforce => {
                 return Err(Refusal::denied(
@@ -147,8 +156,9 @@ pub fn admit_connect(
     })
 }
 
-/// Admits one request to `target`: identity, host policy, L7 rules, and only then the
-/// credential read (an unreadable credential refuses with `credential_unavailable`).
+/// Admits one request to `target`: identity, a correlation number (allocated before policy, so
+/// a denied request consumes one too), host policy, L7 rules, and only then the credential
+/// read (an unreadable credential refuses with `credential_unavailable`).
 pub fn admit_request(
     snap: &Snapshot,
     own: &[SocketAddr],
@@ -159,14 +169,19 @@ pub fn admit_request(
 ) -> Result<RequestAdmission, Refusal> {
     let client = identify(snap, tunnel, proxy_auth).map_err(|r| Refusal::new(r, None))?;
     let c = client.as_deref();
-    let network = snap.network_for(c);
     let dest = &target.authority;
-    let host = network
-        .authorize(dest, own)
-        .map_err(|d| Refusal::denied(d, client.clone()))?;
+    let seq = snap
+        .correlation_for(c)
+        .and_then(|corr| corr.allocate(dest, &target.path));
+    let denied = |d: Denial| Refusal {
+        seq,
+        ..Refusal::denied(d, client.clone())
+    };
+    let network = snap.network_for(c);
+    let host = network.authorize(dest, own).map_err(denied)?;
     let rule = network
         .decide_request(method, dest, &target.path)
-        .map_err(|d| Refusal::denied(d, client.clone()))?;
+        .map_err(denied)?;
     // The credential is bound to the connection identity, never to the Host header.
     let credential = match snap.credentials_for(c).for_request(dest, target.scheme) {
         None => None,
@@ -183,6 +198,7 @@ pub fn admit_request(
                     rule: None,
                     detail: Some(e.to_string()),
                     client,
+                    seq,
                 })
             }
         },
@@ -191,6 +207,7 @@ pub fn admit_request(
         client,
         would_deny: host.or(rule),
         credential,
+        seq,
     })
 }
 

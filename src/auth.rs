@@ -5,6 +5,7 @@
 //! intercepted tunnel keep the CONNECT's identity.
 
 use crate::config::NotYetSupported;
+use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
@@ -47,8 +48,9 @@ pub struct ClientConfig {
     _substitutions: Option<NotYetSupported>,
     #[serde(default, rename = "llm")]
     _llm: Option<NotYetSupported>,
-    #[serde(default, rename = "correlation")]
-    _correlation: Option<NotYetSupported>,
+    /// Replaces the top-level `correlation` section for this client.
+    #[serde(default)]
+    pub correlation: Option<CorrelationConfig>,
 }
 
 /// A configured client.
@@ -63,6 +65,8 @@ pub struct Client {
     pub credentials: Option<Credentials>,
     /// Its own header rules, when it has them.
     pub headers: Option<HeaderRules>,
+    /// Its own correlation section, when it has one.
+    pub correlation: Option<Correlation>,
 }
 
 /// The compiled client list.
@@ -112,6 +116,10 @@ impl AuthConfig {
                 )?),
                 None => None,
             };
+            let correlation = match &c.correlation {
+                Some(cc) => Some(cc.compile(&format!("proxy.auth.clients[{i}].correlation"))?),
+                None => None,
+            };
             let network = match &c.network {
                 Some(n) => Some(
                     n.compile(credentials.as_ref().unwrap_or(top_credentials))
@@ -125,6 +133,7 @@ impl AuthConfig {
                 network,
                 credentials,
                 headers,
+                correlation,
             }));
         }
         if clients.is_empty() {

@@ -4,6 +4,7 @@
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
 use crate::auth::{AuthConfig, Client, Clients};
+use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
@@ -135,8 +136,9 @@ pub struct FileConfig {
     _llm: Option<NotYetSupported>,
     #[serde(default, rename = "transforms")]
     _transforms: Option<NotYetSupported>,
-    #[serde(default, rename = "correlation")]
-    _correlation: Option<NotYetSupported>,
+    /// Session id and sequence headers on matching requests.
+    #[serde(default)]
+    pub correlation: Option<CorrelationConfig>,
 }
 
 fn default_version() -> u32 {
@@ -238,6 +240,8 @@ pub struct Snapshot {
     pub credentials: Credentials,
     /// Header rules per destination.
     pub headers: HeaderRules,
+    /// Session correlation, when configured.
+    pub correlation: Option<Correlation>,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
@@ -257,6 +261,13 @@ impl Snapshot {
         client
             .and_then(|c| c.headers.as_ref())
             .unwrap_or(&self.headers)
+    }
+
+    /// The correlation section for `client`: its own if it has one, else the top-level one.
+    pub fn correlation_for<'a>(&'a self, client: Option<&'a Client>) -> Option<&'a Correlation> {
+        client
+            .and_then(|c| c.correlation.as_ref())
+            .or(self.correlation.as_ref())
     }
 
     /// The credentials for `client`: its own if it has them, else the top-level ones.
@@ -372,6 +383,13 @@ impl Config {
                 .map_err(|(key, msg)| self.error(&key, msg))?;
         let headers = crate::headers::compile(&f.headers, "headers")
             .map_err(|(key, msg)| self.error(&key, msg))?;
+        let correlation = match &f.correlation {
+            Some(c) => Some(
+                c.compile("correlation")
+                    .map_err(|(key, msg)| self.error(&key, msg))?,
+            ),
+            None => None,
+        };
         let auth = match &f.proxy.auth {
             Some(a) => Some(
                 a.compile(&self.base_dir, &credentials)
@@ -402,6 +420,7 @@ impl Config {
             auth,
             credentials,
             headers,
+            correlation,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
@@ -528,8 +547,8 @@ mod tests {
         assert!(err.message.contains("not yet supported"), "{err}");
         assert_eq!(err.key.as_deref(), Some("llm"), "{err}");
         assert_eq!(err.line, Some(4), "{err}");
-        let err = parse("proxy:\n  listen: 127.0.0.1:0\ncorrelation: {}\n").unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("correlation"), "{err}");
+        let err = parse("proxy:\n  listen: 127.0.0.1:0\ntransforms: []\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("transforms"), "{err}");
     }
 
     #[test]

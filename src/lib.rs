@@ -24,6 +24,7 @@
 pub mod admission;
 pub mod auth;
 pub mod config;
+pub mod correlation;
 pub mod credentials;
 pub mod headers;
 pub mod policy;

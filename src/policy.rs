@@ -423,8 +423,45 @@ pub struct Rule {
     /// `None`: any method.
     methods: Option<Vec<String>>,
     host: HostPattern,
-    path: Vec<PathSegment>,
+    path: PathGlob,
     source: String,
+}
+
+/// A path pattern: literal segments, `*` (one segment) and a final `**` (the rest, including
+/// nothing). Matched against [`normalize_path`] segments.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PathGlob(Vec<PathSegment>);
+
+impl TryFrom<String> for PathGlob {
+    type Error = String;
+
+    fn try_from(glob: String) -> Result<Self, String> {
+        let Some(rest) = glob.strip_prefix('/') else {
+            return Err(format!("`{glob}` is not a path pattern: it starts with /"));
+        };
+        let raw: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::new();
+        for (i, seg) in raw.iter().enumerate() {
+            segments.push(match *seg {
+                "**" if i + 1 == raw.len() => PathSegment::Rest,
+                "**" => return Err(format!("`{glob}`: `**` may only end a path")),
+                "*" => PathSegment::One,
+                lit if lit.contains('*') => {
+                    return Err(format!("`{glob}`: `*` stands for a whole segment"))
+                }
+                lit => PathSegment::Literal(lit.to_string()),
+            });
+        }
+        Ok(PathGlob(segments))
+    }
+}
+
+impl PathGlob {
+    /// Whether the (already normalised) `segments` match.
+    pub fn matches(&self, segments: &[String]) -> bool {
+        path_matches(&self.0, segments)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,25 +500,12 @@ impl TryFrom<String> for Rule {
             Some(list)
         };
         let host = HostPattern::try_from(host.to_string()).map_err(|e| invalid(&e))?;
-        let Some(rest) = path.strip_prefix('/') else {
-            return Err(invalid("PATHGLOB starts with /"));
-        };
-        let mut segments = Vec::new();
-        let raw: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        for (i, seg) in raw.iter().enumerate() {
-            segments.push(match *seg {
-                "**" if i + 1 == raw.len() => PathSegment::Rest,
-                "**" => return Err(invalid("`**` may only end a path")),
-                "*" => PathSegment::One,
-                lit if lit.contains('*') => return Err(invalid("`*` stands for a whole segment")),
-                lit => PathSegment::Literal(lit.to_string()),
-            });
-        }
+        let path = PathGlob::try_from(path.to_string()).map_err(|e| invalid(&e))?;
         Ok(Rule {
             allow,
             methods,
             host,
-            path: segments,
+            path,
             source,
         })
     }
@@ -493,7 +517,7 @@ impl Rule {
             .as_ref()
             .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && self.host.matches(dest)
-            && path_matches(&self.path, segments)
+            && self.path.matches(segments)
     }
 }
 

@@ -111,6 +111,8 @@ pub struct CanonicalLog {
     pub kind: Kind,
     /// The request id (also sent upstream and returned in `X-Request-Id`).
     pub request_id: Option<String>,
+    /// The correlation sequence number sent upstream, when the request was a target.
+    pub seq: Option<u64>,
     /// The authenticated client's name (`proxy.auth`).
     pub client: Option<String>,
     /// The client's address.
@@ -158,6 +160,7 @@ impl CanonicalLog {
             ts: String::new(),
             kind,
             request_id: None,
+            seq: None,
             client: None,
             client_addr: None,
             method: None,

@@ -75,6 +75,8 @@ pub struct RequestCtx {
     injected: bool,
     /// Masks the injected secret in the response, should the origin echo it.
     scrubber: Option<Scrubber>,
+    /// The correlation sequence number of this request.
+    seq: Option<u64>,
     /// Operator detail on a failure warden decided itself (never a secret).
     error: Option<String>,
     /// Status of a response warden wrote itself.
@@ -283,6 +285,7 @@ impl ProxyHttp for Warden {
             grant: None,
             injected: false,
             scrubber: None,
+            seq: None,
             error: None,
             status: None,
         }
@@ -344,6 +347,7 @@ impl ProxyHttp for Warden {
         match admitted {
             Ok(a) => {
                 ctx.client = a.client;
+                ctx.seq = a.seq;
                 ctx.would_deny = a.would_deny;
                 if let Some(c) = a.credential {
                     ctx.scrubber = Some(Scrubber::new([c.secret.expose().as_bytes().to_vec()]));
@@ -356,6 +360,7 @@ impl ProxyHttp for Warden {
                     log::warn!("{detail}");
                 }
                 ctx.client = refusal.client;
+                ctx.seq = refusal.seq;
                 ctx.rule = refusal.rule;
                 ctx.error = refusal.detail;
                 self.refuse(session, ctx, refusal.reason).await;
@@ -483,6 +488,13 @@ impl ProxyHttp for Warden {
                 }
             }
         }
+        if let Some(seq) = ctx.seq {
+            if let Some(corr) = ctx.snap.correlation_for(ctx.client.as_deref()) {
+                for (name, value) in corr.headers(seq) {
+                    upstream.insert_header(name, value)?;
+                }
+            }
+        }
         if let Some((name, value)) = ctx.inject.clone() {
             // Overwrites whatever the client sent under that name.
             upstream.insert_header(name, value)?;
@@ -578,6 +590,7 @@ impl ProxyHttp for Warden {
         };
         let mut line = CanonicalLog::new(kind);
         line.request_id = Some(std::mem::take(&mut ctx.request_id));
+        line.seq = ctx.seq;
         line.client = ctx.client.as_ref().map(|c| c.name.to_string()).or_else(|| {
             ctx.tunnel
                 .as_ref()

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod cli;
 mod common;
+mod correlation;
 mod credentials;
 mod errors;
 mod headers;
