@@ -10,6 +10,7 @@ use crate::config::Snapshot;
 use crate::policy::{Denial, Mode};
 use crate::reason::Reason;
 use crate::secret::Secret;
+use crate::substitution::Active;
 use crate::target::{Authority, Target, TunnelIdentity};
 use http::header::{HeaderName, HeaderValue};
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub struct RequestAdmission {
     pub credential: Option<Injection>,
     /// The correlation sequence number, when the request is a correlation target.
     pub seq: Option<u64>,
+    /// Placeholder substitutions in force, secrets already read.
+    pub substitutions: Vec<Active>,
 }
 
 /// A credential header to set upstream.
@@ -132,10 +135,11 @@ pub fn admit_connect(
         || snap.headers_for(c).has_for(dest)
         || snap
             .correlation_for(c)
-            .is_some_and(|corr| corr.has_for(dest));
+            .is_some_and(|corr| corr.has_for(dest))
+        || snap.substitutions_for(c).has_for(dest);
     let intercept = snap.tls.intercepts(dest, inspect);
     if inspect && !intercept {
-        let rule = "network.rules, credentials, headers or correlation apply to this host, but tls.intercept/passthrough tunnel it blind";
+        let rule = "network.rules, credentials, headers, substitutions or correlation apply to this host, but tls.intercept/passthrough tunnel it blind";
         match network.mode {
             Mode::Enforce => {
                 return Err(Refusal::denied(
@@ -203,11 +207,22 @@ pub fn admit_request(
             }
         },
     };
+    let substitutions = snap
+        .substitutions_for(c)
+        .activate(dest, target.scheme)
+        .map_err(|e| Refusal {
+            reason: Reason::CredentialUnavailable,
+            rule: None,
+            detail: Some(e.to_string()),
+            client: client.clone(),
+            seq,
+        })?;
     Ok(RequestAdmission {
         client,
         would_deny: host.or(rule),
         credential,
         seq,
+        substitutions,
     })
 }
 

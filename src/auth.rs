@@ -11,6 +11,7 @@ use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::reason::Reason;
 use crate::secret::{Secret, SecretSource};
+use crate::substitution::{SubstitutionConfig, Substitutions};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -44,8 +45,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `headers` section for this client.
     #[serde(default)]
     pub headers: Option<Vec<HeaderRuleConfig>>,
-    #[serde(default, rename = "substitutions")]
-    _substitutions: Option<NotYetSupported>,
+    /// Replaces the top-level `substitutions` section for this client.
+    #[serde(default)]
+    pub substitutions: Option<Vec<SubstitutionConfig>>,
     #[serde(default, rename = "llm")]
     _llm: Option<NotYetSupported>,
     /// Replaces the top-level `correlation` section for this client.
@@ -67,6 +69,8 @@ pub struct Client {
     pub headers: Option<HeaderRules>,
     /// Its own correlation section, when it has one.
     pub correlation: Option<Correlation>,
+    /// Its own substitutions, when it has them.
+    pub substitutions: Option<Substitutions>,
 }
 
 /// The compiled client list.
@@ -116,6 +120,14 @@ impl AuthConfig {
                 )?),
                 None => None,
             };
+            let substitutions = match &c.substitutions {
+                Some(entries) => Some(crate::substitution::compile(
+                    entries,
+                    &format!("proxy.auth.clients[{i}].substitutions"),
+                    base_dir,
+                )?),
+                None => None,
+            };
             let correlation = match &c.correlation {
                 Some(cc) => Some(cc.compile(&format!("proxy.auth.clients[{i}].correlation"))?),
                 None => None,
@@ -134,6 +146,7 @@ impl AuthConfig {
                 credentials,
                 headers,
                 correlation,
+                substitutions,
             }));
         }
         if clients.is_empty() {

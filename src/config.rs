@@ -8,6 +8,7 @@ use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
+use crate::substitution::{SubstitutionConfig, Substitutions};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
 use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -130,8 +131,9 @@ pub struct FileConfig {
     /// Headers set on and removed from upstream requests, per destination.
     #[serde(default)]
     pub headers: Vec<HeaderRuleConfig>,
-    #[serde(default, rename = "substitutions")]
-    _substitutions: Option<NotYetSupported>,
+    /// Placeholders the agent holds, swapped for secrets toward their host.
+    #[serde(default)]
+    pub substitutions: Vec<SubstitutionConfig>,
     #[serde(default, rename = "llm")]
     _llm: Option<NotYetSupported>,
     #[serde(default, rename = "transforms")]
@@ -242,6 +244,8 @@ pub struct Snapshot {
     pub headers: HeaderRules,
     /// Session correlation, when configured.
     pub correlation: Option<Correlation>,
+    /// Placeholder substitutions per destination.
+    pub substitutions: Substitutions,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
@@ -268,6 +272,13 @@ impl Snapshot {
         client
             .and_then(|c| c.correlation.as_ref())
             .or(self.correlation.as_ref())
+    }
+
+    /// The substitutions for `client`: its own if it has them, else the top-level ones.
+    pub fn substitutions_for<'a>(&'a self, client: Option<&'a Client>) -> &'a Substitutions {
+        client
+            .and_then(|c| c.substitutions.as_ref())
+            .unwrap_or(&self.substitutions)
     }
 
     /// The credentials for `client`: its own if it has them, else the top-level ones.
@@ -383,6 +394,9 @@ impl Config {
                 .map_err(|(key, msg)| self.error(&key, msg))?;
         let headers = crate::headers::compile(&f.headers, "headers")
             .map_err(|(key, msg)| self.error(&key, msg))?;
+        let substitutions =
+            crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir)
+                .map_err(|(key, msg)| self.error(&key, msg))?;
         let correlation = match &f.correlation {
             Some(c) => Some(
                 c.compile("correlation")
@@ -421,6 +435,7 @@ impl Config {
             credentials,
             headers,
             correlation,
+            substitutions,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })

@@ -179,14 +179,19 @@ impl Credential {
 /// A secret source read at request time. File contents are cached and re-read when the file's
 /// modification time or size changes, so rotation needs no reload.
 #[derive(Debug)]
-struct LiveSource {
+pub(crate) struct LiveSource {
     source: SecretSource,
     base_dir: PathBuf,
     cached: Mutex<Option<(SystemTime, u64, Secret)>>,
 }
 
 impl LiveSource {
-    fn new(source: SecretSource, base_dir: &Path) -> Self {
+    /// Names the source (`env X`, `file F`, `static value`).
+    pub(crate) fn describe(&self) -> String {
+        self.source.describe()
+    }
+
+    pub(crate) fn new(source: SecretSource, base_dir: &Path) -> Self {
         LiveSource {
             source,
             base_dir: base_dir.to_path_buf(),
@@ -194,7 +199,7 @@ impl LiveSource {
         }
     }
 
-    fn read(&self) -> Result<Secret, SecretError> {
+    pub(crate) fn read(&self) -> Result<Secret, SecretError> {
         let SecretSource::File { path } = &self.source else {
             return self.source.read(&self.base_dir);
         };

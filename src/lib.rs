@@ -33,6 +33,7 @@ pub mod reason;
 pub mod scrub;
 pub mod secret;
 pub mod server;
+pub mod substitution;
 pub mod target;
 pub mod telemetry;
 pub mod tls;

@@ -1,75 +1,81 @@
-//! Response scrubbing: a secret warden injected must not come back to the agent in a response
-//! (an echo endpoint, an error page quoting the request). Each occurrence is replaced by a mask
-//! of the same length, so `Content-Length` and keep-alive are untouched. Bodies are scanned as
-//! they stream: only a tail that could be the start of a secret is held back for the next
-//! chunk, so ordinary streaming (SSE, chunked) is not delayed. Called by `response_filter`
-//! (headers) and `response_body_filter` (body) for requests that carried a credential.
+//! Streaming find-and-replace over headers and bodies, bounded and chunk-boundary safe. Two
+//! uses: masking a secret an origin echoes back (same-length mask, so `Content-Length` and
+//! keep-alive are untouched; `response_filter` and `response_body_filter`), and substituting a
+//! placeholder with its secret on the way upstream (`upstream_request_filter`,
+//! `request_body_filter`). Only a tail that could begin a needle is held back between chunks,
+//! so streams (SSE, chunked uploads) are not delayed.
 
 use bytes::{Bytes, BytesMut};
 
 const MASK: &[u8] = b"[redacted]";
 
-/// Masks secrets in one response, across chunk boundaries.
+/// Replaces needles with their replacements in one stream, across chunk boundaries.
 #[derive(Debug)]
-pub struct Scrubber {
-    needles: Vec<Vec<u8>>,
+pub struct Replacer {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
     carry: BytesMut,
 }
 
-impl Scrubber {
-    /// A scrubber for these secrets (empty ones are ignored).
-    pub fn new(secrets: impl IntoIterator<Item = Vec<u8>>) -> Self {
-        Scrubber {
-            needles: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+impl Replacer {
+    /// Replaces each `(needle, replacement)`; empty needles are ignored.
+    pub fn new(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
+        Replacer {
+            pairs: pairs.into_iter().filter(|(n, _)| !n.is_empty()).collect(),
             carry: BytesMut::new(),
         }
     }
 
-    /// Masks every secret in `value` (a header value, say); `None` when none occurs.
-    pub fn scrub_value(&self, value: &[u8]) -> Option<Vec<u8>> {
-        let mut out = value.to_vec();
-        self.mask_all(&mut out).then_some(out)
+    /// Masks each secret with `[redacted]`, cut or padded with `*` to the secret's length.
+    pub fn masking(secrets: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        Replacer::new(secrets.into_iter().map(|s| {
+            let mask = (0..s.len())
+                .map(|j| MASK.get(j).copied().unwrap_or(b'*'))
+                .collect();
+            (s, mask)
+        }))
+    }
+
+    /// `value` with every needle replaced; `None` when none occurs.
+    pub fn replace_value(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let (out, found) = self.replace_all(value);
+        found.then_some(out)
     }
 
     /// Feeds one body chunk; returns what may be sent now. At `end`, everything left is sent.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Bytes {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(chunk);
-        let mut data = buf.to_vec();
-        self.mask_all(&mut data);
-        if !end {
-            let hold = self.partial_tail(&data);
-            self.carry = BytesMut::from(&data[data.len() - hold..]);
-            data.truncate(data.len() - hold);
-        }
-        Bytes::from(data)
+        let hold = if end { 0 } else { self.partial_tail(&buf) };
+        let ready = buf.len() - hold;
+        let (out, _) = self.replace_all(&buf[..ready]);
+        self.carry = BytesMut::from(&buf[ready..]);
+        Bytes::from(out)
     }
 
-    /// Replaces every occurrence of every secret in place; true if any was found.
-    fn mask_all(&self, data: &mut [u8]) -> bool {
+    fn replace_all(&self, data: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(data.len());
         let mut found = false;
-        for needle in &self.needles {
-            let mut i = 0;
-            while i + needle.len() <= data.len() {
-                if &data[i..i + needle.len()] == needle.as_slice() {
-                    for (j, b) in data[i..i + needle.len()].iter_mut().enumerate() {
-                        *b = MASK.get(j).copied().unwrap_or(b'*');
-                    }
-                    found = true;
+        let mut i = 0;
+        'scan: while i < data.len() {
+            for (needle, replacement) in &self.pairs {
+                if data[i..].starts_with(needle) {
+                    out.extend_from_slice(replacement);
                     i += needle.len();
-                } else {
-                    i += 1;
+                    found = true;
+                    continue 'scan;
                 }
             }
+            out.push(data[i]);
+            i += 1;
         }
-        found
+        (out, found)
     }
 
-    /// The length of the longest suffix of `data` that is a proper prefix of some secret.
+    /// The length of the longest suffix of `data` that is a proper prefix of some needle.
     fn partial_tail(&self, data: &[u8]) -> usize {
-        self.needles
+        self.pairs
             .iter()
-            .map(|n| {
+            .map(|(n, _)| {
                 (1..n.len().min(data.len() + 1))
                     .rev()
                     .find(|&k| data.ends_with(&n[..k]))
@@ -84,16 +90,19 @@ impl Scrubber {
 mod tests {
     use super::*;
 
-    fn run(secret: &str, chunks: &[&str]) -> (String, Vec<usize>) {
-        let mut s = Scrubber::new([secret.as_bytes().to_vec()]);
+    fn run(mut r: Replacer, chunks: &[&str]) -> (String, Vec<usize>) {
         let mut out = String::new();
         let mut sizes = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            let b = s.feed(c.as_bytes(), i + 1 == chunks.len());
+            let b = r.feed(c.as_bytes(), i + 1 == chunks.len());
             sizes.push(b.len());
             out.push_str(std::str::from_utf8(&b).unwrap());
         }
         (out, sizes)
+    }
+
+    fn mask(secret: &str) -> Replacer {
+        Replacer::masking([secret.as_bytes().to_vec()])
     }
 
     #[test]
@@ -102,7 +111,7 @@ mod tests {
         let whole = format!("{{\"auth\":\"Bearer {secret}\"}}");
         for split in 1..whole.len() {
             let (a, b) = whole.split_at(split);
-            let (out, _) = run(secret, &[a, b]);
+            let (out, _) = run(mask(secret), &[a, b]);
             assert_eq!(out.len(), whole.len(), "split at {split}");
             assert!(!out.contains(secret), "split at {split}: {out}");
             assert!(out.contains("[redacted]********"), "{out}");
@@ -112,21 +121,39 @@ mod tests {
     #[test]
     fn holds_back_only_what_could_start_a_secret() {
         // SSE events that do not end in a secret prefix go out whole, at once.
-        let (_, sizes) = run("TOKEN", &["data: a\n\n", "data: b\n\n", ""]);
+        let (_, sizes) = run(mask("TOKEN"), &["data: a\n\n", "data: b\n\n", ""]);
         assert_eq!(sizes, vec![9, 9, 0]);
         // "TO" might begin TOKEN: held until the next chunk says otherwise; then the final
         // "T" of "TOAST" might, so it waits for the end.
-        let (out, sizes) = run("TOKEN", &["abc TO", "AST", ""]);
+        let (out, sizes) = run(mask("TOKEN"), &["abc TO", "AST", ""]);
         assert_eq!(sizes, vec![4, 4, 1]);
         assert_eq!(out, "abc TOAST");
     }
 
     #[test]
     fn short_secrets_are_masked_without_growing() {
-        let (out, _) = run("abc", &["xabcx"]);
+        let (out, _) = run(mask("abc"), &["xabcx"]);
         assert_eq!(out, "x[rex");
-        let s = Scrubber::new([b"abc".to_vec()]);
-        assert_eq!(s.scrub_value(b"Bearer abc").unwrap(), b"Bearer [re");
-        assert!(s.scrub_value(b"nothing").is_none());
+        let s = mask("abc");
+        assert_eq!(s.replace_value(b"Bearer abc").unwrap(), b"Bearer [re");
+        assert!(s.replace_value(b"nothing").is_none());
+    }
+
+    #[test]
+    fn substitutes_placeholders_of_another_length_across_chunks() {
+        let placeholder = "WARDEN_TOKEN";
+        let whole = format!("{{\"key\":\"{placeholder}\",\"n\":1}}");
+        for split in 0..=whole.len() {
+            let (a, b) = whole.split_at(split);
+            let r = Replacer::new([(
+                placeholder.as_bytes().to_vec(),
+                b"real-secret-value".to_vec(),
+            )]);
+            let (out, _) = run(r, &[a, b]);
+            assert_eq!(
+                out, "{\"key\":\"real-secret-value\",\"n\":1}",
+                "split at {split}"
+            );
+        }
     }
 }

@@ -149,6 +149,9 @@ pub struct CanonicalLog {
     pub injected: Option<String>,
     /// The injected credential's grant.
     pub grant: Option<String>,
+    /// Something worth an operator's attention that did not stop the request, e.g.
+    /// `placeholder_to_foreign_host`.
+    pub alert: Option<&'static str>,
     /// Detail on a failure, for operators.
     pub error: Option<String>,
 }
@@ -179,6 +182,7 @@ impl CanonicalLog {
             would_deny: None,
             injected: None,
             grant: None,
+            alert: None,
             error: None,
         }
     }

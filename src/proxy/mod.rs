@@ -13,7 +13,8 @@ use crate::admission::admit_request;
 use crate::auth::Client;
 use crate::config::Snapshot;
 use crate::reason::{error_body, Reason};
-use crate::scrub::Scrubber;
+use crate::scrub::Replacer;
+use crate::substitution::{self, Active, Place};
 use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
 use crate::telemetry::{redact_query, CanonicalLog, Kind};
 use arc_swap::ArcSwap;
@@ -74,9 +75,15 @@ pub struct RequestCtx {
     /// Set once the credential was put on an upstream request.
     injected: bool,
     /// Masks the injected secret in the response, should the origin echo it.
-    scrubber: Option<Scrubber>,
+    scrubber: Option<Replacer>,
     /// The correlation sequence number of this request.
     seq: Option<u64>,
+    /// Placeholder substitutions in force (secrets read).
+    substitutions: Vec<Active>,
+    /// Substitutes placeholders in the request body as it streams upstream.
+    body_replacer: Option<Replacer>,
+    /// A note for the log that did not stop the request.
+    alert: Option<&'static str>,
     /// Operator detail on a failure warden decided itself (never a secret).
     error: Option<String>,
     /// Status of a response warden wrote itself.
@@ -141,33 +148,107 @@ fn reason_for(e: &Error) -> Reason {
     }
 }
 
-/// Masks the secret in every response header value that carries it.
-fn scrub_headers(scrubber: &Scrubber, resp: &mut ResponseHeader) -> Result<()> {
-    let hit: Vec<HeaderName> = resp
-        .headers
+/// The header operations request and response heads share, for [`rewrite_headers`].
+trait Head {
+    fn map(&self) -> &http::HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+}
+
+impl Head for ResponseHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+impl Head for RequestHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+/// Rewrites every header value `f` changes, keeping the order of multi-valued headers.
+fn rewrite_headers(head: &mut impl Head, f: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<()> {
+    let hit: Vec<HeaderName> = head
+        .map()
         .iter()
-        .filter(|(_, v)| scrubber.scrub_value(v.as_bytes()).is_some())
+        .filter(|(_, v)| f(v.as_bytes()).is_some())
         .map(|(n, _)| n.clone())
         .collect();
     for name in hit {
-        let values: Vec<Vec<u8>> = resp
-            .headers
+        let values: Vec<Vec<u8>> = head
+            .map()
             .get_all(&name)
             .iter()
-            .map(|v| {
-                scrubber
-                    .scrub_value(v.as_bytes())
-                    .unwrap_or_else(|| v.as_bytes().to_vec())
-            })
+            .map(|v| f(v.as_bytes()).unwrap_or_else(|| v.as_bytes().to_vec()))
             .collect();
-        resp.remove_header(&name);
+        head.remove(&name);
         for v in values {
             let value = HeaderValue::from_bytes(&v)
-                .map_err(|e| Error::because(ErrorType::InternalError, "scrubbed header", e))?;
-            resp.append_header(name.clone(), value)?;
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten header", e))?;
+            head.append(name.clone(), value)?;
         }
     }
     Ok(())
+}
+
+impl Warden {
+    /// Swaps placeholders for secrets in the upstream request's headers, path and query, and
+    /// arms the body replacer (whose output length is unknown, so `Content-Length` goes and
+    /// the body is sent chunked).
+    fn substitute(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let active = &ctx.substitutions;
+        rewrite_headers(upstream, |v| substitution::in_header(active, v))?;
+        let path = upstream.uri.path().to_string();
+        let query = upstream.uri.query().map(str::to_string);
+        let new_path = substitution::in_url(active, Place::Path, &path);
+        let new_query = query
+            .as_deref()
+            .and_then(|q| substitution::in_url(active, Place::Query, q));
+        if new_path.is_some() || new_query.is_some() {
+            let path = new_path.unwrap_or(path);
+            let uri = match new_query.or(query) {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri = uri
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InternalError, "substituted URI", e))?;
+            upstream.set_uri(uri);
+        }
+        let in_body: Vec<(Vec<u8>, Vec<u8>)> = active
+            .iter()
+            .filter(|a| a.applies(Place::Body))
+            .map(|a| {
+                (
+                    a.placeholder.as_bytes().to_vec(),
+                    a.secret.expose().as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        if !in_body.is_empty() && !session.is_body_empty() {
+            upstream.remove_header(&header::CONTENT_LENGTH);
+            ctx.body_replacer = Some(Replacer::new(in_body));
+        }
+        Ok(())
+    }
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the proxy's own.
@@ -286,6 +367,9 @@ impl ProxyHttp for Warden {
             injected: false,
             scrubber: None,
             seq: None,
+            substitutions: Vec::new(),
+            body_replacer: None,
+            alert: None,
             error: None,
             status: None,
         }
@@ -349,10 +433,29 @@ impl ProxyHttp for Warden {
                 ctx.client = a.client;
                 ctx.seq = a.seq;
                 ctx.would_deny = a.would_deny;
+                // Every secret warden adds is masked if the origin echoes it back.
+                let secrets: Vec<Vec<u8>> = a
+                    .credential
+                    .iter()
+                    .map(|c| &c.secret)
+                    .chain(a.substitutions.iter().map(|s| &s.secret))
+                    .map(|s| s.expose().as_bytes().to_vec())
+                    .collect();
+                if !secrets.is_empty() {
+                    ctx.scrubber = Some(Replacer::masking(secrets));
+                }
                 if let Some(c) = a.credential {
-                    ctx.scrubber = Some(Scrubber::new([c.secret.expose().as_bytes().to_vec()]));
                     ctx.grant = c.grant;
                     ctx.inject = Some((c.header, c.value));
+                }
+                ctx.substitutions = a.substitutions;
+                // A placeholder headed for a host it does not belong to is left alone, and
+                // flagged: the agent may be trying to exfiltrate, or is misconfigured.
+                if let Some(t) = &ctx.target {
+                    let foreign = ctx.snap.substitutions_for(ctx.client.as_deref());
+                    if foreign.foreign_placeholder_in(&t.authority, &raw) {
+                        ctx.alert = Some("placeholder_to_foreign_host");
+                    }
                 }
             }
             Err(refusal) => {
@@ -495,13 +598,32 @@ impl ProxyHttp for Warden {
                 }
             }
         }
+        if !ctx.substitutions.is_empty() {
+            self.substitute(session, upstream, ctx)?;
+        }
         if let Some((name, value)) = ctx.inject.clone() {
             // Overwrites whatever the client sent under that name.
             upstream.insert_header(name, value)?;
-            // An uncompressed response can be scanned for an echoed secret.
-            upstream.insert_header(header::ACCEPT_ENCODING, "identity")?;
             self.shared.metrics.injected(ctx.grant.as_deref());
             ctx.injected = true;
+        }
+        if ctx.scrubber.is_some() {
+            // An uncompressed response can be scanned for an echoed secret.
+            upstream.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(replacer) = ctx.body_replacer.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(replacer.feed(&chunk, end_of_stream));
         }
         Ok(())
     }
@@ -514,7 +636,7 @@ impl ProxyHttp for Warden {
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(scrubber) = &ctx.scrubber {
-            scrub_headers(scrubber, upstream_response)?;
+            rewrite_headers(upstream_response, |v| scrubber.replace_value(v))?;
         }
         Ok(())
     }
@@ -629,6 +751,7 @@ impl ProxyHttp for Warden {
             line.error = ctx.error.take();
         }
         line.rule = ctx.rule.take();
+        line.alert = ctx.alert;
         line.would_deny = ctx.would_deny.map(Reason::code);
         if ctx.injected {
             line.injected = ctx

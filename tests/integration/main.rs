@@ -13,5 +13,6 @@ mod intercept;
 mod logs;
 mod plain;
 mod policy;
+mod substitutions;
 mod tunnel;
 mod websocket;
