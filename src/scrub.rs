@@ -72,7 +72,7 @@ impl Replacer {
     }
 
     /// The length of the longest suffix of `data` that is a proper prefix of some needle.
-    fn partial_tail(&self, data: &[u8]) -> usize {
+    pub(crate) fn partial_tail(&self, data: &[u8]) -> usize {
         self.pairs
             .iter()
             .map(|(n, _)| {

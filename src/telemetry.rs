@@ -3,9 +3,9 @@
 //! JSON or logfmt and emitted through the `log` crate, plus the process logger. Called from the
 //! `logging` phase and from the front door.
 
-use crate::config::NotYetSupported;
 use crate::proxy::Shared;
 use crate::reason::Reason;
+use crate::scrub::Replacer;
 use crate::tls::CertAuthority;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
@@ -32,8 +32,13 @@ pub struct LogConfig {
     /// Line format.
     #[serde(default)]
     pub format: LogFormat,
-    #[serde(default, rename = "body_capture_bytes")]
-    _body_capture_bytes: Option<NotYetSupported>,
+    /// Request and response body bytes kept for the log line (each); 0 = none.
+    #[serde(default = "default_capture")]
+    pub body_capture_bytes: usize,
+}
+
+fn default_capture() -> usize {
+    8192
 }
 
 /// `log.level`.
@@ -69,6 +74,8 @@ pub struct LogSettings {
     pub level: log::LevelFilter,
     /// Line format.
     pub format: LogFormat,
+    /// Body bytes kept for the log, per direction.
+    pub body_capture_bytes: usize,
 }
 
 impl LogConfig {
@@ -82,7 +89,59 @@ impl LogConfig {
                 LogLevel::Debug => log::LevelFilter::Debug,
             },
             format: self.format,
+            body_capture_bytes: self.body_capture_bytes,
         }
+    }
+}
+
+/// Keeps the first `limit` bytes of a body as they stream past, for the log line. Copies
+/// only; never holds anything back.
+#[derive(Debug, Default)]
+pub struct Capture {
+    kept: Vec<u8>,
+    limit: usize,
+    total: usize,
+}
+
+impl Capture {
+    /// A capture of at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Capture {
+            kept: Vec::new(),
+            limit,
+            total: 0,
+        }
+    }
+
+    /// Records a chunk that is passing through.
+    pub fn record(&mut self, chunk: &[u8]) {
+        self.total += chunk.len();
+        let room = self.limit.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+    }
+
+    /// The captured text for the log (lossy UTF-8, `…` when cut), with every value
+    /// `redactor` knows masked — including a masked value's start cut off at the limit.
+    pub fn text(&self, redactor: Option<&Replacer>) -> Option<String> {
+        if self.kept.is_empty() {
+            return None;
+        }
+        let cut = self.total > self.kept.len();
+        let mut kept = self.kept.clone();
+        if let Some(r) = redactor {
+            if let Some(masked) = r.replace_value(&kept) {
+                kept = masked;
+            }
+            if cut {
+                let partial = r.partial_tail(&kept);
+                kept.truncate(kept.len() - partial);
+            }
+        }
+        let mut text = String::from_utf8_lossy(&kept).into_owned();
+        if cut {
+            text.push('…');
+        }
+        Some(text)
     }
 }
 
@@ -149,6 +208,10 @@ pub struct CanonicalLog {
     pub injected: Option<String>,
     /// The injected credential's grant.
     pub grant: Option<String>,
+    /// The first `log.body_capture_bytes` of the request body as the agent sent it.
+    pub request_body: Option<String>,
+    /// The first `log.body_capture_bytes` of the response body as the agent received it.
+    pub response_body: Option<String>,
     /// Something worth an operator's attention that did not stop the request, e.g.
     /// `placeholder_to_foreign_host`.
     pub alert: Option<&'static str>,
@@ -182,6 +245,8 @@ impl CanonicalLog {
             would_deny: None,
             injected: None,
             grant: None,
+            request_body: None,
+            response_body: None,
             alert: None,
             error: None,
         }
@@ -540,5 +605,36 @@ mod tests {
             "/a?token=[redacted]&x=[redacted]&flag"
         );
         assert_eq!(redact_query("/plain"), "/plain");
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::Capture;
+
+    #[test]
+    fn keeps_a_bounded_prefix_and_marks_cuts() {
+        let mut c = Capture::new(5);
+        c.record(b"abc");
+        c.record(b"defgh");
+        assert_eq!(c.text(None).as_deref(), Some("abcde…"));
+        let mut c = Capture::new(10);
+        c.record(b"abc");
+        assert_eq!(c.text(None).as_deref(), Some("abc"));
+        assert!(Capture::new(0).text(None).is_none());
+    }
+
+    #[test]
+    fn sensitive_values_are_masked_even_when_cut() {
+        let r = crate::scrub::Replacer::masking([b"s3cret-value".to_vec()]);
+        let mut c = Capture::new(64);
+        c.record(b"{\"auth\":\"s3cret-value\"}");
+        assert_eq!(
+            c.text(Some(&r)).as_deref(),
+            Some("{\"auth\":\"[redacted]**\"}")
+        );
+        let mut c = Capture::new(12);
+        c.record(b"auth=s3cret-value");
+        assert_eq!(c.text(Some(&r)).as_deref(), Some("auth=…"));
     }
 }

@@ -16,7 +16,7 @@ use crate::reason::{error_body, Reason};
 use crate::scrub::Replacer;
 use crate::substitution::{self, Active, Place};
 use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
-use crate::telemetry::{redact_query, CanonicalLog, Kind};
+use crate::telemetry::{redact_query, CanonicalLog, Capture, Kind};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -84,6 +84,12 @@ pub struct RequestCtx {
     body_replacer: Option<Replacer>,
     /// A note for the log that did not stop the request.
     alert: Option<&'static str>,
+    /// The request body as the agent sent it (before substitution), bounded.
+    request_capture: Capture,
+    /// The response body as the agent received it (after scrubbing), bounded.
+    response_capture: Capture,
+    /// Masks this request's credential-like header values in captured bodies.
+    log_redactor: Option<Replacer>,
     /// Operator detail on a failure warden decided itself (never a secret).
     error: Option<String>,
     /// Status of a response warden wrote itself.
@@ -251,6 +257,37 @@ impl Warden {
     }
 }
 
+/// Header names whose values are never logged, not even echoed inside a captured body.
+const SENSITIVE: [&str; 8] = [
+    "authorization",
+    "cookie",
+    "token",
+    "key",
+    "secret",
+    "session",
+    "password",
+    "credential",
+];
+
+/// A redactor for the values of the request's credential-like headers (the whole value, and
+/// the part after an auth scheme such as `Bearer`), or `None` if there are none.
+fn sensitive_values(req: &RequestHeader) -> Option<Replacer> {
+    let mut values = Vec::new();
+    for (name, value) in req.headers.iter() {
+        let name = name.as_str();
+        if !SENSITIVE.iter().any(|s| name.contains(s)) {
+            continue;
+        }
+        let v = value.as_bytes();
+        if let Some(pos) = v.iter().rposition(|b| *b == b' ') {
+            values.push(v[pos + 1..].to_vec());
+        }
+        values.push(v.to_vec());
+    }
+    values.retain(|v| v.len() >= 4);
+    (!values.is_empty()).then(|| Replacer::masking(values))
+}
+
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the proxy's own.
 const HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
@@ -350,8 +387,13 @@ impl ProxyHttp for Warden {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let snap = self.shared.snapshot.load_full();
+        let capture = snap.log.body_capture_bytes;
         RequestCtx {
-            snap: self.shared.snapshot.load_full(),
+            request_capture: Capture::new(capture),
+            response_capture: Capture::new(capture),
+            log_redactor: None,
+            snap,
             started: Instant::now(),
             request_id: String::new(),
             client_addr: None,
@@ -370,6 +412,7 @@ impl ProxyHttp for Warden {
             substitutions: Vec::new(),
             body_replacer: None,
             alert: None,
+
             error: None,
             status: None,
         }
@@ -409,6 +452,9 @@ impl ProxyHttp for Warden {
                 self.refuse(session, ctx, reason).await;
                 return Ok(true);
             }
+        }
+        if ctx.snap.log.body_capture_bytes > 0 {
+            ctx.log_redactor = sensitive_values(session.req_header());
         }
         let proxy_auth: Vec<&[u8]> = session
             .req_header()
@@ -621,6 +667,9 @@ impl ProxyHttp for Warden {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(chunk) = body.as_deref() {
+            ctx.request_capture.record(chunk);
+        }
         if let Some(replacer) = ctx.body_replacer.as_mut() {
             let chunk = body.take().unwrap_or_default();
             *body = Some(replacer.feed(&chunk, end_of_stream));
@@ -651,6 +700,9 @@ impl ProxyHttp for Warden {
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             let chunk = body.take().unwrap_or_default();
             *body = Some(scrubber.feed(&chunk, end_of_stream));
+        }
+        if let Some(chunk) = body.as_deref() {
+            ctx.response_capture.record(chunk);
         }
         Ok(None)
     }
@@ -752,6 +804,8 @@ impl ProxyHttp for Warden {
         }
         line.rule = ctx.rule.take();
         line.alert = ctx.alert;
+        line.request_body = ctx.request_capture.text(ctx.log_redactor.as_ref());
+        line.response_body = ctx.response_capture.text(ctx.log_redactor.as_ref());
         line.would_deny = ctx.would_deny.map(Reason::code);
         if ctx.injected {
             line.injected = ctx

@@ -653,3 +653,38 @@ pub async fn closed_port() -> u16 {
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// An SSE origin that sends one event, then waits for `release` before sending the second and
+/// ending the stream: a client can only see the first event early if nothing buffers it.
+pub struct SseOrigin {
+    pub addr: SocketAddr,
+    pub release: Arc<Notify>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl SseOrigin {
+    pub async fn start() -> SseOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let release = Arc::new(Notify::new());
+        let gate = release.clone();
+        let task = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = read_head(&mut s).await;
+            let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(chunk("data: first\n\n").as_bytes()).await;
+            gate.notified().await;
+            let _ = s.write_all(chunk("data: second\n\n").as_bytes()).await;
+            let _ = s.write_all(b"0\r\n\r\n").await;
+        });
+        SseOrigin {
+            addr,
+            release,
+            _task: task,
+        }
+    }
+}

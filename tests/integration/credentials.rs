@@ -259,3 +259,27 @@ async fn a_response_echoing_the_secret_is_scrubbed_before_the_agent_sees_it() {
         Some("identity")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_apply_to_websocket_upgrades() {
+    let origin = Origin::https().await; // hyper origin: records the upgrade request's headers
+    let port = origin.port();
+    let w = warden_with_credentials(
+        "auto",
+        "",
+        &format!("  - host: ws.test:{port}\n    source: {{ type: static, value: {CANARY} }}\n"),
+    )
+    .await;
+    let authority = format!("ws.test:{port}");
+    let mut s = w.tls_tunnel(&authority, "ws.test").await;
+    s.write_all(format!("GET /ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let _ = read_response(&mut s).await;
+    let seen = origin.seen();
+    assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+    assert_eq!(
+        header_of(&seen[0], "authorization").as_deref(),
+        Some(format!("Bearer {CANARY}").as_str())
+    );
+}
