@@ -87,6 +87,7 @@ impl AuthConfig {
         &self,
         base_dir: &Path,
         top_credentials: &Credentials,
+        previous: Option<&Clients>,
     ) -> Result<Clients, (String, String)> {
         let mut names = HashSet::new();
         let mut clients = Vec::new();
@@ -128,10 +129,19 @@ impl AuthConfig {
                 )?),
                 None => None,
             };
-            let correlation = match &c.correlation {
+            let mut correlation = match &c.correlation {
                 Some(cc) => Some(cc.compile(&format!("proxy.auth.clients[{i}].correlation"))?),
                 None => None,
             };
+            // A reload keeps the client's correlation session.
+            if let (Some(new), Some(old)) = (
+                correlation.as_mut(),
+                previous
+                    .and_then(|p| p.get(&c.name))
+                    .and_then(|old| old.correlation.as_ref()),
+            ) {
+                new.continue_from(old);
+            }
             let network = match &c.network {
                 Some(n) => Some(
                     n.compile(credentials.as_ref().unwrap_or(top_credentials))
@@ -215,7 +225,7 @@ mod tests {
             "clients:\n  - { name: a, token: { type: static, value: tok-a } }\n  - { name: b, token: { type: static, value: tok-b }, network: { policy: strict } }\n",
         )
         .unwrap();
-        cfg.compile(Path::new("."), &Credentials::default())
+        cfg.compile(Path::new("."), &Credentials::default(), None)
             .unwrap()
     }
 
@@ -277,7 +287,7 @@ mod tests {
         )
         .unwrap();
         let (key, msg) = cfg
-            .compile(Path::new("."), &Credentials::default())
+            .compile(Path::new("."), &Credentials::default(), None)
             .unwrap_err();
         assert_eq!(key, "proxy.auth.clients[0].token");
         assert!(msg.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{msg}");
@@ -286,7 +296,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            cfg.compile(Path::new("."), &Credentials::default())
+            cfg.compile(Path::new("."), &Credentials::default(), None)
                 .unwrap_err()
                 .0,
             "proxy.auth.clients[1].name"

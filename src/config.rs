@@ -354,6 +354,17 @@ impl Config {
     /// Validates everything, reads the CA (creating it if allowed and absent) and the upstream
     /// trust file, and returns the runtime snapshot.
     pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigError> {
+        self.compile_over(opts, None)
+    }
+
+    /// [`Config::compile`] for a reload: what should outlive the old snapshot carries over —
+    /// the CA and its leaf cache when the CA certificate is unchanged, and correlation
+    /// sessions (id and numbering) configured the same way.
+    pub fn compile_over(
+        &self,
+        opts: CompileOptions,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
         let f = &self.file;
         // Port 0 asks for an ephemeral port each, so two of them never collide.
         if f.admin.listen == Some(f.proxy.listen) && f.proxy.listen.port() != 0 {
@@ -397,17 +408,27 @@ impl Config {
         let substitutions =
             crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir)
                 .map_err(|(key, msg)| self.error(&key, msg))?;
-        let correlation = match &f.correlation {
+        let mut correlation = match &f.correlation {
             Some(c) => Some(
                 c.compile("correlation")
                     .map_err(|(key, msg)| self.error(&key, msg))?,
             ),
             None => None,
         };
+        if let (Some(new), Some(old)) = (
+            correlation.as_mut(),
+            previous.and_then(|p| p.correlation.as_ref()),
+        ) {
+            new.continue_from(old);
+        }
         let auth = match &f.proxy.auth {
             Some(a) => Some(
-                a.compile(&self.base_dir, &credentials)
-                    .map_err(|(key, msg)| self.error(&key, msg))?,
+                a.compile(
+                    &self.base_dir,
+                    &credentials,
+                    previous.and_then(|p| p.auth.as_ref()),
+                )
+                .map_err(|(key, msg)| self.error(&key, msg))?,
             ),
             None => None,
         };
@@ -422,9 +443,13 @@ impl Config {
             f.limits.cert_cache_entries,
         )
         .map_err(|e| self.error(e.key(), e.to_string()))?;
+        let ca = match previous {
+            Some(prev) if prev.tls.ca.cert_pem() == ca.cert_pem() => prev.tls.ca.clone(),
+            _ => Arc::new(ca),
+        };
         let tls = f
             .tls
-            .compile(Arc::new(ca), |p| self.resolve_path(p))
+            .compile(ca, |p| self.resolve_path(p))
             .map_err(|e| self.error(e.key(), e.to_string()))?;
         Ok(Snapshot {
             proxy_listen: f.proxy.listen,

@@ -9,6 +9,7 @@ use crate::target::Authority;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// `correlation` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,13 +51,21 @@ pub struct TargetConfig {
     pub path: Option<PathGlob>,
 }
 
-/// The compiled section: headers, the session id and the sequence counter.
+/// The compiled section: headers, targets, and the session state.
 #[derive(Debug)]
 pub struct Correlation {
-    session: HeaderValue,
+    /// `session_id` as written, to tell whether a reload keeps the session.
+    session_config: String,
+    state: Arc<SessionState>,
     session_header: HeaderName,
     sequence_header: HeaderName,
     targets: Vec<(HostPattern, Option<PathGlob>)>,
+}
+
+/// The session id and the next sequence number: per start, kept across reloads.
+#[derive(Debug)]
+struct SessionState {
+    session: HeaderValue,
     next: AtomicU64,
 }
 
@@ -89,7 +98,11 @@ impl CorrelationConfig {
             return Err((format!("{key}.targets"), "lists no target".into()));
         }
         Ok(Correlation {
-            session,
+            session_config: self.session_id.clone(),
+            state: Arc::new(SessionState {
+                session,
+                next: AtomicU64::new(1),
+            }),
             session_header: header("session_header", &self.session_header)?,
             sequence_header: header("sequence_header", &self.sequence_header)?,
             targets: self
@@ -97,7 +110,6 @@ impl CorrelationConfig {
                 .iter()
                 .map(|t| (t.host.clone(), t.path.clone()))
                 .collect(),
-            next: AtomicU64::new(1),
         })
     }
 }
@@ -110,7 +122,15 @@ impl Correlation {
         let hit = self.targets.iter().any(|(host, glob)| {
             host.matches(dest) && glob.as_ref().is_none_or(|g| g.matches(&segments))
         });
-        hit.then(|| self.next.fetch_add(1, Ordering::Relaxed))
+        hit.then(|| self.state.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Keeps `previous`'s session (id and numbering) when the session is configured the same
+    /// way: `auto` means one random id per start, not per reload.
+    pub fn continue_from(&mut self, previous: &Correlation) {
+        if self.session_config == previous.session_config {
+            self.state = previous.state.clone();
+        }
     }
 
     /// Whether a target names `dest` (its tunnels must be intercepted).
@@ -121,7 +141,7 @@ impl Correlation {
     /// The two headers to set for sequence number `seq`, overwriting client values.
     pub fn headers(&self, seq: u64) -> [(HeaderName, HeaderValue); 2] {
         [
-            (self.session_header.clone(), self.session.clone()),
+            (self.session_header.clone(), self.state.session.clone()),
             (self.sequence_header.clone(), HeaderValue::from(seq)),
         ]
     }
@@ -177,6 +197,23 @@ mod tests {
         assert_eq!(
             (sh.as_str(), sv.to_str().unwrap(), qh.as_str()),
             ("x-session", "run-42", "x-seq")
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_session_and_its_numbering() {
+        let old = corr("targets: [{ host: a.test }]");
+        assert_eq!(old.allocate(&dest("a.test:443"), "/"), Some(1));
+        let mut new = corr("targets: [{ host: '*.test' }]");
+        new.continue_from(&old);
+        assert_eq!(new.allocate(&dest("b.test:443"), "/"), Some(2));
+        assert_eq!(new.headers(2)[0].1, old.headers(2)[0].1, "same session id");
+        let mut fixed = corr("session_id: other\ntargets: [{ host: a.test }]");
+        fixed.continue_from(&old);
+        assert_eq!(
+            fixed.allocate(&dest("a.test:443"), "/"),
+            Some(1),
+            "a new session"
         );
     }
 

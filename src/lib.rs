@@ -10,6 +10,7 @@
 //! | phase / place            | module                                   |
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
+//! | SIGHUP                   | [`reload`] (swap the snapshot)           |
 //! | front door (CONNECT)     | [`proxy`], [`target`], [`admission`], [`tls`] |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
 //! | `request_filter`         | [`target`] (validation, host binding), [`admission`] ([`auth`], [`policy`], [`credentials`]) |
@@ -30,6 +31,7 @@ pub mod headers;
 pub mod policy;
 pub mod proxy;
 pub mod reason;
+pub mod reload;
 pub mod scrub;
 pub mod secret;
 pub mod server;

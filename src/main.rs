@@ -118,12 +118,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .thread_name("warden")
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(snap));
+    let result = runtime.block_on(serve(snap, path));
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
 }
 
-async fn serve(snap: warden::Snapshot) -> anyhow::Result<()> {
+async fn serve(snap: warden::Snapshot, path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Registered before the listeners open: SIGHUP's default action would kill the process.
     let mut term = signal(SignalKind::terminate())?;
@@ -132,7 +132,7 @@ async fn serve(snap: warden::Snapshot) -> anyhow::Result<()> {
     let ca_path = snap.tls.ca.cert_path().display().to_string();
     let running = warden::start(snap).await?;
     log::info!(
-        "warden listening proxy={} admin={} ca={}",
+        "warden listening proxy={} admin={} generation=1 ca={}",
         running.proxy_addr(),
         running
             .admin_addr()
@@ -152,7 +152,8 @@ async fn serve(snap: warden::Snapshot) -> anyhow::Result<()> {
                 return Ok(());
             }
             _ = hup.recv() => {
-                log::warn!("SIGHUP: config reload is not supported by this version; the running config is unchanged");
+                // Logged and counted inside; a failure leaves the old config in force.
+                let _ = warden::reload::reload_from(path, running.shared());
             }
         }
     }

@@ -392,6 +392,9 @@ pub struct Metrics {
     denials: IntCounterVec,
     upstream_errors: IntCounterVec,
     injections: IntCounterVec,
+    reloads: IntCounterVec,
+    last_reload_success: IntGauge,
+    generation: IntGauge,
     cert_cache_entries: IntGauge,
     cert_mints: IntCounter,
 }
@@ -445,6 +448,29 @@ impl Metrics {
             &["grant"],
         )
         .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "warden_config_reloads_total",
+                "Config reloads, by result (success or failure).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let last_reload_success = IntGauge::new(
+            "warden_config_last_reload_success",
+            "1 if the last reload (or the start) succeeded, 0 if it failed.",
+        )
+        .expect("static metric definition");
+        last_reload_success.set(1);
+        let generation = IntGauge::new(
+            "warden_config_generation",
+            "The config generation in force: 1 at start, +1 per successful reload.",
+        )
+        .expect("static metric definition");
+        generation.set(1);
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         let cert_cache_entries = IntGauge::new(
             "warden_cert_cache_entries",
             "Leaf certificates currently cached.",
@@ -460,6 +486,9 @@ impl Metrics {
             Box::new(denials.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(injections.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload_success.clone()),
+            Box::new(generation.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(cert_mints.clone()),
         ] {
@@ -470,9 +499,20 @@ impl Metrics {
             denials,
             upstream_errors,
             injections,
+            reloads,
+            last_reload_success,
+            generation,
             cert_cache_entries,
             cert_mints,
         }
+    }
+
+    /// Records a reload attempt and the generation now in force.
+    pub fn reloaded(&self, success: bool, generation: u64) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+        self.last_reload_success.set(i64::from(success));
+        self.generation.set(generation as i64);
     }
 
     /// Counts one injected credential under its configured grant.

@@ -38,6 +38,8 @@ pub struct Shared {
     pub own_addrs: Vec<std::net::SocketAddr>,
     /// This instance's metrics.
     pub metrics: crate::telemetry::Metrics,
+    /// The config generation in force (1 at start, +1 per successful reload).
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 /// The `ProxyHttp` implementation.

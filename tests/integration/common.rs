@@ -208,6 +208,38 @@ impl TestWarden {
         }
     }
 
+    /// Starts warden from a config *file* (so it can be reloaded), written from YAML text
+    /// with the same placeholders as [`TestWarden::start`].
+    pub async fn start_file(yaml: &str) -> TestWarden {
+        capture();
+        let dir = tempfile::tempdir().unwrap();
+        let origin_ca_path = dir.path().join("origin-ca.pem");
+        std::fs::write(&origin_ca_path, &origin_ca().pem).unwrap();
+        let path = dir.path().join("warden.yaml");
+        std::fs::write(&path, fill(yaml, &dir)).unwrap();
+        let cfg = warden::Config::load(&path).expect("test config parses");
+        let snap = cfg
+            .compile(warden::CompileOptions { create_ca: true })
+            .expect("test config compiles");
+        let ca_pem = snap.tls.ca.cert_pem().to_string();
+        let running = warden::start(snap).await.expect("warden starts");
+        TestWarden {
+            addr: running.proxy_addr(),
+            running: Some(running),
+            dir,
+            ca_pem,
+        }
+    }
+
+    /// Rewrites the config file (atomically) and reloads it, as SIGHUP does.
+    pub fn reload(&self, yaml: &str) -> Result<u64, warden::ConfigError> {
+        let path = self.dir.path().join("warden.yaml");
+        let tmp = self.dir.path().join("warden.yaml.tmp");
+        std::fs::write(&tmp, fill(yaml, &self.dir)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        warden::reload::reload_from(&path, self.running.as_ref().unwrap().shared())
+    }
+
     /// The usual test config: intercept `intercept`, test names resolved to loopback, the
     /// origins' CA trusted; `extra` is appended (top-level keys).
     pub async fn with(intercept: &str, extra: &str) -> TestWarden {
@@ -280,6 +312,14 @@ impl Drop for TestWarden {
     fn drop(&mut self) {
         drop(self.running.take());
     }
+}
+
+/// Replaces `{dir}` and `{origin_ca}` in test YAML.
+pub fn fill(yaml: &str, dir: &tempfile::TempDir) -> String {
+    yaml.replace("{dir}", dir.path().to_str().unwrap()).replace(
+        "{origin_ca}",
+        dir.path().join("origin-ca.pem").to_str().unwrap(),
+    )
 }
 
 /// The usual config with `listen` on port 0.

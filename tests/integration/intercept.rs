@@ -16,6 +16,8 @@ async fn two_https_requests_on_one_tunnel_reach_the_tls_origin_in_origin_form() 
         let r = client.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
         ids.push(r.headers()["x-request-id"].to_str().unwrap().to_string());
+        // Reading the body to its end is what returns the connection to the client's pool.
+        r.bytes().await.unwrap();
     }
     let seen = origin.seen();
     assert_eq!(seen.len(), 2);

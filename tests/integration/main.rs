@@ -14,6 +14,7 @@ mod intercept;
 mod logs;
 mod plain;
 mod policy;
+mod reload;
 mod substitutions;
 mod tunnel;
 mod websocket;

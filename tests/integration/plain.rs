@@ -16,6 +16,8 @@ async fn keep_alive_requests_share_a_connection_and_carry_one_request_id_everywh
         assert_eq!(r.status(), 200);
         let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
         assert_eq!(id.len(), 32, "generated id");
+        // Reading the body to its end returns the connection to the client's pool.
+        r.bytes().await.unwrap();
         let seen = origin.seen();
         assert_eq!(
             seen.last().unwrap().header("x-request-id"),
