@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -159,6 +160,19 @@ pub enum Kind {
     Websocket,
     /// A CONNECT that ended at the front door (refused, or the client handshake failed).
     Connect,
+}
+
+impl Kind {
+    /// The label value (`plain`, `intercepted`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Plain => "plain",
+            Kind::Intercepted => "intercepted",
+            Kind::Tunnel => "tunnel",
+            Kind::Websocket => "websocket",
+            Kind::Connect => "connect",
+        }
+    }
 }
 
 /// One canonical log line. Never holds a header value; `path` has its query redacted.
@@ -393,6 +407,14 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     injections: IntCounterVec,
     reloads: IntCounterVec,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    bytes: IntCounterVec,
+    /// Connections open now, by kind (plain, intercepted, tunnel, websocket).
+    pub active: IntGaugeVec,
+    /// Leaf mint latency.
+    pub mint_duration: Histogram,
+    names: Vec<String>,
     last_reload_success: IntGauge,
     generation: IntGauge,
     cert_cache_entries: IntGauge,
@@ -471,6 +493,58 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "warden_requests_total",
+                "Exchanges recorded by a canonical log line, by kind, status class and client.",
+            ),
+            &["kind", "status_class", "client"],
+        )
+        .expect("static metric definition");
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "warden_request_duration_seconds",
+                "Time from the first byte read to the log line, by kind.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ]),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "warden_bytes_total",
+                "Body bytes (tunnels: all bytes) by direction: in from clients, out to clients.",
+            ),
+            &["direction"],
+        )
+        .expect("static metric definition");
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "warden_active_connections",
+                "Client connections open now, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let mint_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "warden_cert_mint_duration_seconds",
+                "Time to mint one leaf certificate.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )
+        .expect("static metric definition");
+        for kind in ["plain", "intercepted", "tunnel", "websocket"] {
+            active.with_label_values(&[kind]);
+        }
+        for direction in ["in", "out"] {
+            bytes.with_label_values(&[direction]);
+        }
         let cert_cache_entries = IntGauge::new(
             "warden_cert_cache_entries",
             "Leaf certificates currently cached.",
@@ -481,8 +555,13 @@ impl Metrics {
             "Leaf certificates minted since start.",
         )
         .expect("static metric definition");
-        for c in [
+        let collectors = [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
+            Box::new(durations.clone()),
+            Box::new(bytes.clone()),
+            Box::new(active.clone()),
+            Box::new(mint_duration.clone()),
             Box::new(denials.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(injections.clone()),
@@ -491,7 +570,10 @@ impl Metrics {
             Box::new(generation.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(cert_mints.clone()),
-        ] {
+        ];
+        let mut names = Vec::new();
+        for c in collectors {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             let _ = registry.register(c);
         }
         Metrics {
@@ -500,11 +582,54 @@ impl Metrics {
             upstream_errors,
             injections,
             reloads,
+            requests,
+            durations,
+            bytes,
+            active,
+            mint_duration,
+            names,
             last_reload_success,
             generation,
             cert_cache_entries,
             cert_mints,
         }
+    }
+
+    /// Counts a connection of `kind` as open until the returned guard is dropped.
+    pub fn open(&self, kind: Kind) -> Open {
+        let gauge = self.active.with_label_values(&[kind.as_str()]);
+        gauge.inc();
+        Open(gauge)
+    }
+
+    /// Every metric name this registry exports (for the dashboard test).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Counts what a canonical line records, then emits it: the one place per-exchange
+    /// metrics and the log line are produced, so they cannot disagree.
+    pub fn record(&self, line: CanonicalLog, settings: LogSettings) {
+        let kind = line.kind.as_str();
+        let status_class = match line.status {
+            Some(s) => ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .get((s / 100).saturating_sub(1) as usize)
+                .copied()
+                .unwrap_or("other"),
+            None => "none",
+        };
+        let client = line.client.as_deref().unwrap_or("-");
+        self.requests
+            .with_label_values(&[kind, status_class, client])
+            .inc();
+        self.durations
+            .with_label_values(&[kind])
+            .observe(line.duration_ms / 1000.0);
+        self.bytes.with_label_values(&["in"]).inc_by(line.bytes_in);
+        self.bytes
+            .with_label_values(&["out"])
+            .inc_by(line.bytes_out);
+        line.emit(settings);
     }
 
     /// Records a reload attempt and the generation now in force.
@@ -546,6 +671,16 @@ impl Metrics {
             log::warn!("encoding metrics failed: {e}");
         }
         out
+    }
+}
+
+/// An open connection, counted in `warden_active_connections` until dropped.
+#[derive(Debug)]
+pub struct Open(IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -258,9 +258,13 @@ impl CertAuthority {
         self.mints.load(Ordering::Relaxed)
     }
 
-    /// The leaf for `host`, from the cache or minted on the blocking pool. Concurrent callers
-    /// for the same host wait for one mint.
-    pub async fn leaf_for(self: &Arc<Self>, host: &Host) -> Result<Arc<Leaf>, TlsError> {
+    /// The leaf for `host`, from the cache or minted on the blocking pool (`on_mint` is told
+    /// how long a mint took). Concurrent callers for the same host wait for one mint.
+    pub async fn leaf_for(
+        self: &Arc<Self>,
+        host: &Host,
+        on_mint: impl FnOnce(Duration) + Send + 'static,
+    ) -> Result<Arc<Leaf>, TlsError> {
         let name = host.as_str_unbracketed();
         let now = SystemTime::now();
         if let Some(leaf) = self.leaves.get(&name) {
@@ -273,10 +277,15 @@ impl CertAuthority {
         let host = host.clone();
         self.leaves
             .get_or_insert_async(&name, async move {
-                tokio::task::spawn_blocking(move || ca.mint_leaf(&host))
-                    .await
-                    .map_err(|e| TlsError::Mint(e.to_string()))?
-                    .map(Arc::new)
+                tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let leaf = ca.mint_leaf(&host);
+                    on_mint(started.elapsed());
+                    leaf
+                })
+                .await
+                .map_err(|e| TlsError::Mint(e.to_string()))?
+                .map(Arc::new)
             })
             .await
     }
@@ -607,7 +616,7 @@ mod tests {
             .map(|_| {
                 let ca = ca.clone();
                 let host = host.clone();
-                tokio::spawn(async move { ca.leaf_for(&host).await.map(|_| ()) })
+                tokio::spawn(async move { ca.leaf_for(&host, |_| {}).await.map(|_| ()) })
             })
             .collect();
         for j in joins {
@@ -615,7 +624,7 @@ mod tests {
         }
         assert_eq!(ca.mints(), 1);
         for n in ["b.test", "c.test", "d.test"] {
-            ca.leaf_for(&Host::Name(n.into())).await.unwrap();
+            ca.leaf_for(&Host::Name(n.into()), |_| {}).await.unwrap();
         }
         assert!(ca.cached_leaves() <= 2, "{} cached", ca.cached_leaves());
         assert_eq!(ca.mints(), 4);

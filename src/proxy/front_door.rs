@@ -135,6 +135,7 @@ impl FrontDoor {
                     .await;
             }
             stream.rewind(&head.bytes);
+            let _open = self.shared.metrics.open(Kind::Plain);
             self.http.process_new(Box::new(stream), &shutdown).await;
             return;
         }
@@ -177,6 +178,7 @@ impl FrontDoor {
             line.would_deny = would_deny.map(Reason::code);
             fill_connect(&mut line, &dest);
             let own = &self.shared.own_addrs;
+            let _open = self.shared.metrics.open(Kind::Tunnel);
             match tunnel::blind(&mut stream, rest, &dest, &snap, network, own, &mut line).await {
                 Ok(()) => {}
                 Err(reason) => {
@@ -187,7 +189,7 @@ impl FrontDoor {
                 }
             }
             line.took(event.started.elapsed());
-            line.emit(snap.log);
+            self.shared.metrics.record(line, snap.log);
         }
     }
 
@@ -211,7 +213,7 @@ impl FrontDoor {
             line.reason = Some(reason.code());
             line.error = error;
             line.took(event.started.elapsed());
-            line.emit(snap.log);
+            self.shared.metrics.record(line, snap.log);
         };
         if established(&mut stream).await.is_err() {
             return fail(Reason::ClientError, None);
@@ -238,7 +240,9 @@ impl FrontDoor {
                 Some(format!("first byte 0x{first:02x} is not a TLS handshake")),
             );
         }
-        let leaf = match snap.tls.ca.leaf_for(&dest.host).await {
+        let mint_duration = self.shared.metrics.mint_duration.clone();
+        let on_mint = move |d: Duration| mint_duration.observe(d.as_secs_f64());
+        let leaf = match snap.tls.ca.leaf_for(&dest.host, on_mint).await {
             Ok(leaf) => leaf,
             Err(e) => return fail(Reason::Internal, Some(e.to_string())),
         };
@@ -257,6 +261,7 @@ impl FrontDoor {
             Ok(Err(e)) => return fail(Reason::ClientTlsError, Some(e.to_string())),
             Err(_) => return fail(Reason::IdleTimeout, Some("TLS handshake timed out".into())),
         };
+        let _open = self.shared.metrics.open(Kind::Intercepted);
         self.http.process_new(Box::new(tls), &shutdown).await;
     }
 }
@@ -313,7 +318,7 @@ impl FrontDoor {
         line.status = Some(reason.status());
         line.reason = Some(reason.code());
         line.took(event.started.elapsed());
-        line.emit(snap.log);
+        self.shared.metrics.record(line, snap.log);
     }
 
     /// Refuses a CONNECT that policy denied, logs it, and closes.
@@ -343,7 +348,7 @@ impl FrontDoor {
         line.reason = Some(refusal.reason.code());
         line.rule = refusal.rule;
         line.took(event.started.elapsed());
-        line.emit(snap.log);
+        self.shared.metrics.record(line, snap.log);
     }
 }
 

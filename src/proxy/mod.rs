@@ -92,6 +92,8 @@ pub struct RequestCtx {
     response_capture: Capture,
     /// Masks this request's credential-like header values in captured bodies.
     log_redactor: Option<Replacer>,
+    /// Counts an upgraded (WebSocket) connection as open while it lasts.
+    websocket: Option<crate::telemetry::Open>,
     /// Operator detail on a failure warden decided itself (never a secret).
     error: Option<String>,
     /// Status of a response warden wrote itself.
@@ -395,6 +397,7 @@ impl ProxyHttp for Warden {
             request_capture: Capture::new(capture),
             response_capture: Capture::new(capture),
             log_redactor: None,
+            websocket: None,
             snap,
             started: Instant::now(),
             request_id: String::new(),
@@ -686,6 +689,9 @@ impl ProxyHttp for Warden {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if upstream_response.status == 101 {
+            ctx.websocket = Some(self.shared.metrics.open(Kind::Websocket));
+        }
         if let Some(scrubber) = &ctx.scrubber {
             rewrite_headers(upstream_response, |v| scrubber.replace_value(v))?;
         }
@@ -817,7 +823,7 @@ impl ProxyHttp for Warden {
             line.grant = ctx.grant.take();
         }
         line.took(ctx.started.elapsed());
-        line.emit(ctx.snap.log);
+        self.shared.metrics.record(line, ctx.snap.log);
     }
 }
 

@@ -12,6 +12,7 @@ mod errors;
 mod headers;
 mod intercept;
 mod logs;
+mod metrics;
 mod plain;
 mod policy;
 mod reload;

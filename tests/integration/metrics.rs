@@ -1,0 +1,139 @@
+//! Metrics: exact deltas after known traffic, and a dashboard that only queries metrics that
+//! exist.
+
+use crate::common::*;
+use serde_json::Value;
+
+async fn scrape(w: &TestWarden) -> String {
+    let admin = w.running.as_ref().unwrap().admin_addr().unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_traffic_gives_exact_counter_deltas() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = TestWarden::start(&network_yaml(
+        "all",
+        &format!("  allow_cidrs: [127.0.0.0/8]\n  deny: [\"b.test:{port}\"]\n"),
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: a.test:{port}\n    grant: demo\n    source: {{ type: static, value: tok }}\n"
+        ),
+    ))
+    .await;
+    let client = w.client();
+    for host in ["origin.test", "origin.test", "a.test"] {
+        let r = client
+            .get(format!("https://{host}:{port}/bytes/1000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let denied = client.get(format!("https://b.test:{port}/")).send().await;
+    assert!(denied.is_err(), "CONNECT to b.test is refused");
+    // The log line of the last exchange is written after its response: wait for it.
+    wait_log(move |v| v["reason"] == "policy_denied_host" && v["port"] == port).await;
+    let m = scrape(&w).await;
+    assert_eq!(
+        value(
+            &m,
+            "warden_requests_total{client=\"-\",kind=\"intercepted\",status_class=\"2xx\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "warden_requests_total{client=\"-\",kind=\"connect\",status_class=\"4xx\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "warden_denials_total{reason=\"policy_denied_host\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "warden_credential_injections_total{grant=\"demo\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "warden_request_duration_seconds_count{kind=\"intercepted\"}"
+        ),
+        3.0
+    );
+    assert_eq!(value(&m, "warden_bytes_total{direction=\"out\"}"), 3000.0);
+    assert_eq!(value(&m, "warden_cert_mints_total"), 2.0);
+    assert_eq!(value(&m, "warden_cert_mint_duration_seconds_count"), 2.0);
+    assert_eq!(value(&m, "warden_config_generation"), 1.0);
+}
+
+#[test]
+fn every_metric_the_dashboard_queries_exists() {
+    let text = std::fs::read_to_string(repo_dir().join("grafana/warden.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).expect("valid JSON");
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(vars
+        .iter()
+        .any(|v| v["type"] == "datasource" && v["name"] == "datasource"));
+    let metrics = warden::telemetry::Metrics::new();
+    let known = metrics.names();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut queried = 0;
+    for panel in panels {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            if expr.contains("rate(") {
+                assert!(expr.contains("$__rate_interval"), "{expr}");
+            }
+            let mut rest = expr;
+            while let Some(at) = rest.find("warden_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        name.strip_suffix(s)
+                            .filter(|b| known.iter().any(|k| k == b))
+                    })
+                    .unwrap_or(&name);
+                assert!(
+                    known.iter().any(|k| k == base),
+                    "{name} is not a warden metric"
+                );
+                queried += 1;
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+    assert!(queried >= 15);
+}
