@@ -189,6 +189,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most leaf certificates kept in the cache.
     pub cert_cache_entries: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish before exit.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -200,6 +203,7 @@ impl Default for Limits {
             upstream_first_byte_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
             cert_cache_entries: 10_000,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -8,9 +8,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use warden::{CompileOptions, Config};
 
-/// How long SIGTERM waits for in-flight requests before exiting.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 #[derive(Parser)]
 #[command(name = "warden", version, about = "An egress proxy for AI agents")]
 struct Cli {
@@ -142,8 +139,9 @@ async fn serve(snap: warden::Snapshot, path: &Path) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = term.recv() => {
-                log::info!("SIGTERM: draining for up to {}s", SHUTDOWN_GRACE.as_secs());
-                let drained = running.shutdown(SHUTDOWN_GRACE).await;
+                let grace = running.shared().snapshot.load().limits.shutdown_grace;
+                log::info!("SIGTERM: no new connections; draining for up to {grace:?}");
+                let drained = running.shutdown(grace).await;
                 log::info!("shutdown complete drained={drained}");
                 return Ok(());
             }

@@ -728,3 +728,37 @@ impl SseOrigin {
         }
     }
 }
+
+/// An origin that answers one request only when released, and says when it has it.
+pub struct GatedOrigin {
+    pub addr: SocketAddr,
+    pub received: Arc<Notify>,
+    pub release: Arc<Notify>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedOrigin {
+    pub async fn start() -> GatedOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (received, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (got, gate) = (received.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = read_head(&mut s).await;
+            got.notify_one();
+            gate.notified().await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+                .await;
+        });
+        GatedOrigin {
+            addr,
+            received,
+            release,
+            _task: task,
+        }
+    }
+}

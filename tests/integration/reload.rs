@@ -377,3 +377,92 @@ async fn twenty_sighups_under_load_drop_no_request() {
     .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let origin = GatedOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nnetwork:\n  allow_cidrs: [127.0.0.0/8]\n  resolve: {{ origin.test: 127.0.0.1 }}\nlimits:\n  shutdown_grace: 8s\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let bin = Binary::start(&path);
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(format!("http://{}", bin.proxy)).unwrap())
+        .build()
+        .unwrap();
+    let port = origin.addr.port();
+    let request = tokio::spawn(async move {
+        client
+            .get(format!("http://origin.test:{port}/slow"))
+            .send()
+            .await
+    });
+    tokio::time::timeout(WAIT, origin.received.notified())
+        .await
+        .expect("the request reached the origin");
+    bin.signal("-TERM");
+    // New connections are refused once warden stops accepting.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(bin.proxy).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
+        tokio::task::yield_now().await;
+    }
+    origin.release.notify_one();
+    let response = tokio::time::timeout(WAIT, request)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "done");
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut bin = bin;
+        bin.child.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "exited within the grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nlimits:\n  shutdown_grace: 60s\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let bin = Binary::start(&path);
+    // An idle kept-alive client connection does not hold a fast exit up.
+    let _idle = tokio::net::TcpStream::connect(bin.proxy).await.unwrap();
+    bin.signal("-INT");
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut bin = bin;
+        bin.child.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
