@@ -41,7 +41,7 @@ async fn admin_serves_health_readiness_and_metrics() {
     assert_eq!(health.status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
     assert_eq!(get("/nope").await.unwrap().status(), 404);
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let metrics = w.scrape().await;
     assert!(metrics.contains("warden_build_info{version="), "{metrics}");
     assert!(metrics.contains("warden_cert_mints_total 1"), "{metrics}");
     assert!(metrics.contains("warden_cert_cache_entries 1"), "{metrics}");

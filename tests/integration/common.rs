@@ -187,14 +187,12 @@ impl TestWarden {
     /// Starts warden from YAML text. `{dir}` is replaced by a fresh temp dir (CA files live
     /// there) and `{origin_ca}` by the path of the test origins' CA.
     pub async fn start(yaml: &str) -> TestWarden {
-        capture();
-        let dir = tempfile::tempdir().unwrap();
-        let origin_ca_path = dir.path().join("origin-ca.pem");
-        std::fs::write(&origin_ca_path, &origin_ca().pem).unwrap();
-        let text = yaml
-            .replace("{dir}", dir.path().to_str().unwrap())
-            .replace("{origin_ca}", origin_ca_path.to_str().unwrap());
-        let cfg = warden::Config::parse(&text, dir.path()).expect("test config parses");
+        let dir = test_dir();
+        let cfg = warden::Config::parse(&fill(yaml, &dir), dir.path()).expect("test config parses");
+        TestWarden::launch(cfg, dir).await
+    }
+
+    async fn launch(cfg: warden::Config, dir: tempfile::TempDir) -> TestWarden {
         let snap = cfg
             .compile(warden::CompileOptions { create_ca: true })
             .expect("test config compiles");
@@ -211,24 +209,17 @@ impl TestWarden {
     /// Starts warden from a config *file* (so it can be reloaded), written from YAML text
     /// with the same placeholders as [`TestWarden::start`].
     pub async fn start_file(yaml: &str) -> TestWarden {
-        capture();
-        let dir = tempfile::tempdir().unwrap();
-        let origin_ca_path = dir.path().join("origin-ca.pem");
-        std::fs::write(&origin_ca_path, &origin_ca().pem).unwrap();
+        let dir = test_dir();
         let path = dir.path().join("warden.yaml");
         std::fs::write(&path, fill(yaml, &dir)).unwrap();
         let cfg = warden::Config::load(&path).expect("test config parses");
-        let snap = cfg
-            .compile(warden::CompileOptions { create_ca: true })
-            .expect("test config compiles");
-        let ca_pem = snap.tls.ca.cert_pem().to_string();
-        let running = warden::start(snap).await.expect("warden starts");
-        TestWarden {
-            addr: running.proxy_addr(),
-            running: Some(running),
-            dir,
-            ca_pem,
-        }
+        TestWarden::launch(cfg, dir).await
+    }
+
+    /// The admin endpoint's `/metrics` text (the config must set `admin.listen`).
+    pub async fn scrape(&self) -> String {
+        let running = self.running.as_ref().expect("warden is running");
+        scrape(running.admin_addr().expect("admin.listen is set")).await
     }
 
     /// Rewrites the config file (atomically) and reloads it, as SIGHUP does.
@@ -312,6 +303,37 @@ impl Drop for TestWarden {
     fn drop(&mut self) {
         drop(self.running.take());
     }
+}
+
+/// A fresh folder for one warden, holding the test origins' CA.
+fn test_dir() -> tempfile::TempDir {
+    capture();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("origin-ca.pem"), &origin_ca().pem).unwrap();
+    dir
+}
+
+/// Fetches `/metrics` from an admin address, bypassing any proxy.
+pub async fn scrape(admin: SocketAddr) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series (`name{labels}`, exactly) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Replaces `{dir}` and `{origin_ca}` in test YAML.

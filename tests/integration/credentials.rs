@@ -171,18 +171,7 @@ async fn grants_allow_credential_hosts_under_strict_policy_and_injections_are_co
         .await
         .unwrap();
     assert_eq!(denied.status(), 403);
-    let admin = w.running.as_ref().unwrap().admin_addr().unwrap();
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.scrape().await;
     assert!(
         metrics.contains("warden_credential_injections_total{grant=\"github\"} 1"),
         "{metrics}"

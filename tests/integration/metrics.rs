@@ -4,27 +4,8 @@
 use crate::common::*;
 use serde_json::Value;
 
-async fn scrape(w: &TestWarden) -> String {
-    let admin = w.running.as_ref().unwrap().admin_addr().unwrap();
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    metric_value(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +34,7 @@ async fn known_traffic_gives_exact_counter_deltas() {
     assert!(denied.is_err(), "CONNECT to b.test is refused");
     // The log line of the last exchange is written after its response: wait for it.
     wait_log(move |v| v["reason"] == "policy_denied_host" && v["port"] == port).await;
-    let m = scrape(&w).await;
+    let m = w.scrape().await;
     assert_eq!(
         value(
             &m,

@@ -73,18 +73,7 @@ async fn a_bad_reload_changes_nothing_and_names_the_key_and_line() {
         .await
         .unwrap();
     assert_eq!(origin.seen()[0].header("x-gen"), Some("good"));
-    let admin = w.running.as_ref().unwrap().admin_addr().unwrap();
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.scrape().await;
     assert!(
         metrics.contains("warden_config_reloads_total{result=\"failure\"} 1"),
         "{metrics}"
@@ -220,23 +209,7 @@ impl Drop for Binary {
 }
 
 async fn metric(admin: std::net::SocketAddr, name: &str) -> u64 {
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
+    metric_value(&scrape(admin).await, name).map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
