@@ -165,29 +165,24 @@ trait Head {
     fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
 }
 
-impl Head for ResponseHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
+// Pingora's request and response heads have the same methods but no shared trait.
+macro_rules! impl_head {
+    ($($t:ty),*) => {$(
+        impl Head for $t {
+            fn map(&self) -> &http::HeaderMap {
+                &self.headers
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+        }
+    )*};
 }
 
-impl Head for RequestHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-}
+impl_head!(RequestHeader, ResponseHeader);
 
 /// Rewrites every header value `f` changes, keeping the order of multi-valued headers.
 fn rewrite_headers(head: &mut impl Head, f: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<()> {

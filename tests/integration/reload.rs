@@ -208,6 +208,22 @@ impl Drop for Binary {
     }
 }
 
+/// A config file for the binary (proxy and admin on port 0, test names on loopback) plus
+/// `extra` top-level keys; the folder must outlive the process.
+fn binary_config(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nnetwork:\n  allow_cidrs: [127.0.0.0/8]\n  resolve: {{ origin.test: 127.0.0.1 }}\n{extra}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    (dir, path)
+}
+
 async fn metric(admin: std::net::SocketAddr, name: &str) -> u64 {
     metric_value(&scrape(admin).await, name).map_or(0, |v| v as u64)
 }
@@ -354,16 +370,7 @@ async fn twenty_sighups_under_load_drop_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let origin = GatedOrigin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("warden.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nnetwork:\n  allow_cidrs: [127.0.0.0/8]\n  resolve: {{ origin.test: 127.0.0.1 }}\nlimits:\n  shutdown_grace: 8s\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let (_dir, path) = binary_config("limits:\n  shutdown_grace: 8s\n");
     let bin = Binary::start(&path);
     let client = reqwest::Client::builder()
         .proxy(reqwest::Proxy::all(format!("http://{}", bin.proxy)).unwrap())
@@ -414,16 +421,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("warden.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nlimits:\n  shutdown_grace: 60s\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let (_dir, path) = binary_config("limits:\n  shutdown_grace: 60s\n");
     let bin = Binary::start(&path);
     // An idle kept-alive client connection does not hold a fast exit up.
     let _idle = tokio::net::TcpStream::connect(bin.proxy).await.unwrap();
