@@ -319,6 +319,23 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "FILE-CANARY\n").unwrap();
+        let c = creds(
+            "- { host: a.test, source: { type: static, value: STATIC-CANARY } }\n- { host: b.test, source: { type: file, path: tok } }\n",
+            dir.path(),
+        );
+        let (value, secret) = c
+            .for_request(&dest("b.test:443"), Scheme::Https)
+            .unwrap()
+            .read()
+            .unwrap();
+        let shown = format!("{c:?} {value:?} {secret:?}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+    }
+
+    #[test]
     fn bad_entries_name_their_key() {
         let bad = |yaml: &str| {
             let entries: Vec<CredentialConfig> = serde_yaml::from_str(yaml).unwrap();
