@@ -191,6 +191,16 @@ impl Binary {
         }
     }
 
+    /// Waits (off the async workers) for the process to exit.
+    async fn wait(self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let mut bin = self;
+            bin.child.wait().expect("waiting for warden")
+        })
+        .await
+        .expect("wait task")
+    }
+
     fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -357,13 +367,7 @@ async fn twenty_sighups_under_load_drop_no_request() {
     );
     // SIGTERM drains and exits 0.
     bin.signal("-TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let mut bin = bin;
-        bin.child.wait()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let status = bin.wait().await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -405,13 +409,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "done");
     let started = std::time::Instant::now();
-    let status = tokio::task::spawn_blocking(move || {
-        let mut bin = bin;
-        bin.child.wait()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let status = bin.wait().await;
     assert!(status.success(), "{status:?}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(8),
@@ -427,13 +425,7 @@ async fn sigint_exits_at_once() {
     let _idle = tokio::net::TcpStream::connect(bin.proxy).await.unwrap();
     bin.signal("-INT");
     let started = std::time::Instant::now();
-    let status = tokio::task::spawn_blocking(move || {
-        let mut bin = bin;
-        bin.child.wait()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let status = bin.wait().await;
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
