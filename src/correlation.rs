@@ -118,6 +118,9 @@ impl Correlation {
     /// The next sequence number if a request to `dest` with `path` is a target, else `None`
     /// (and nothing is allocated).
     pub fn allocate(&self, dest: &Authority, path: &str) -> Option<u64> {
+        if !self.has_for(dest) {
+            return None;
+        }
         let segments = normalize_path(path);
         let hit = self.targets.iter().any(|(host, glob)| {
             host.matches(dest) && glob.as_ref().is_none_or(|g| g.matches(&segments))

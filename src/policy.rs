@@ -332,6 +332,9 @@ impl NetworkPolicy {
         dest: &Authority,
         path: &str,
     ) -> Result<Option<Reason>, Denial> {
+        if !self.has_rules_for(dest) {
+            return Ok(None);
+        }
         let segments = normalize_path(path);
         let Some((i, rule)) = self
             .rules

@@ -428,7 +428,13 @@ impl ProxyHttp for Warden {
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes())
             .unwrap_or_default();
-        let names = raw_header_names(&raw);
+        // Only a request with Transfer-Encoding can hide a Content-Length (Pingora drops it),
+        // so the raw head is re-parsed for that case alone.
+        let names = if req.headers.contains_key(header::TRANSFER_ENCODING) {
+            raw_header_names(&raw)
+        } else {
+            Vec::new()
+        };
         let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
         let hosts: Vec<&[u8]> = req
             .headers
