@@ -7,6 +7,7 @@
 
 use crate::credentials::{LiveSource, Unavailable};
 use crate::policy::HostPattern;
+use crate::scrub::Replacer;
 use crate::secret::{Secret, SecretSource};
 use crate::target::{Authority, Scheme};
 use serde::Deserialize;
@@ -165,37 +166,25 @@ pub fn in_url(active: &[Active], place: Place, text: &str) -> Option<String> {
     changed.then_some(out)
 }
 
-/// A header value with placeholders replaced, including inside `Basic` credentials (decoded,
-/// replaced, re-encoded); `None` when nothing was replaced.
-pub fn in_header(active: &[Active], value: &[u8]) -> Option<Vec<u8>> {
-    let applying: Vec<&Active> = active
+/// The replacer for header values: each placeholder that applies in headers, to its secret;
+/// `None` when none does. Built once per request.
+pub fn header_replacer(active: &[Active]) -> Option<Replacer> {
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = active
         .iter()
         .filter(|a| a.applies(Place::Headers))
+        .map(|a| {
+            (
+                a.placeholder.as_bytes().to_vec(),
+                a.secret.expose().as_bytes().to_vec(),
+            )
+        })
         .collect();
-    if applying.is_empty() {
-        return None;
-    }
-    let replace = |data: &[u8]| -> Option<Vec<u8>> {
-        let mut out = data.to_vec();
-        let mut changed = false;
-        for a in &applying {
-            let (needle, with) = (a.placeholder.as_bytes(), a.secret.expose().as_bytes());
-            let mut next = Vec::with_capacity(out.len());
-            let mut i = 0;
-            while i < out.len() {
-                if out[i..].starts_with(needle) {
-                    next.extend_from_slice(with);
-                    i += needle.len();
-                    changed = true;
-                } else {
-                    next.push(out[i]);
-                    i += 1;
-                }
-            }
-            out = next;
-        }
-        changed.then_some(out)
-    };
+    (!pairs.is_empty()).then(|| Replacer::new(pairs))
+}
+
+/// A header value with placeholders replaced, including inside `Basic` credentials (decoded,
+/// replaced, re-encoded); `None` when nothing was replaced.
+pub fn in_header(replacer: &Replacer, value: &[u8]) -> Option<Vec<u8>> {
     if let Some(b64) = value
         .strip_prefix(b"Basic ")
         .or_else(|| value.strip_prefix(b"basic "))
@@ -203,13 +192,13 @@ pub fn in_header(active: &[Active], value: &[u8]) -> Option<Vec<u8>> {
         let decoded = std::str::from_utf8(b64)
             .ok()
             .and_then(|t| openssl::base64::decode_block(t.trim()).ok());
-        if let Some(replaced) = decoded.as_deref().and_then(replace) {
+        if let Some(replaced) = decoded.as_deref().and_then(|d| replacer.replace_value(d)) {
             let mut out = b"Basic ".to_vec();
             out.extend_from_slice(openssl::base64::encode_block(&replaced).as_bytes());
             return Some(out);
         }
     }
-    replace(value)
+    replacer.replace_value(value)
 }
 
 fn percent_encode(s: &str) -> String {
@@ -264,15 +253,16 @@ mod tests {
     fn headers_basic_auth_and_urls() {
         let s = subs(ONE);
         let a = s.activate(&dest("api.test:443"), Scheme::Https).unwrap();
+        let h = header_replacer(&a).unwrap();
         assert_eq!(
-            in_header(&a, b"token WARDEN_TOKEN").unwrap(),
+            in_header(&h, b"token WARDEN_TOKEN").unwrap(),
             b"token s3cr/t+1"
         );
         let basic = format!(
             "Basic {}",
             openssl::base64::encode_block(b"user:WARDEN_TOKEN")
         );
-        let out = in_header(&a, basic.as_bytes()).unwrap();
+        let out = in_header(&h, basic.as_bytes()).unwrap();
         let decoded = openssl::base64::decode_block(
             std::str::from_utf8(&out)
                 .unwrap()
@@ -281,7 +271,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decoded, b"user:s3cr/t+1");
-        assert!(in_header(&a, b"nothing here").is_none());
+        assert!(in_header(&h, b"nothing here").is_none());
         assert_eq!(
             in_url(&a, Place::Query, "key=WARDEN_TOKEN&x=1").unwrap(),
             "key=s3cr%2Ft%2B1&x=1"
@@ -296,7 +286,7 @@ mod tests {
     fn places_limit_where_it_applies_and_bad_entries_are_refused() {
         let s = subs("- { host: api.test, placeholder: WARDEN_TOKEN, in: [body], source: { type: static, value: v } }");
         let a = s.activate(&dest("api.test:443"), Scheme::Https).unwrap();
-        assert!(in_header(&a, b"WARDEN_TOKEN").is_none());
+        assert!(header_replacer(&a).is_none());
         assert!(in_url(&a, Place::Query, "k=WARDEN_TOKEN").is_none());
         assert!(a[0].applies(Place::Body));
         let bad = |y: &str| {

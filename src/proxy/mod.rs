@@ -220,7 +220,9 @@ impl Warden {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let active = &ctx.substitutions;
-        rewrite_headers(upstream, |v| substitution::in_header(active, v))?;
+        if let Some(replacer) = substitution::header_replacer(active) {
+            rewrite_headers(upstream, |v| substitution::in_header(&replacer, v))?;
+        }
         let path = upstream.uri.path().to_string();
         let query = upstream.uri.query().map(str::to_string);
         let new_path = substitution::in_url(active, Place::Path, &path);
