@@ -69,7 +69,7 @@ fn ca(path: &Path) -> anyhow::Result<()> {
     // Clients that replace their trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) need the
     // system roots too, for hosts tunnelled blind.
     let bundle = cert.with_file_name("ca-bundle.pem");
-    let mut pem = openssl_probe_bundle();
+    let mut pem = warden::tls::system_roots_pem();
     pem.push_str(ca.cert_pem());
     std::fs::write(&bundle, pem).with_context(|| format!("{}", bundle.display()))?;
     let proxy = proxy_url(snap.proxy_listen);
@@ -81,20 +81,6 @@ fn ca(path: &Path) -> anyhow::Result<()> {
     println!("export HTTPS_PROXY={proxy}");
     println!("export HTTP_PROXY={proxy}");
     Ok(())
-}
-
-fn openssl_probe_bundle() -> String {
-    let probe = openssl_probe::probe();
-    probe
-        .cert_file
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .map(|mut s| {
-            if !s.ends_with('\n') {
-                s.push('\n');
-            }
-            s
-        })
-        .unwrap_or_default()
 }
 
 fn proxy_url(listen: SocketAddr) -> String {

@@ -455,14 +455,23 @@ impl TlsPolicy {
     }
 }
 
-/// The system's root certificates, from the bundle OpenSSL would use.
-fn system_roots() -> Vec<X509> {
+/// The system's root bundle (PEM, newline-terminated) as OpenSSL would find it; empty when
+/// there is none. Used for upstream trust and for the client bundle `warden ca` writes.
+pub fn system_roots_pem() -> String {
     let probe = openssl_probe::probe();
-    probe
+    let mut pem = probe
         .cert_file
-        .and_then(|f| std::fs::read(f).ok())
-        .and_then(|pem| X509::stack_from_pem(&pem).ok())
-        .unwrap_or_default()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    if !pem.is_empty() && !pem.ends_with('\n') {
+        pem.push('\n');
+    }
+    pem
+}
+
+/// The system's root certificates.
+fn system_roots() -> Vec<X509> {
+    X509::stack_from_pem(system_roots_pem().as_bytes()).unwrap_or_default()
 }
 
 /// The acceptor used for intercepted tunnels: Mozilla intermediate settings, HTTP/1.1 (no
