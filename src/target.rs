@@ -89,8 +89,6 @@ pub struct Target {
 pub struct TunnelIdentity {
     /// The CONNECT authority: the only destination of this tunnel.
     pub authority: Authority,
-    /// The client's address.
-    pub client_addr: Option<std::net::SocketAddr>,
     /// The client that authenticated the CONNECT (`proxy.auth`), if any.
     pub client: Option<std::sync::Arc<str>>,
     /// The SNI the client sent in its ClientHello, if any.

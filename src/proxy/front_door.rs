@@ -250,7 +250,6 @@ impl FrontDoor {
             leaf,
             identity: TunnelIdentity {
                 authority: dest.clone(),
-                client_addr: event.client_addr,
                 client: event.client.clone(),
                 sni: None,
             },
