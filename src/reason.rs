@@ -68,7 +68,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, for bounded metric label sets and exhaustive tests.
+    /// Every reason: the closed set the reason-code labels and bodies draw from.
     pub const ALL: [Reason; 27] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
