@@ -136,10 +136,12 @@ pub fn admit_connect(
         || snap
             .correlation_for(c)
             .is_some_and(|corr| corr.has_for(dest))
-        || snap.substitutions_for(c).has_for(dest);
+        || snap.substitutions_for(c).has_for(dest)
+        || snap.llm_for(c).has_for(dest)
+        || !snap.transforms.for_dest(dest).is_empty();
     let intercept = snap.tls.intercepts(dest, inspect);
     if inspect && !intercept {
-        let rule = "network.rules, credentials, headers, substitutions or correlation apply to this host, but tls.intercept/passthrough tunnel it blind";
+        let rule = "network.rules, credentials, headers, substitutions, correlation, llm or transforms apply to this host, but tls.intercept/passthrough tunnel it blind";
         match network.mode {
             Mode::Enforce => {
                 return Err(Refusal::denied(

@@ -4,7 +4,6 @@
 //! by the front door on CONNECT and by `request_filter` on plain requests; requests inside an
 //! intercepted tunnel keep the CONNECT's identity.
 
-use crate::config::NotYetSupported;
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
@@ -48,8 +47,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `substitutions` section for this client.
     #[serde(default)]
     pub substitutions: Option<Vec<SubstitutionConfig>>,
-    #[serde(default, rename = "llm")]
-    _llm: Option<NotYetSupported>,
+    /// Replaces the top-level `llm` section for this client.
+    #[serde(default)]
+    pub llm: Option<Vec<crate::llm::LlmConfig>>,
     /// Replaces the top-level `correlation` section for this client.
     #[serde(default)]
     pub correlation: Option<CorrelationConfig>,
@@ -71,6 +71,8 @@ pub struct Client {
     pub correlation: Option<Correlation>,
     /// Its own substitutions, when it has them.
     pub substitutions: Option<Substitutions>,
+    /// Its own LLM policy, when it has one.
+    pub llm: Option<crate::llm::LlmRules>,
 }
 
 /// The compiled client list.
@@ -129,6 +131,13 @@ impl AuthConfig {
                 )?),
                 None => None,
             };
+            let llm = match &c.llm {
+                Some(entries) => Some(crate::llm::compile(
+                    entries,
+                    &format!("proxy.auth.clients[{i}].llm"),
+                )?),
+                None => None,
+            };
             let mut correlation = match &c.correlation {
                 Some(cc) => Some(cc.compile(&format!("proxy.auth.clients[{i}].correlation"))?),
                 None => None,
@@ -157,6 +166,7 @@ impl AuthConfig {
                 headers,
                 correlation,
                 substitutions,
+                llm,
             }));
         }
         if clients.is_empty() {
@@ -301,9 +311,15 @@ mod tests {
                 .0,
             "proxy.auth.clients[1].name"
         );
-        assert!(serde_yaml::from_str::<AuthConfig>(
-            "clients:\n  - { name: a, token: { type: static, value: x }, llm: [] }\n"
+        let cfg: AuthConfig = serde_yaml::from_str(
+            "clients:\n  - { name: a, token: { type: static, value: x }, llm: [{ host: a.test, provider: openai, deny_tools: ['['] }] }\n",
         )
-        .is_err());
+        .unwrap();
+        assert_eq!(
+            cfg.compile(Path::new("."), &Credentials::default(), None)
+                .unwrap_err()
+                .0,
+            "proxy.auth.clients[0].llm[0].deny_tools[0]"
+        );
     }
 }

@@ -11,7 +11,6 @@ use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::substitution::{SubstitutionConfig, Substitutions};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
-use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -52,55 +51,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A section or key that is part of the contract but not implemented by this build. Any value
-/// given for it is refused at load, naming the key and line, so nothing is silently ignored.
-#[derive(Debug, Clone, Copy)]
-pub struct NotYetSupported;
-
-const NOT_YET_SUPPORTED: &str = "is not yet supported by this version of warden; remove it";
-
-impl<'de> Deserialize<'de> for NotYetSupported {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Refuse from inside the visitor: that is where serde_yaml attaches the key path and
-        // position to the error.
-        d.deserialize_any(Refuse)
-    }
-}
-
-struct Refuse;
-
-impl<'de> Visitor<'de> for Refuse {
-    type Value = NotYetSupported;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("nothing (not yet supported)")
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(A::Error::custom(NOT_YET_SUPPORTED))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(A::Error::custom(NOT_YET_SUPPORTED))
-    }
-}
-
 /// The file as written (the CONFIG.md shape).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,10 +84,12 @@ pub struct FileConfig {
     /// Placeholders the agent holds, swapped for secrets toward their host.
     #[serde(default)]
     pub substitutions: Vec<SubstitutionConfig>,
-    #[serde(default, rename = "llm")]
-    _llm: Option<NotYetSupported>,
-    #[serde(default, rename = "transforms")]
-    _transforms: Option<NotYetSupported>,
+    /// Model and tool-call policy per LLM API host.
+    #[serde(default)]
+    pub llm: Vec<crate::llm::LlmConfig>,
+    /// Response transformers per destination.
+    #[serde(default)]
+    pub transforms: Vec<crate::transform::TransformConfig>,
     /// Session id and sequence headers on matching requests.
     #[serde(default)]
     pub correlation: Option<CorrelationConfig>,
@@ -175,9 +127,11 @@ pub struct AdminConfig {
 pub struct Limits {
     /// Largest request head accepted (bytes).
     pub max_request_header_bytes: usize,
-    /// Read by LLM policy, which this version does not have yet: refused if set.
-    #[serde(rename = "llm_buffer_bytes")]
-    _llm_buffer_bytes: Option<NotYetSupported>,
+    /// Most bytes of an LLM request or response (or of a held tool call) buffered to check it.
+    pub llm_buffer_bytes: usize,
+    /// While a tool call is held, an SSE keep-alive comment is sent this often.
+    #[serde(with = "humantime_serde")]
+    pub llm_keepalive_interval: Duration,
     /// TCP (+TLS) connect to an upstream.
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
@@ -198,7 +152,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_header_bytes: 64 * 1024,
-            _llm_buffer_bytes: None,
+            llm_buffer_bytes: 10 * 1024 * 1024,
+            llm_keepalive_interval: Duration::from_secs(5),
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_first_byte_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
@@ -250,6 +205,10 @@ pub struct Snapshot {
     pub correlation: Option<Correlation>,
     /// Placeholder substitutions per destination.
     pub substitutions: Substitutions,
+    /// LLM policy per API host.
+    pub llm: crate::llm::LlmRules,
+    /// Response transformers per destination.
+    pub transforms: crate::transform::Transforms,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
@@ -283,6 +242,11 @@ impl Snapshot {
         client
             .and_then(|c| c.substitutions.as_ref())
             .unwrap_or(&self.substitutions)
+    }
+
+    /// The LLM policy for `client`: its own if it has one, else the top-level one.
+    pub fn llm_for<'a>(&'a self, client: Option<&'a Client>) -> &'a crate::llm::LlmRules {
+        client.and_then(|c| c.llm.as_ref()).unwrap_or(&self.llm)
     }
 
     /// The credentials for `client`: its own if it has them, else the top-level ones.
@@ -377,6 +341,9 @@ impl Config {
         if f.limits.cert_cache_entries == 0 {
             return Err(self.error("limits.cert_cache_entries", "must be at least 1"));
         }
+        if f.limits.llm_buffer_bytes < 1024 {
+            return Err(self.error("limits.llm_buffer_bytes", "must be at least 1024"));
+        }
         if f.limits.max_request_header_bytes < 1024 {
             return Err(self.error("limits.max_request_header_bytes", "must be at least 1024"));
         }
@@ -390,6 +357,10 @@ impl Config {
                 f.limits.upstream_first_byte_timeout,
             ),
             ("limits.idle_timeout", f.limits.idle_timeout),
+            (
+                "limits.llm_keepalive_interval",
+                f.limits.llm_keepalive_interval,
+            ),
         ] {
             if d.is_zero() {
                 return Err(self.error(key, "must be longer than zero"));
@@ -412,6 +383,9 @@ impl Config {
         let substitutions =
             crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir)
                 .map_err(|(key, msg)| self.error(&key, msg))?;
+        let llm = crate::llm::compile(&f.llm, "llm").map_err(|(key, msg)| self.error(&key, msg))?;
+        let transforms = crate::transform::compile(&f.transforms, "transforms")
+            .map_err(|(key, msg)| self.error(&key, msg))?;
         let mut correlation = match &f.correlation {
             Some(c) => Some(
                 c.compile("correlation")
@@ -465,6 +439,8 @@ impl Config {
             headers,
             correlation,
             substitutions,
+            llm,
+            transforms,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
@@ -586,13 +562,27 @@ mod tests {
     }
 
     #[test]
-    fn sections_not_yet_supported_are_refused_not_ignored() {
-        let err = parse("proxy: { listen: 127.0.0.1:0 }\n\nllm:\n  - host: a\n").unwrap_err();
-        assert!(err.message.contains("not yet supported"), "{err}");
-        assert_eq!(err.key.as_deref(), Some("llm"), "{err}");
-        assert_eq!(err.line, Some(4), "{err}");
-        let err = parse("proxy:\n  listen: 127.0.0.1:0\ntransforms: []\n").unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("transforms"), "{err}");
+    fn llm_and_transform_errors_name_the_entry_and_line() {
+        let err = parse(
+            "proxy: { listen: 127.0.0.1:0 }\nllm:\n  - host: a.test\n    provider: openai\n    deny_arguments: [{ tool: x, pattern: '(' }]\n",
+        )
+        .and_then(|c| c.compile(CompileOptions { create_ca: false }).map(|_| c))
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("llm[0].deny_arguments[0].pattern"),
+            "{err}"
+        );
+        assert_eq!(err.line, Some(5), "{err}");
+        let err =
+            parse("proxy: { listen: 127.0.0.1:0 }\nllm:\n  - { host: a.test, provider: x }\n")
+                .unwrap_err();
+        assert!(err.message.contains("anthropic"), "{err}");
+        let err = parse(
+            "proxy:\n  listen: 127.0.0.1:0\ntransforms:\n  - { host: a.test, colour: red }\n",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("colour"), "{err}");
     }
 
     #[test]
@@ -611,11 +601,23 @@ mod tests {
     }
 
     #[test]
-    fn llm_buffer_bytes_is_refused_until_llm_policy_exists() {
-        let err =
-            parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_buffer_bytes: 10\n").unwrap_err();
+    fn llm_limits_have_floors() {
+        let cfg =
+            parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_buffer_bytes: 10\n").unwrap();
+        let err = cfg
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("limits.llm_buffer_bytes"), "{err}");
-        assert!(err.message.contains("not yet supported"), "{err}");
+        let cfg = parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_keepalive_interval: 0s\n")
+            .unwrap();
+        let err = cfg
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("limits.llm_keepalive_interval"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! | `request_filter`         | [`target`] (validation, host binding), [`admission`] ([`auth`], [`policy`], [`credentials`]) |
 //! | `upstream_request_filter`| [`headers`], [`credentials`] (injection)  |
 //! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
-//! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked) |
+//! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`) |
+//! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
 //! | `fail_to_proxy`          | [`reason`] (one error → response map)    |
 //! | `logging`                | [`telemetry`] (canonical line)           |
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod config;
 pub mod correlation;
 pub mod credentials;
 pub mod headers;
+pub mod llm;
 pub mod policy;
 pub mod proxy;
 pub mod reason;
@@ -39,6 +41,7 @@ pub mod substitution;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
+pub mod transform;
 
 pub use config::{CompileOptions, Config, ConfigError, Snapshot};
 pub use server::{start, Running, StartError};

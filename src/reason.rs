@@ -63,13 +63,23 @@ pub enum Reason {
     ClientError,
     /// A connection stayed silent longer than `limits.idle_timeout`.
     IdleTimeout,
+    /// The request names a model `llm.allow_models` does not allow.
+    LlmModelDenied,
+    /// The model called a tool that `llm` policy denies.
+    LlmToolDenied,
+    /// An LLM request body is larger than `limits.llm_buffer_bytes`.
+    LlmRequestTooLarge,
+    /// An LLM response (or a held part of it) is larger than `limits.llm_buffer_bytes`.
+    LlmBodyTooLarge,
+    /// An LLM response warden must check could not be read (compressed or not the API's shape).
+    LlmResponseUnreadable,
     /// A bug or resource failure inside warden.
     Internal,
 }
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 32] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -96,6 +106,11 @@ impl Reason {
         Reason::ClientTlsError,
         Reason::ClientError,
         Reason::IdleTimeout,
+        Reason::LlmModelDenied,
+        Reason::LlmToolDenied,
+        Reason::LlmRequestTooLarge,
+        Reason::LlmBodyTooLarge,
+        Reason::LlmResponseUnreadable,
         Reason::Internal,
     ];
 }
@@ -301,6 +316,41 @@ impl Reason {
                 "http_request_error",
                 "the connection was idle too long",
                 "",
+            ),
+            LlmModelDenied => (
+                403,
+                "llm_model_denied",
+                "http_request_denied",
+                "llm policy does not allow this model",
+                "use a model listed in llm.allow_models",
+            ),
+            LlmToolDenied => (
+                403,
+                "llm_tool_denied",
+                "http_request_denied",
+                "llm policy does not allow this tool call",
+                "do not call this tool again; choose another way",
+            ),
+            LlmRequestTooLarge => (
+                413,
+                "llm_request_too_large",
+                "http_request_error",
+                "the LLM request body is larger than warden may buffer to check it",
+                "send a smaller request, or raise limits.llm_buffer_bytes",
+            ),
+            LlmBodyTooLarge => (
+                502,
+                "llm_body_too_large",
+                "http_response_content_length",
+                "the LLM response is larger than warden may buffer to check it",
+                "ask for a shorter answer, or raise limits.llm_buffer_bytes",
+            ),
+            LlmResponseUnreadable => (
+                502,
+                "llm_response_unreadable",
+                "http_protocol_error",
+                "the LLM response could not be read to apply policy",
+                "the provider answered in a form warden cannot check (for example compressed)",
             ),
             Internal => (
                 500,

@@ -76,6 +76,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         own_addrs: std::iter::once(proxy_addr).chain(admin_addr).collect(),
         metrics: crate::telemetry::Metrics::new(),
         generation: std::sync::atomic::AtomicU64::new(1),
+        connector: crate::proxy::LlmConnector::default(),
     });
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -231,6 +231,19 @@ pub struct CanonicalLog {
     pub alert: Option<&'static str>,
     /// Detail on a failure, for operators.
     pub error: Option<String>,
+    /// LLM API calls: the provider.
+    pub provider: Option<&'static str>,
+    /// LLM API calls: the model the request named.
+    pub model: Option<String>,
+    /// LLM API calls: the tools the model called, in order.
+    pub tools: Option<Vec<String>>,
+    /// LLM API calls: prompt tokens the provider reported.
+    pub input_tokens: Option<u64>,
+    /// LLM API calls: generated tokens the provider reported.
+    pub output_tokens: Option<u64>,
+    /// LLM API calls: the metric labels (model label, outcome); not part of the line.
+    #[serde(skip)]
+    pub llm_labels: Option<(String, &'static str)>,
 }
 
 impl CanonicalLog {
@@ -263,6 +276,12 @@ impl CanonicalLog {
             response_body: None,
             alert: None,
             error: None,
+            provider: None,
+            model: None,
+            tools: None,
+            input_tokens: None,
+            output_tokens: None,
+            llm_labels: None,
         }
     }
 
@@ -419,6 +438,8 @@ pub struct Metrics {
     generation: IntGauge,
     cert_cache_entries: IntGauge,
     cert_mints: IntCounter,
+    llm_requests: IntCounterVec,
+    llm_tokens: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -555,6 +576,22 @@ impl Metrics {
             "Leaf certificates minted since start.",
         )
         .expect("static metric definition");
+        let llm_requests = IntCounterVec::new(
+            Opts::new(
+                "warden_llm_requests_total",
+                "LLM API calls, by provider, model (an allow_models match, else \"other\") and outcome (allowed, denied, would_deny, error).",
+            ),
+            &["provider", "model", "outcome"],
+        )
+        .expect("static metric definition");
+        let llm_tokens = IntCounterVec::new(
+            Opts::new(
+                "warden_llm_tokens_total",
+                "Tokens the providers reported, by provider, model and kind (input or output).",
+            ),
+            &["provider", "model", "kind"],
+        )
+        .expect("static metric definition");
         let collectors = [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -570,6 +607,8 @@ impl Metrics {
             Box::new(generation.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(cert_mints.clone()),
+            Box::new(llm_requests.clone()),
+            Box::new(llm_tokens.clone()),
         ];
         let mut names = Vec::new();
         for c in collectors {
@@ -592,6 +631,8 @@ impl Metrics {
             generation,
             cert_cache_entries,
             cert_mints,
+            llm_requests,
+            llm_tokens,
         }
     }
 
@@ -629,6 +670,18 @@ impl Metrics {
         self.bytes
             .with_label_values(&["out"])
             .inc_by(line.bytes_out);
+        if let (Some(provider), Some((model, outcome))) = (line.provider, &line.llm_labels) {
+            self.llm_requests
+                .with_label_values(&[provider, model, outcome])
+                .inc();
+            for (kind, n) in [("input", line.input_tokens), ("output", line.output_tokens)] {
+                if let Some(n) = n {
+                    self.llm_tokens
+                        .with_label_values(&[provider, model, kind])
+                        .inc_by(n);
+                }
+            }
+        }
         line.emit(settings);
     }
 

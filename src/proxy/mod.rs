@@ -4,10 +4,12 @@
 //! calls a stage module (`target`, `policy`, `tls`, `telemetry`) and applies the result.
 
 mod front_door;
+mod llm;
 mod tunnel;
 mod upgrade;
 
 pub use front_door::FrontDoor;
+pub use llm::LlmConnector;
 
 use crate::admission::admit_request;
 use crate::auth::Client;
@@ -40,6 +42,8 @@ pub struct Shared {
     pub metrics: crate::telemetry::Metrics,
     /// The config generation in force (1 at start, +1 per successful reload).
     pub generation: std::sync::atomic::AtomicU64,
+    /// The upstream connector LLM exchanges use.
+    pub connector: LlmConnector,
 }
 
 /// The `ProxyHttp` implementation.
@@ -98,6 +102,18 @@ pub struct RequestCtx {
     error: Option<String>,
     /// Status of a response warden wrote itself.
     status: Option<u16>,
+    /// The destination has an `llm` entry (responses are asked for uncompressed).
+    llm_host: bool,
+    /// The LLM API call this request is, if it is one.
+    llm: Option<llm::LlmCall>,
+    /// Response transformers for the destination.
+    transforms: Vec<Arc<crate::transform::Transform>>,
+    /// Applies `replace_body` rules to a text response as it streams.
+    body_rewriter: Option<crate::transform::BodyRewriter>,
+    /// Responses WebSocket: policy on the server's events.
+    ws_policy: Option<crate::llm::ws::WsPolicy>,
+    /// Responses WebSocket: the model check on the client's events.
+    ws_client: Option<crate::llm::ws::ClientCheck>,
 }
 
 /// The request id to use: the client's `X-Request-Id` when it is a sane token, else a new one.
@@ -356,6 +372,140 @@ pub(crate) fn check_head(
 }
 
 impl Warden {
+    /// After admission: an LLM API call runs its own exchange (`proxy::llm`); a Responses
+    /// WebSocket gets its model checked now and its frames checked after the 101.
+    async fn route_llm(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(target) = ctx.target.as_ref() else {
+            return Ok(false);
+        };
+        ctx.transforms = ctx.snap.transforms.for_dest(&target.authority);
+        let Some(policy) = ctx
+            .snap
+            .llm_for(ctx.client.as_deref())
+            .for_dest(&target.authority)
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        ctx.llm_host = true;
+        let upgrade = session.is_upgrade_req();
+        let Some(api) = crate::llm::api_for(policy.provider, &ctx.method, &target.path, upgrade)
+        else {
+            return Ok(false);
+        };
+        if upgrade && api != crate::llm::Api::Responses {
+            return Ok(false);
+        }
+        if !upgrade {
+            return self.llm_exchange(session, ctx, policy, api).await;
+        }
+        let mut call = llm::LlmCall::new(policy.clone());
+        call.model = query_param(&target.path, "model");
+        ctx.llm = Some(call);
+        if let Some(model) = ctx.llm.as_ref().and_then(|c| c.model.clone()) {
+            if let Err(d) = policy.check_model(Some(&model)) {
+                if !policy.report {
+                    return self
+                        .refuse_llm(session, ctx, policy.provider, &d, true)
+                        .await;
+                }
+                self.note_denial(ctx, &d, true);
+            }
+        }
+        let limit = ctx.snap.limits.llm_buffer_bytes;
+        ctx.ws_policy = Some(crate::llm::ws::WsPolicy::new(policy.clone(), limit));
+        ctx.ws_client = Some(crate::llm::ws::ClientCheck::new(policy, limit));
+        Ok(false)
+    }
+
+    /// Client frames of a Responses WebSocket: a `response.create` naming a refused model is
+    /// not forwarded; the client gets the error events and a close 1008 instead. Anything the
+    /// client sends after a denial (its close reply) ends the connection.
+    async fn ws_client_frames(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let chunk = body.take().unwrap_or_default();
+        let denied = ctx.ws_policy.as_ref().is_some_and(|w| w.events.finished());
+        if denied {
+            if chunk.is_empty() {
+                *body = Some(chunk);
+                return Ok(());
+            }
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "WebSocket closed after an llm policy denial",
+            );
+        }
+        let Some(check) = ctx.ws_client.as_mut() else {
+            *body = Some(chunk);
+            return Ok(());
+        };
+        let (forward, denial) = check.feed(&chunk);
+        *body = Some(forward);
+        if let Some(d) = denial {
+            let mut out = bytes::BytesMut::new();
+            if let Some(ws) = ctx.ws_policy.as_mut() {
+                ws.events.deny(d.clone(), &mut out);
+            }
+            self.note_denial(ctx, &d, false);
+            session
+                .write_response_body(Some(out.freeze()), false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `transforms` on a response head: headers removed, then set; a text body that body
+    /// rules apply to loses its Content-Length (it is rewritten as it streams).
+    fn transform_head(&self, head: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.transforms.is_empty() {
+            return Ok(());
+        }
+        for t in &ctx.transforms {
+            for name in &t.remove_headers {
+                head.remove_header(name);
+            }
+            for (name, value) in &t.set_headers {
+                head.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        let status = head.status.as_u16();
+        let has_body = !matches!(status, 101 | 204 | 304) && ctx.method != "HEAD";
+        let encoded = head
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let text = crate::transform::is_text(
+            head.headers
+                .get(header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+        );
+        if has_body && text && !encoded {
+            ctx.body_rewriter = crate::transform::BodyRewriter::new(&ctx.transforms);
+            if ctx.body_rewriter.is_some() {
+                head.remove_header(&header::CONTENT_LENGTH);
+            }
+        }
+        Ok(())
+    }
+
+    /// What goes to the client for a chunk of response body: body rules, then the echoed-
+    /// secret mask (last, so nothing can reintroduce a secret), then the log capture.
+    fn outgoing(&self, ctx: &mut RequestCtx, chunk: Bytes, end: bool) -> Bytes {
+        let mut chunk = chunk;
+        if let Some(r) = ctx.body_rewriter.as_mut() {
+            chunk = r.feed(&chunk, end);
+        }
+        if let Some(scrubber) = ctx.scrubber.as_mut() {
+            chunk = scrubber.feed(&chunk, end);
+        }
+        ctx.response_capture.record(&chunk);
+        chunk
+    }
+
     /// Answers the request with warden's own refusal for `reason` and closes the connection.
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, reason: Reason) {
         self.shared.metrics.refused(reason);
@@ -417,6 +567,12 @@ impl ProxyHttp for Warden {
 
             error: None,
             status: None,
+            llm_host: false,
+            llm: None,
+            transforms: Vec::new(),
+            body_rewriter: None,
+            ws_policy: None,
+            ws_client: None,
         }
     }
 
@@ -527,7 +683,7 @@ impl ProxyHttp for Warden {
         session.set_keepalive(Some(idle.as_secs().max(1)));
         session.set_read_timeout(Some(idle));
         session.set_write_timeout(Some(idle));
-        Ok(false)
+        self.route_llm(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -661,22 +817,41 @@ impl ProxyHttp for Warden {
             self.shared.metrics.injected(ctx.grant.as_deref());
             ctx.injected = true;
         }
-        if ctx.scrubber.is_some() {
-            // An uncompressed response can be scanned for an echoed secret.
+        let rewrites_body = ctx.transforms.iter().any(|t| !t.replace_body.is_empty());
+        if ctx.scrubber.is_some() || ctx.llm_host || rewrites_body {
+            // An uncompressed response can be scanned for an echoed secret, parsed for LLM
+            // policy, or rewritten.
             upstream.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        if ctx.ws_policy.is_some() {
+            // Frames must stay readable: no permessage-deflate.
+            upstream.remove_header("sec-websocket-extensions");
         }
         Ok(())
     }
 
-    async fn request_body_filter(
+    async fn upstream_response_filter(
         &self,
         _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Before Pingora fixes the framing: a removed Content-Length becomes chunked.
+        self.transform_head(upstream_response, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(chunk) = body.as_deref() {
             ctx.request_capture.record(chunk);
+        }
+        if session.was_upgraded() && ctx.ws_client.is_some() {
+            return self.ws_client_frames(session, body, ctx).await;
         }
         if let Some(replacer) = ctx.body_replacer.as_mut() {
             let chunk = body.take().unwrap_or_default();
@@ -694,6 +869,9 @@ impl ProxyHttp for Warden {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if upstream_response.status == 101 {
             ctx.websocket = Some(self.shared.metrics.open(Kind::Websocket));
+        } else {
+            ctx.ws_policy = None;
+            ctx.ws_client = None;
         }
         if let Some(scrubber) = &ctx.scrubber {
             rewrite_headers(upstream_response, |v| scrubber.replace_value(v))?;
@@ -708,13 +886,18 @@ impl ProxyHttp for Warden {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(scrubber) = ctx.scrubber.as_mut() {
+        if let Some(ws) = ctx.ws_policy.as_mut() {
+            let was_finished = ws.events.finished();
             let chunk = body.take().unwrap_or_default();
-            *body = Some(scrubber.feed(&chunk, end_of_stream));
+            *body = Some(ws.feed(&chunk));
+            if !was_finished {
+                if let Some(d) = ws.events.denied.clone() {
+                    self.note_denial(ctx, &d, false);
+                }
+            }
         }
-        if let Some(chunk) = body.as_deref() {
-            ctx.response_capture.record(chunk);
-        }
+        let chunk = body.take().unwrap_or_default();
+        *body = Some(self.outgoing(ctx, chunk, end_of_stream));
         Ok(None)
     }
 
@@ -825,9 +1008,36 @@ impl ProxyHttp for Warden {
                 .map(|(name, _)| name.as_str().to_string());
             line.grant = ctx.grant.take();
         }
+        if let Some(call) = ctx.llm.as_mut() {
+            if let Some(ws) = &ctx.ws_policy {
+                call.usage = ws.events.usage;
+                call.tools = ws.events.tools.clone();
+                if ws.events.denied.is_none() {
+                    if let Some(d) = ws
+                        .events
+                        .would_deny
+                        .as_ref()
+                        .or(ctx.ws_client.as_ref().and_then(|c| c.would_deny.as_ref()))
+                    {
+                        call.outcome = "would_deny";
+                        line.would_deny = line.would_deny.or(Some(d.reason.code()));
+                    }
+                }
+            }
+            call.record(&mut line);
+        }
         line.took(ctx.started.elapsed());
         self.shared.metrics.record(line, ctx.snap.log);
     }
+}
+
+/// The first value of query parameter `name` in a path with query.
+fn query_param(path: &str, name: &str) -> Option<String> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| v.to_string())
+    })
 }
 
 /// Converts a body the front door writes into raw HTTP/1.1 bytes: the same head and body

@@ -160,6 +160,8 @@ pub const ORIGIN_NAMES: &[&str] = &[
     "b.test",
     "c.test",
     "ws.test",
+    "anthropic.test",
+    "openai.test",
 ];
 
 fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {
@@ -783,4 +785,150 @@ impl GatedOrigin {
             _task: task,
         }
     }
+}
+
+/// One step of a scripted LLM origin's response.
+#[derive(Clone)]
+pub enum Step {
+    /// Send these bytes (one HTTP chunk when the response is chunked).
+    Send(Vec<u8>),
+    /// Wait until the test releases the gate.
+    Wait(Arc<Notify>),
+}
+
+/// A scripted response: status, content type, whether chunked, and the body in steps.
+#[derive(Clone)]
+pub struct Script {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub chunked: bool,
+    pub steps: Vec<Step>,
+}
+
+impl Script {
+    /// An SSE stream sent in pieces of at most `piece` bytes (awkward boundaries on purpose).
+    pub fn sse(text: &str, piece: usize) -> Script {
+        Script {
+            status: 200,
+            content_type: "text/event-stream",
+            chunked: true,
+            steps: text
+                .as_bytes()
+                .chunks(piece)
+                .map(|c| Step::Send(c.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// A JSON body with Content-Length.
+    pub fn json(status: u16, body: &str) -> Script {
+        Script {
+            status,
+            content_type: "application/json",
+            chunked: false,
+            steps: vec![Step::Send(body.as_bytes().to_vec())],
+        }
+    }
+}
+
+/// What a scripted origin received: the request head and body.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// An HTTPS origin (test CA, [`ORIGIN_NAMES`]) that answers every request with `script`,
+/// one request per connection, recording what it received.
+pub struct LlmOrigin {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl LlmOrigin {
+    pub async fn start(script: Script) -> LlmOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Arc::new(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES)));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, script, rec) = (acceptor.clone(), script.clone(), rec.clone());
+                tokio::spawn(async move {
+                    let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    if Pin::new(&mut s).accept().await.is_err() {
+                        return;
+                    }
+                    let (head, body) = read_response(&mut s).await;
+                    rec.lock().unwrap().push(Received { head, body });
+                    let total: usize = script
+                        .steps
+                        .iter()
+                        .map(|st| match st {
+                            Step::Send(b) => b.len(),
+                            Step::Wait(_) => 0,
+                        })
+                        .sum();
+                    let framing = if script.chunked {
+                        "transfer-encoding: chunked".to_string()
+                    } else {
+                        format!("content-length: {total}")
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {} X\r\ncontent-type: {}\r\n{framing}\r\nconnection: close\r\n\r\n",
+                        script.status, script.content_type
+                    );
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for step in &script.steps {
+                        match step {
+                            Step::Send(b) if script.chunked => {
+                                let mut c = format!("{:x}\r\n", b.len()).into_bytes();
+                                c.extend_from_slice(b);
+                                c.extend_from_slice(b"\r\n");
+                                if s.write_all(&c).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Step::Send(b) => {
+                                if s.write_all(b).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Step::Wait(gate) => gate.notified().await,
+                        }
+                        let _ = s.flush().await;
+                    }
+                    if script.chunked {
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        LlmOrigin {
+            addr,
+            received,
+            _task: task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A recorded provider stream from `tests/fixtures`, with `TOOL` as the called tool's name.
+pub fn fixture(name: &str, tool: &str) -> String {
+    std::fs::read_to_string(repo_dir().join("tests/fixtures").join(name))
+        .unwrap()
+        .replace("TOOL", tool)
 }

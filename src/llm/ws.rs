@@ -1,0 +1,455 @@
+//! WebSocket frames (RFC 6455) for the Responses WebSocket transport: a bounded incremental
+//! frame reader (unmasking client frames), the frames warden writes itself, and the two
+//! directions of policy — server events through [`EventPolicy`], client `response.create`
+//! events checked against `allow_models`. `permessage-deflate` is kept off for LLM hosts (the
+//! extension offer is removed from the upgrade request), so payloads are plain.
+
+use super::stream::{EventPolicy, Transport};
+use super::{Api, Denial, LlmPolicy};
+use crate::reason::Reason;
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Continuation frame.
+pub const CONTINUATION: u8 = 0x0;
+/// Text frame.
+pub const TEXT: u8 = 0x1;
+/// Close frame.
+pub const CLOSE: u8 = 0x8;
+
+/// One frame: header fields, the unmasked payload and the exact bytes it came as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Final fragment of a message.
+    pub fin: bool,
+    /// Opcode.
+    pub opcode: u8,
+    /// Unmasked payload.
+    pub payload: Bytes,
+    /// The frame as received.
+    pub raw: Bytes,
+}
+
+/// Why frames could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// A frame announces more than the bound.
+    TooLarge,
+    /// Reserved bits are set (a compression extension) or the header is invalid.
+    Unsupported,
+}
+
+/// Reads frames from a byte stream.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// Appends bytes.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Bytes buffered.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Everything buffered, as received.
+    pub fn take_rest(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// The next complete frame whose payload is at most `max_payload` bytes.
+    pub fn next_frame(&mut self, max_payload: usize) -> Result<Option<Frame>, FrameError> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        if b[0] & 0x70 != 0 {
+            return Err(FrameError::Unsupported);
+        }
+        let masked = b[1] & 0x80 != 0;
+        let (len, mut at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(n), 10)
+            }
+            126 | 127 => return Ok(None),
+            n => (u64::from(n), 2),
+        };
+        let len = usize::try_from(len).map_err(|_| FrameError::TooLarge)?;
+        if len > max_payload {
+            return Err(FrameError::TooLarge);
+        }
+        let key = if masked {
+            if b.len() < at + 4 {
+                return Ok(None);
+            }
+            let k = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+            at += 4;
+            Some(k)
+        } else {
+            None
+        };
+        if b.len() < at + len {
+            return Ok(None);
+        }
+        let fin = b[0] & 0x80 != 0;
+        let opcode = b[0] & 0x0f;
+        let raw = self.buf.split_to(at + len).freeze();
+        let mut payload = raw.slice(at..);
+        if let Some(k) = key {
+            let unmasked: Vec<u8> = payload
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ k[i % 4])
+                .collect();
+            payload = Bytes::from(unmasked);
+        }
+        Ok(Some(Frame {
+            fin,
+            opcode,
+            payload,
+            raw,
+        }))
+    }
+}
+
+/// An unmasked, final frame (server to client).
+pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    out.extend_from_slice(&[0x80 | opcode]);
+    match payload.len() {
+        n if n < 126 => out.extend_from_slice(&[n as u8]),
+        n if n <= usize::from(u16::MAX) => {
+            out.extend_from_slice(&[126]);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.extend_from_slice(&[127]);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
+/// A close frame with `code` and a reason (cut to fit the 125-byte control payload).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut payload = code.to_be_bytes().to_vec();
+    let reason = reason.as_bytes();
+    payload.extend_from_slice(&reason[..reason.len().min(123)]);
+    encode(CLOSE, &payload)
+}
+
+/// Policy on the server-to-client direction: JSON events in text messages go through
+/// [`EventPolicy`]; control frames pass at once (a close waits behind a held block).
+#[derive(Debug)]
+pub struct WsPolicy {
+    reader: FrameReader,
+    /// The event-level policy.
+    pub events: EventPolicy,
+    message: Option<(u8, BytesMut, BytesMut)>,
+    limit: usize,
+}
+
+impl WsPolicy {
+    /// Policy for the Responses events of one WebSocket.
+    pub fn new(policy: Arc<LlmPolicy>, limit: usize) -> Self {
+        WsPolicy {
+            reader: FrameReader::default(),
+            events: EventPolicy::new(Api::Responses, Transport::WebSocket, policy, limit),
+            message: None,
+            limit,
+        }
+    }
+
+    /// Feeds bytes from the upstream; returns what goes to the client now.
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.events.finished() {
+            return out.freeze();
+        }
+        if self.events.passthrough() {
+            out.extend_from_slice(&self.reader.take_rest());
+            out.extend_from_slice(chunk);
+            return out.freeze();
+        }
+        self.reader.push(chunk);
+        loop {
+            let frame = match self.reader.next_frame(self.limit) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let d = Denial::new(
+                        match e {
+                            FrameError::TooLarge => Reason::LlmBodyTooLarge,
+                            FrameError::Unsupported => Reason::LlmResponseUnreadable,
+                        },
+                        "warden (the egress proxy) stopped the response: a WebSocket frame could not be checked.",
+                    );
+                    self.events.passthrough_or_deny(d, &mut out);
+                    if self.events.passthrough() {
+                        if let Some((_, raw, _)) = self.message.take() {
+                            out.extend_from_slice(&raw);
+                        }
+                        out.extend_from_slice(&self.reader.take_rest());
+                    }
+                    break;
+                }
+            };
+            match frame.opcode {
+                CLOSE => self.events.on_message(frame.raw, None, &mut out),
+                op if op >= 0x8 => out.extend_from_slice(&frame.raw),
+                op => {
+                    let (_, raw, payload) = self
+                        .message
+                        .get_or_insert_with(|| (op, BytesMut::new(), BytesMut::new()));
+                    raw.extend_from_slice(&frame.raw);
+                    payload.extend_from_slice(&frame.payload);
+                    if payload.len() > self.limit {
+                        self.message = None;
+                        let d = Denial::new(
+                            Reason::LlmBodyTooLarge,
+                            "warden (the egress proxy) stopped the response: a message grew past limits.llm_buffer_bytes.",
+                        );
+                        self.events.passthrough_or_deny(d, &mut out);
+                        break;
+                    }
+                    if frame.fin {
+                        if let Some((op, raw, payload)) = self.message.take() {
+                            let text = (op == TEXT).then(|| String::from_utf8_lossy(&payload));
+                            self.events
+                                .on_message(raw.freeze(), text.as_deref(), &mut out);
+                        }
+                    }
+                }
+            }
+            if self.events.finished() {
+                break;
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// Policy on the client-to-server direction: `response.create` events are checked against
+/// `allow_models` before they are forwarded.
+#[derive(Debug)]
+pub struct ClientCheck {
+    reader: FrameReader,
+    policy: Arc<LlmPolicy>,
+    message: Option<(BytesMut, BytesMut)>,
+    limit: usize,
+    blocked: bool,
+    /// In report mode, the first refusal that was not enforced.
+    pub would_deny: Option<Denial>,
+}
+
+impl ClientCheck {
+    /// Checks the client frames of one WebSocket.
+    pub fn new(policy: Arc<LlmPolicy>, limit: usize) -> Self {
+        ClientCheck {
+            reader: FrameReader::default(),
+            policy,
+            message: None,
+            limit,
+            blocked: false,
+            would_deny: None,
+        }
+    }
+
+    /// Feeds bytes from the client; returns what to forward and, if a model was refused, the
+    /// denial (nothing is forwarded from then on).
+    pub fn feed(&mut self, chunk: &[u8]) -> (Bytes, Option<Denial>) {
+        let mut out = BytesMut::new();
+        if self.blocked {
+            return (out.freeze(), None);
+        }
+        self.reader.push(chunk);
+        loop {
+            let frame = match self.reader.next_frame(self.limit) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => {
+                    // Not checkable: forwarded as is; the model check needs readable text.
+                    if let Some((raw, _)) = self.message.take() {
+                        out.extend_from_slice(&raw);
+                    }
+                    out.extend_from_slice(&self.reader.take_rest());
+                    break;
+                }
+            };
+            if frame.opcode >= 0x8 {
+                out.extend_from_slice(&frame.raw);
+                continue;
+            }
+            let is_text =
+                frame.opcode == TEXT || (frame.opcode == CONTINUATION && self.message.is_some());
+            let (raw, payload) = self
+                .message
+                .get_or_insert_with(|| (BytesMut::new(), BytesMut::new()));
+            raw.extend_from_slice(&frame.raw);
+            if is_text {
+                payload.extend_from_slice(&frame.payload);
+            }
+            if !frame.fin {
+                continue;
+            }
+            let Some((raw, payload)) = self.message.take() else {
+                continue;
+            };
+            if let Err(d) = self.check(&payload) {
+                if self.policy.report {
+                    self.would_deny.get_or_insert(d);
+                } else {
+                    self.blocked = true;
+                    return (out.freeze(), Some(d));
+                }
+            }
+            out.extend_from_slice(&raw);
+        }
+        (out.freeze(), None)
+    }
+
+    fn check(&self, payload: &[u8]) -> Result<(), Denial> {
+        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+            return Ok(());
+        };
+        if v.get("type").and_then(Value::as_str) != Some("response.create") {
+            return Ok(());
+        }
+        let model = v
+            .get("model")
+            .or_else(|| v.pointer("/response/model"))
+            .and_then(Value::as_str);
+        self.policy.check_model(model)
+    }
+}
+
+/// A masked frame, as a client sends it (tests build client traffic with it).
+#[cfg(test)]
+fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{compile, LlmConfig};
+
+    fn policy(extra: &str) -> Arc<LlmPolicy> {
+        let yaml = format!("- {{ host: api.test, provider: openai{extra} }}");
+        let entries: Vec<LlmConfig> = serde_yaml::from_str(&yaml).unwrap();
+        compile(&entries, "llm")
+            .unwrap()
+            .for_dest(&crate::target::parse_authority(b"api.test:443", None).unwrap())
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn frames_round_trip_at_every_length_class_and_split() {
+        for len in [0usize, 125, 126, 70_000] {
+            let payload = vec![b'x'; len];
+            let wire = encode(TEXT, &payload);
+            for split in [0, 1, 2, wire.len() / 2, wire.len()] {
+                let mut r = FrameReader::default();
+                r.push(&wire[..split]);
+                let first = r.next_frame(1 << 20).unwrap();
+                r.push(&wire[split..]);
+                let f = first.or_else(|| r.next_frame(1 << 20).unwrap()).unwrap();
+                assert_eq!(f.payload.len(), len);
+                assert_eq!(f.raw, wire);
+            }
+        }
+        let mut r = FrameReader::default();
+        r.push(&masked(TEXT, true, b"hello"));
+        assert_eq!(&r.next_frame(10).unwrap().unwrap().payload[..], b"hello");
+        r.push(&encode(TEXT, &[0; 100]));
+        assert_eq!(r.next_frame(10), Err(FrameError::TooLarge));
+        let mut r = FrameReader::default();
+        r.push(&[0xC1, 0x00]);
+        assert_eq!(r.next_frame(10), Err(FrameError::Unsupported));
+    }
+
+    fn event(v: &str) -> Bytes {
+        encode(TEXT, v.as_bytes())
+    }
+
+    #[test]
+    fn server_events_pass_and_denied_calls_end_with_failed_and_close_1008() {
+        let p = policy(", deny_tools: [bash]");
+        let mut ws = WsPolicy::new(p.clone(), 1 << 20);
+        let created =
+            event(r#"{"type":"response.created","sequence_number":1,"response":{"id":"r1"}}"#);
+        assert_eq!(ws.feed(&created), created);
+        let added = event(
+            r#"{"type":"response.output_item.added","sequence_number":2,"output_index":0,"item":{"type":"function_call","name":"bash","arguments":""}}"#,
+        );
+        assert!(ws.feed(&added).is_empty());
+        let ping = encode(0x9, b"p");
+        assert_eq!(ws.feed(&ping), ping, "control frames are not held");
+        let done = event(
+            r#"{"type":"response.output_item.done","sequence_number":3,"output_index":0,"item":{"type":"function_call","name":"bash","arguments":"{}"}}"#,
+        );
+        let out = ws.feed(&done);
+        let mut r = FrameReader::default();
+        r.push(&out);
+        let e = r.next_frame(1 << 20).unwrap().unwrap();
+        let e: Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(e["type"], "error");
+        assert_eq!(e["status"], 403);
+        assert_eq!(e["sequence_number"], 4);
+        let f = r.next_frame(1 << 20).unwrap().unwrap();
+        let f: Value = serde_json::from_slice(&f.payload).unwrap();
+        assert_eq!(f["type"], "response.failed");
+        assert_eq!(f["sequence_number"], 5);
+        let c = r.next_frame(1 << 20).unwrap().unwrap();
+        assert_eq!(c.opcode, CLOSE);
+        assert_eq!(&c.payload[..2], &1008u16.to_be_bytes());
+        assert!(ws.feed(&created).is_empty(), "nothing after the close");
+    }
+
+    #[test]
+    fn client_response_create_is_checked_against_allowed_models() {
+        let p = policy(", allow_models: ['gpt-5*']");
+        let mut c = ClientCheck::new(p, 1 << 20);
+        let ok = masked(
+            TEXT,
+            true,
+            br#"{"type":"response.create","model":"gpt-5-codex"}"#,
+        );
+        let (fwd, d) = c.feed(&ok);
+        assert_eq!(&fwd[..], &ok[..]);
+        assert!(d.is_none());
+        // Fragmented, split mid-frame.
+        let mut bad = masked(TEXT, false, br#"{"type":"response.create","#);
+        bad.extend(masked(CONTINUATION, true, br#""model":"gpt-4o"}"#));
+        let (fwd, d) = c.feed(&bad[..5]);
+        assert!(fwd.is_empty() && d.is_none());
+        let (fwd, d) = c.feed(&bad[5..]);
+        assert!(fwd.is_empty());
+        assert_eq!(d.unwrap().reason, Reason::LlmModelDenied);
+        assert!(
+            c.feed(&ok).0.is_empty(),
+            "nothing is forwarded after a refusal"
+        );
+    }
+}

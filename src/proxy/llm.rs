@@ -1,0 +1,472 @@
+//! The LLM API exchange. A call to an API warden understands (`llm` entry + method + path) is
+//! not left to Pingora's proxy loop: its request body must be read and the model checked
+//! before anything goes upstream, and while a tool call is held the client must get
+//! keep-alives even when the origin is silent — neither fits the body-filter callbacks, which
+//! only run when bytes arrive. So `request_filter` runs the exchange here, with the same
+//! phases (`upstream_peer`, `upstream_request_filter`, `response_filter`) and Pingora's own
+//! upstream connector, and returns "response sent". Errors take the usual path
+//! (`fail_to_proxy`, `logging`).
+
+use super::{RequestCtx, Warden, PROXY_STATUS, X_REQUEST_ID};
+use crate::llm::stream::{SsePolicy, KEEPALIVE};
+use crate::llm::{self, Api, Denial, LlmPolicy, Usage};
+use crate::reason::Reason;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Pingora's upstream connector for LLM exchanges (its own pool).
+pub struct LlmConnector(pub pingora_core::connectors::http::Connector);
+
+impl std::fmt::Debug for LlmConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LlmConnector")
+    }
+}
+
+impl Default for LlmConnector {
+    fn default() -> Self {
+        LlmConnector(pingora_core::connectors::http::Connector::new(None))
+    }
+}
+
+/// What one LLM call did, for the log line and metrics.
+#[derive(Debug)]
+pub struct LlmCall {
+    /// The entry that applied.
+    pub policy: Arc<LlmPolicy>,
+    /// The model the request named.
+    pub model: Option<String>,
+    /// Usage reported.
+    pub usage: Usage,
+    /// Tools the model called.
+    pub tools: Vec<String>,
+    /// allowed, denied, would_deny or error.
+    pub outcome: &'static str,
+}
+
+impl LlmCall {
+    /// A call about to be checked.
+    pub fn new(policy: Arc<LlmPolicy>) -> Self {
+        LlmCall {
+            policy,
+            model: None,
+            usage: Usage::default(),
+            tools: Vec::new(),
+            outcome: "allowed",
+        }
+    }
+
+    /// Fills the LLM fields of the canonical line.
+    pub fn record(&self, line: &mut crate::telemetry::CanonicalLog) {
+        line.provider = Some(self.policy.provider.label());
+        line.model = self.model.clone();
+        line.tools = (!self.tools.is_empty()).then(|| self.tools.clone());
+        line.input_tokens = self.usage.input;
+        line.output_tokens = self.usage.output;
+        let outcome = match (self.outcome, line.reason) {
+            ("allowed", Some(_)) => "error",
+            (o, _) => o,
+        };
+        line.llm_labels = Some((self.policy.model_label(self.model.as_deref()), outcome));
+    }
+}
+
+/// What kind of response body the exchange is relaying.
+enum Body {
+    Sse(Box<SsePolicy>),
+    Json,
+    Pass,
+}
+
+fn header_str<'a>(resp: &'a ResponseHeader, name: header::HeaderName) -> Option<&'a str> {
+    resp.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Warden {
+    /// Notes a denial in the ctx (log, metrics); `report` turns it into `would_deny`.
+    pub(super) fn note_denial(&self, ctx: &mut RequestCtx, d: &Denial, report: bool) {
+        if report {
+            ctx.would_deny.get_or_insert(d.reason);
+            if let Some(call) = ctx.llm.as_mut() {
+                call.outcome = "would_deny";
+            }
+            return;
+        }
+        ctx.reason = Some(d.reason);
+        ctx.error = d.tool.as_ref().map(|t| format!("tool {t}"));
+        if let Some(call) = ctx.llm.as_mut() {
+            call.outcome = "denied";
+        }
+        self.shared.metrics.refused(d.reason);
+    }
+
+    /// Answers with the provider's own error shape, before any response head went out.
+    pub(super) async fn refuse_llm(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        provider: llm::Provider,
+        d: &Denial,
+        close: bool,
+    ) -> Result<bool> {
+        self.note_denial(ctx, d, false);
+        let body = llm::error_body(provider, d);
+        let status = d.reason.status();
+        ctx.status = Some(status);
+        let mut head = ResponseHeader::build(status, Some(8))?;
+        head.insert_header(header::CONTENT_TYPE, "application/json")?;
+        head.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        head.insert_header("x-should-retry", "false")?;
+        head.insert_header(PROXY_STATUS, d.reason.proxy_status())?;
+        head.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if provider == llm::Provider::Anthropic {
+            head.insert_header("request-id", ctx.request_id.as_str())?;
+        }
+        if close {
+            head.insert_header(header::CONNECTION, "close")?;
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    /// Runs one LLM API call end to end (see the module doc). Returns `Ok(true)`: the
+    /// response was written here.
+    pub(super) async fn llm_exchange(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: Arc<LlmPolicy>,
+        api: Api,
+    ) -> Result<bool> {
+        let limit = ctx.snap.limits.llm_buffer_bytes;
+        let provider = policy.provider;
+        ctx.llm = Some(LlmCall::new(policy.clone()));
+
+        // 1. The request body, bounded, before anything goes upstream.
+        let mut body = BytesMut::new();
+        let mut complete = true;
+        while let Some(chunk) = session.read_request_body().await? {
+            ctx.request_capture.record(&chunk);
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                complete = false;
+                break;
+            }
+        }
+        if !complete {
+            let d = Denial::new(
+                Reason::LlmRequestTooLarge,
+                format!(
+                    "warden (the egress proxy) refused the request: its body is larger than limits.llm_buffer_bytes ({limit} bytes), so its model cannot be checked."
+                ),
+            );
+            if !policy.report {
+                return self.refuse_llm(session, ctx, provider, &d, true).await;
+            }
+            self.note_denial(ctx, &d, true);
+        } else {
+            let facts = llm::inspect_request(&body);
+            if let Some(call) = ctx.llm.as_mut() {
+                call.model = facts.model.clone();
+            }
+            if let Err(d) = policy.check_model(facts.model.as_deref()) {
+                if !policy.report {
+                    return self.refuse_llm(session, ctx, provider, &d, false).await;
+                }
+                self.note_denial(ctx, &d, true);
+            }
+        }
+
+        // 2. The upstream request, through the same phases as any other.
+        let peer = self.upstream_peer(session, ctx).await?;
+        let mut req = session.req_header().clone();
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        let mut first = body.freeze();
+        if let Some(r) = ctx.body_replacer.as_mut() {
+            first = r.feed(&first, complete);
+        }
+        if complete {
+            req.remove_header(&header::TRANSFER_ENCODING);
+            req.insert_header(header::CONTENT_LENGTH, first.len().to_string())?;
+        } else if ctx.body_replacer.is_some() {
+            req.remove_header(&header::CONTENT_LENGTH);
+            req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        let (mut up, _reused) = self
+            .shared
+            .connector
+            .0
+            .get_http_session(peer.as_ref())
+            .await?;
+        let limits = &ctx.snap.limits;
+        up.set_write_timeout(Some(limits.idle_timeout));
+        up.set_read_timeout(Some(limits.upstream_first_byte_timeout));
+        let result = self
+            .relay(session, ctx, &mut up, req, first, complete, &policy, api)
+            .await;
+        up.shutdown().await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &mut HttpSession,
+        req: pingora_http::RequestHeader,
+        first: Bytes,
+        complete: bool,
+        policy: &Arc<LlmPolicy>,
+        api: Api,
+    ) -> Result<bool> {
+        let limit = ctx.snap.limits.llm_buffer_bytes;
+        let provider = policy.provider;
+        up.write_request_header(Box::new(req))
+            .await
+            .map_err(|e| e.into_up())?;
+        up.write_request_body(first, complete)
+            .await
+            .map_err(|e| e.into_up())?;
+        if !complete {
+            while let Some(chunk) = session.read_request_body().await? {
+                ctx.request_capture.record(&chunk);
+                let end = session.is_body_done();
+                let chunk = match ctx.body_replacer.as_mut() {
+                    Some(r) => r.feed(&chunk, end),
+                    None => chunk,
+                };
+                up.write_request_body(chunk, end)
+                    .await
+                    .map_err(|e| e.into_up())?;
+            }
+        }
+        up.finish_request_body().await.map_err(|e| e.into_up())?;
+        up.read_response_header().await.map_err(|e| e.into_up())?;
+        let Some(resp) = up.response_header().cloned() else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
+        };
+        let status = resp.status.as_u16();
+        let content_type = header_str(&resp, header::CONTENT_TYPE)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let encoded = header_str(&resp, header::CONTENT_ENCODING)
+            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let mut mode = if !(200..300).contains(&status) {
+            Body::Pass
+        } else if content_type.starts_with("text/event-stream") {
+            Body::Sse(Box::new(SsePolicy::new(api, policy.clone(), limit)))
+        } else if content_type.contains("json") {
+            Body::Json
+        } else {
+            Body::Pass
+        };
+        if encoded && !matches!(mode, Body::Pass) {
+            let d = Denial::new(
+                Reason::LlmResponseUnreadable,
+                "warden (the egress proxy) could not check the response: the provider sent it compressed.",
+            );
+            if !policy.report {
+                return self.refuse_llm(session, ctx, provider, &d, true).await;
+            }
+            self.note_denial(ctx, &d, true);
+            mode = Body::Pass;
+        }
+        let mut head = resp;
+        self.response_filter(session, &mut head, ctx).await?;
+        self.transform_head(&mut head, ctx)?;
+
+        match mode {
+            Body::Json => self.relay_json(session, ctx, up, head, policy, api).await,
+            Body::Sse(sse) => self.relay_sse(session, ctx, up, head, *sse).await,
+            Body::Pass => {
+                self.write_head(session, head, ctx).await?;
+                self.relay_rest(session, ctx, up).await
+            }
+        }
+    }
+
+    /// Writes the response head; a body warden may change goes out chunked.
+    async fn write_head(
+        &self,
+        session: &mut Session,
+        mut head: ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        if ctx.body_rewriter.is_some() && head.headers.contains_key(header::CONTENT_LENGTH) {
+            head.remove_header(&header::CONTENT_LENGTH);
+            head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        session.write_response_header(Box::new(head), false).await
+    }
+
+    async fn relay_rest(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &mut HttpSession,
+    ) -> Result<bool> {
+        loop {
+            let chunk = up.read_response_body().await.map_err(|e| e.into_up())?;
+            let end = chunk.is_none() || up.response_done();
+            let out = self.outgoing(ctx, chunk.unwrap_or_default(), end);
+            session.write_response_body(Some(out), end).await?;
+            if end {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn relay_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &mut HttpSession,
+        head: ResponseHeader,
+        policy: &Arc<LlmPolicy>,
+        api: Api,
+    ) -> Result<bool> {
+        let limit = ctx.snap.limits.llm_buffer_bytes;
+        let provider = policy.provider;
+        let mut body = BytesMut::new();
+        let mut over = false;
+        while let Some(chunk) = up.read_response_body().await.map_err(|e| e.into_up())? {
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                over = true;
+                break;
+            }
+            if up.response_done() {
+                break;
+            }
+        }
+        let verdict = if over {
+            Err(Denial::new(
+                Reason::LlmBodyTooLarge,
+                format!(
+                    "warden (the egress proxy) stopped the response: it is larger than limits.llm_buffer_bytes ({limit} bytes), so its tool calls cannot be checked."
+                ),
+            ))
+        } else {
+            match llm::inspect_json(api, &body) {
+                Some((calls, usage)) => {
+                    let mut first = Ok(());
+                    if let Some(call) = ctx.llm.as_mut() {
+                        call.usage = usage;
+                        call.tools = calls.iter().map(|c| c.name.clone()).collect();
+                    }
+                    for c in &calls {
+                        if first.is_ok() {
+                            first = policy.check_tool(&c.name, &c.arguments);
+                        }
+                    }
+                    first
+                }
+                None => Err(Denial::new(
+                    Reason::LlmResponseUnreadable,
+                    "warden (the egress proxy) could not check the response: it is not valid JSON.",
+                )),
+            }
+        };
+        if let Err(d) = verdict {
+            if !policy.report {
+                return self.refuse_llm(session, ctx, provider, &d, over).await;
+            }
+            self.note_denial(ctx, &d, true);
+        }
+        self.write_head(session, head, ctx).await?;
+        let end = !over;
+        let out = self.outgoing(ctx, body.freeze(), end);
+        session.write_response_body(Some(out), end).await?;
+        if over {
+            self.relay_rest(session, ctx, up).await
+        } else {
+            Ok(true)
+        }
+    }
+
+    async fn relay_sse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &mut HttpSession,
+        mut head: ResponseHeader,
+        mut sse: SsePolicy,
+    ) -> Result<bool> {
+        if head.headers.contains_key(header::CONTENT_LENGTH) {
+            head.remove_header(&header::CONTENT_LENGTH);
+            head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        self.write_head(session, head, ctx).await?;
+        let interval = ctx.snap.limits.llm_keepalive_interval;
+        // Keep-alives go between events; a body rewriter may be holding part of one.
+        let keepalives = ctx.body_rewriter.is_none();
+        let mut last_keepalive: Option<Instant> = None;
+        loop {
+            let holding = sse.events.holding_since().filter(|_| keepalives);
+            let chunk =
+                read_with_keepalives(up, session, holding, &mut last_keepalive, interval).await?;
+            let end = chunk.is_none() || up.response_done();
+            let out = sse.feed(chunk.as_deref().unwrap_or_default(), end);
+            let done = end || sse.events.finished();
+            let out = self.outgoing(ctx, out, done);
+            if !out.is_empty() || done {
+                session.write_response_body(Some(out), done).await?;
+            }
+            if done {
+                break;
+            }
+        }
+        let events = &sse.events;
+        if let Some(call) = ctx.llm.as_mut() {
+            call.usage = events.usage;
+            call.tools = events.tools.clone();
+        }
+        if let Some(d) = events.denied.clone() {
+            self.note_denial(ctx, &d, false);
+        } else if let Some(d) = events.would_deny.clone() {
+            self.note_denial(ctx, &d, true);
+        }
+        Ok(true)
+    }
+}
+
+/// Reads the next upstream body chunk; while a tool call is held, writes an SSE keep-alive to
+/// the client every `interval` of silence.
+async fn read_with_keepalives(
+    up: &mut HttpSession,
+    session: &mut Session,
+    holding: Option<Instant>,
+    last: &mut Option<Instant>,
+    interval: Duration,
+) -> Result<Option<Bytes>> {
+    let read = up.read_response_body();
+    tokio::pin!(read);
+    loop {
+        let Some(since) = holding else {
+            return read.await.map_err(|e| e.into_up());
+        };
+        let from = match *last {
+            Some(l) if l > since => l,
+            _ => since,
+        };
+        let deadline = tokio::time::Instant::from_std(from + interval);
+        tokio::select! {
+            r = &mut read => return r.map_err(|e| e.into_up()),
+            _ = tokio::time::sleep_until(deadline) => {
+                session
+                    .write_response_body(Some(Bytes::from_static(KEEPALIVE)), false)
+                    .await?;
+                *last = Some(Instant::now());
+            }
+        }
+    }
+}
