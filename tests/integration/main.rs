@@ -11,6 +11,7 @@ mod credentials;
 mod errors;
 mod headers;
 mod intercept;
+mod llm;
 mod logs;
 mod metrics;
 mod plain;

@@ -1,0 +1,464 @@
+//! LLM policy end to end: a fake provider origin speaking each API exactly (JSON and SSE, split
+//! at awkward byte boundaries), real clients through warden, and the log line and metrics.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// (fixture, path, provider, host) of each streaming API.
+const APIS: [(&str, &str, &str, &str); 3] = [
+    (
+        "anthropic.sse",
+        "/v1/messages",
+        "anthropic",
+        "anthropic.test",
+    ),
+    (
+        "chat_completions.sse",
+        "/v1/chat/completions",
+        "openai",
+        "openai.test",
+    ),
+    ("responses.sse", "/v1/responses", "openai", "openai.test"),
+];
+
+fn llm_yaml(host: &str, port: u16, provider: &str, rules: &str, extra: &str) -> String {
+    default_yaml(
+        "auto",
+        "",
+        &format!(
+            "llm:\n  - host: \"{host}:{port}\"\n    provider: {provider}\n{rules}{extra}admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    )
+}
+
+const RULES: &str = "    allow_models: [\"claude-*\", \"gpt-5*\"]\n    deny_tools: [bash]\n";
+
+async fn post(w: &TestWarden, url: &str, id: &str, body: Value) -> reqwest::Response {
+    w.client()
+        .post(url)
+        .header("x-request-id", id)
+        .header("x-api-key", "sk-ant-agent-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn request_for(path: &str, model: &str, stream: bool) -> Value {
+    if path == "/v1/responses" {
+        json!({ "model": model, "input": "hi", "stream": stream, "tools": [{"type": "function", "name": "bash"}] })
+    } else {
+        json!({ "model": model, "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "hi"}] })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_tool_calls_stream_through_byte_for_byte() {
+    for (i, (fixture_name, path, provider, host)) in APIS.iter().enumerate() {
+        let text = fixture(fixture_name, "read_file");
+        // 7-byte pieces: events and even UTF-8 split across chunks.
+        let origin = LlmOrigin::start(Script::sse(&text, 7)).await;
+        let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+        let id = format!("llm-sse-ok-{i}");
+        let url = format!("https://{host}:{}{path}", origin.port());
+        let model_ok = if *provider == "anthropic" {
+            "claude-sonnet-4"
+        } else {
+            "gpt-5"
+        };
+        let resp = post(&w, &url, &id, request_for(path, model_ok, true)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), text, "{path}");
+        let line = log_for(&id).await;
+        assert_eq!(line["provider"], *provider);
+        assert_eq!(line["model"], model_ok);
+        assert!(
+            line["tools"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("read_file")),
+            "{line}"
+        );
+        assert!(line["input_tokens"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["output_tokens"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["reason"].is_null(), "{line}");
+        // The origin was asked for an uncompressed body.
+        let seen = origin.received();
+        assert!(seen[0]
+            .head
+            .to_ascii_lowercase()
+            .contains("accept-encoding: identity"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_tool_calls_end_the_stream_in_each_providers_error_shape() {
+    for (i, (fixture_name, path, provider, host)) in APIS.iter().enumerate() {
+        let text = fixture(fixture_name, "bash");
+        let origin = LlmOrigin::start(Script::sse(&text, 5)).await;
+        let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+        let id = format!("llm-sse-deny-{i}");
+        let url = format!("https://{host}:{}{path}", origin.port());
+        let model = if *provider == "anthropic" {
+            "claude-x"
+        } else {
+            "gpt-5"
+        };
+        let resp = post(&w, &url, &id, request_for(path, model, true)).await;
+        assert_eq!(resp.status(), 200, "the head went out before the tool call");
+        let body = resp.text().await.unwrap();
+        let events: Vec<&str> = body.split_inclusive("\n\n").collect();
+        let last = events.last().unwrap();
+        match *path {
+            "/v1/messages" => {
+                assert!(last.starts_with("event: error\ndata: "), "{body}");
+                let v: Value =
+                    serde_json::from_str(last.trim_start_matches("event: error\ndata: ").trim())
+                        .unwrap();
+                assert_eq!(v["type"], "error");
+                assert_eq!(v["error"]["type"], "permission_error");
+                assert!(v["error"]["message"].as_str().unwrap().contains("`bash`"));
+                // The text before the tool call reached the client.
+                assert!(body.contains("Let me look."));
+            }
+            "/v1/chat/completions" => {
+                assert!(!body.contains("[DONE]"), "{body}");
+                let v: Value =
+                    serde_json::from_str(last.trim_start_matches("data: ").trim()).unwrap();
+                assert_eq!(v["error"]["code"], "llm_tool_denied");
+                assert!(v["error"]["param"].is_null());
+                assert!(body.contains("\"content\":\"Hi\""));
+            }
+            _ => {
+                let n = events.len();
+                let error: Value = serde_json::from_str(
+                    events[n - 2]
+                        .trim_start_matches("event: error\ndata: ")
+                        .trim(),
+                )
+                .unwrap();
+                let failed: Value = serde_json::from_str(
+                    events[n - 1]
+                        .trim_start_matches("event: response.failed\ndata: ")
+                        .trim(),
+                )
+                .unwrap();
+                assert_eq!(error["error"]["code"], "llm_tool_denied");
+                assert_eq!(error["sequence_number"], 5, "after the highest number seen");
+                assert_eq!(failed["sequence_number"], 6);
+                assert_eq!(failed["response"]["status"], "failed");
+            }
+        }
+        assert!(
+            !body.contains("\"name\":\"bash\""),
+            "the held call never reached the client"
+        );
+        let line = log_for(&id).await;
+        assert_eq!(line["reason"], "llm_tool_denied");
+        assert!(
+            line["tools"].as_array().unwrap().contains(&json!("bash")),
+            "{line}"
+        );
+        let metrics = w.scrape().await;
+        assert_eq!(
+            metric_value(&metrics, &format!("warden_llm_requests_total{{model=\"{model}\",outcome=\"denied\",provider=\"{provider}\"}}")),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            metric_value(&metrics, "warden_denials_total{reason=\"llm_tool_denied\"}"),
+            Some(1.0)
+        );
+    }
+}
+
+fn json_response(path: &str, tool: &str) -> String {
+    match path {
+        "/v1/messages" => json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [{"type": "text", "text": "ok"}, {"type": "tool_use", "id": "toolu_1", "name": tool, "input": {"command": "ls"}}], "stop_reason": "tool_use", "usage": {"input_tokens": 11, "output_tokens": 7}}),
+        "/v1/chat/completions" => json!({"id": "c1", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}),
+        _ => json!({"id": "resp_1", "object": "response", "status": "completed", "output": [{"type": "function_call", "name": tool, "arguments": "{}", "call_id": "c"}], "usage": {"input_tokens": 11, "output_tokens": 7}}),
+    }
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_responses_are_checked_whole() {
+    for (i, (_, path, provider, host)) in APIS.iter().enumerate() {
+        let model = if *provider == "anthropic" {
+            "claude-x"
+        } else {
+            "gpt-5"
+        };
+        for tool in ["read_file", "bash"] {
+            let body = json_response(path, tool);
+            let origin = LlmOrigin::start(Script::json(200, &body)).await;
+            let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+            let id = format!("llm-json-{i}-{tool}");
+            let url = format!("https://{host}:{}{path}", origin.port());
+            let resp = post(&w, &url, &id, request_for(path, model, false)).await;
+            if tool == "read_file" {
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.text().await.unwrap(), body);
+                let line = log_for(&id).await;
+                assert_eq!(line["input_tokens"], 11);
+                assert_eq!(line["output_tokens"], 7);
+                let metrics = w.scrape().await;
+                assert_eq!(
+                    metric_value(&metrics, &format!("warden_llm_tokens_total{{kind=\"output\",model=\"{model}\",provider=\"{provider}\"}}")),
+                    Some(7.0),
+                    "{metrics}"
+                );
+                continue;
+            }
+            assert_eq!(resp.status(), 403);
+            assert_eq!(resp.headers()["content-type"], "application/json");
+            assert_eq!(resp.headers()["x-should-retry"], "false");
+            assert!(resp.headers()["proxy-status"]
+                .to_str()
+                .unwrap()
+                .contains("llm_tool_denied"));
+            let v: Value = resp.json().await.unwrap();
+            if *provider == "anthropic" {
+                assert_eq!(v["type"], "error");
+                assert_eq!(v["error"]["type"], "permission_error");
+            } else {
+                assert_eq!(v["error"]["code"], "llm_tool_denied");
+                assert!(v["error"]["param"].is_null());
+            }
+            let line = log_for(&id).await;
+            assert_eq!(line["reason"], "llm_tool_denied");
+            assert_eq!(line["status"], 403);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_model_never_reaches_the_origin() {
+    let origin = LlmOrigin::start(Script::json(200, "{}")).await;
+    let w = TestWarden::start(&llm_yaml(
+        "anthropic.test",
+        origin.port(),
+        "anthropic",
+        RULES,
+        "",
+    ))
+    .await;
+    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
+    let resp = post(
+        &w,
+        &url,
+        "llm-model-deny",
+        request_for("/v1/messages", "gpt-4o", true),
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "permission_error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("gpt-4o") && msg.contains("claude-*"), "{msg}");
+    assert!(origin.received().is_empty(), "the origin saw nothing");
+    let line = log_for("llm-model-deny").await;
+    assert_eq!(line["reason"], "llm_model_denied");
+    assert_eq!(line["model"], "gpt-4o");
+    // The connection stays usable: the same client goes on with an allowed model.
+    let ok = post(
+        &w,
+        &url,
+        "llm-model-ok",
+        request_for("/v1/messages", "claude-x", false),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(origin.received().len(), 1);
+    // Labels stay bounded: a refused model is counted as "other".
+    let metrics = w.scrape().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "warden_llm_requests_total{model=\"other\",outcome=\"denied\",provider=\"anthropic\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mode_changes_nothing_and_logs_would_deny() {
+    let text = fixture("anthropic.sse", "bash");
+    let origin = LlmOrigin::start(Script::sse(&text, 3)).await;
+    let rules = format!("    mode: report\n{RULES}");
+    let w = TestWarden::start(&llm_yaml(
+        "anthropic.test",
+        origin.port(),
+        "anthropic",
+        &rules,
+        "",
+    ))
+    .await;
+    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
+    let resp = post(
+        &w,
+        &url,
+        "llm-report",
+        request_for("/v1/messages", "gpt-4o", true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), text);
+    assert_eq!(origin.received().len(), 1);
+    let line = log_for("llm-report").await;
+    assert!(line["reason"].is_null(), "{line}");
+    assert_eq!(line["would_deny"], "llm_model_denied");
+}
+
+/// Reads the response until `pred` holds for what arrived, or fails after the bound.
+async fn read_until(resp: &mut reqwest::Response, got: &mut String, pred: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !pred(got) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("arrived in time")
+            .unwrap()
+            .expect("stream still open");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_text_delta_arrives_before_the_origin_sends_the_second() {
+    let text = fixture("anthropic.sse", "read_file");
+    let events: Vec<&str> = text.split_inclusive("\n\n").collect();
+    let gate = Arc::new(Notify::new());
+    let script = Script {
+        steps: vec![
+            Step::Send(events[..3].concat().into_bytes()),
+            Step::Wait(gate.clone()),
+            Step::Send(events[3..].concat().into_bytes()),
+        ],
+        ..Script::sse("", 1)
+    };
+    let origin = LlmOrigin::start(script).await;
+    let w = TestWarden::start(&llm_yaml(
+        "anthropic.test",
+        origin.port(),
+        "anthropic",
+        RULES,
+        "",
+    ))
+    .await;
+    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
+    let mut resp = post(
+        &w,
+        &url,
+        "llm-ttft",
+        request_for("/v1/messages", "claude-x", true),
+    )
+    .await;
+    let mut got = String::new();
+    // The origin is blocked on the gate: the delta can only be here if nothing buffered it.
+    read_until(&mut resp, &mut got, |g| g.contains("Let me look.")).await;
+    gate.notify_one();
+    got.push_str(&resp.text().await.unwrap());
+    assert_eq!(got, text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_flow_while_a_tool_call_is_held() {
+    let text = fixture("anthropic.sse", "read_file");
+    let events: Vec<&str> = text.split_inclusive("\n\n").collect();
+    let gate = Arc::new(Notify::new());
+    let script = Script {
+        steps: vec![
+            // Up to and including the tool block's start and first argument delta.
+            Step::Send(events[..6].concat().into_bytes()),
+            Step::Wait(gate.clone()),
+            Step::Send(events[6..].concat().into_bytes()),
+        ],
+        ..Script::sse("", 1)
+    };
+    let origin = LlmOrigin::start(script).await;
+    let w = TestWarden::start(&llm_yaml(
+        "anthropic.test",
+        origin.port(),
+        "anthropic",
+        RULES,
+        "limits:\n  llm_keepalive_interval: 100ms\n",
+    ))
+    .await;
+    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
+    let mut resp = post(
+        &w,
+        &url,
+        "llm-keepalive",
+        request_for("/v1/messages", "claude-x", true),
+    )
+    .await;
+    let mut got = String::new();
+    read_until(&mut resp, &mut got, |g| {
+        g.matches(": keep-alive\n\n").count() >= 2
+    })
+    .await;
+    assert!(
+        !got.contains("tool_use"),
+        "the tool block is still held: {got}"
+    );
+    gate.notify_one();
+    got.push_str(&resp.text().await.unwrap());
+    assert_eq!(
+        got.replace(": keep-alive\n\n", ""),
+        text,
+        "keep-alives only sit between events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_buffer_bound_fail_closed() {
+    let big = json!({ "content": [{"type": "text", "text": "x".repeat(5000)}] }).to_string();
+    let origin = LlmOrigin::start(Script::json(200, &big)).await;
+    let w = TestWarden::start(&llm_yaml(
+        "openai.test",
+        origin.port(),
+        "openai",
+        RULES,
+        "limits:\n  llm_buffer_bytes: 2048\n",
+    ))
+    .await;
+    let url = format!("https://openai.test:{}/v1/chat/completions", origin.port());
+    let resp = post(
+        &w,
+        &url,
+        "llm-too-large",
+        request_for("/v1/chat/completions", "gpt-5", false),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "llm_body_too_large");
+    assert_eq!(
+        log_for("llm-too-large").await["reason"],
+        "llm_body_too_large"
+    );
+    // A request body past the bound is refused before anything goes upstream.
+    let mut req = request_for("/v1/chat/completions", "gpt-5", false);
+    req["padding"] = json!("y".repeat(4000));
+    let resp = post(&w, &url, "llm-req-too-large", req).await;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(origin.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_paths_on_an_llm_host_are_proxied_untouched() {
+    let origin = LlmOrigin::start(Script::json(200, "{\"data\":[]}")).await;
+    let w = TestWarden::start(&llm_yaml("openai.test", origin.port(), "openai", RULES, "")).await;
+    let resp = w
+        .client()
+        .get(format!("https://openai.test:{}/v1/models", origin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "{\"data\":[]}");
+}
