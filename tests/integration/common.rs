@@ -932,3 +932,82 @@ pub fn fixture(name: &str, tool: &str) -> String {
         .unwrap()
         .replace("TOOL", tool)
 }
+
+/// A Responses WebSocket origin (TLS): for every `response.create` it receives, it sends
+/// `events` as text frames. It records the handshake headers and the messages it received.
+pub struct ResponsesWsOrigin {
+    pub addr: SocketAddr,
+    pub headers: Arc<Mutex<Vec<(String, String)>>>,
+    pub messages: Arc<Mutex<Vec<String>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl ResponsesWsOrigin {
+    pub async fn start(events: Vec<String>) -> ResponsesWsOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Arc::new(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES)));
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (h2, m2) = (headers.clone(), messages.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, events, h, m) =
+                    (acceptor.clone(), events.clone(), h2.clone(), m2.clone());
+                tokio::spawn(async move {
+                    let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    if Pin::new(&mut s).accept().await.is_err() {
+                        return;
+                    }
+                    let record =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                            let mut h = h.lock().unwrap();
+                            for (k, v) in req.headers() {
+                                h.push((
+                                    k.to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                ));
+                            }
+                            Ok(resp)
+                        };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, record).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_close() {
+                            break;
+                        }
+                        let Ok(text) = msg.into_text() else { continue };
+                        m.lock().unwrap().push(text.to_string());
+                        if text.contains("response.create") {
+                            for e in &events {
+                                if ws
+                                    .send(tokio_tungstenite::tungstenite::Message::text(e.clone()))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ResponsesWsOrigin {
+            addr,
+            headers,
+            messages,
+            _task: task,
+        }
+    }
+}
+
+/// The `data:` payloads of a recorded SSE stream, in order.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(str::to_string)
+        .collect()
+}

@@ -462,3 +462,193 @@ async fn other_paths_on_an_llm_host_are_proxied_untouched() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "{\"data\":[]}");
 }
+
+mod websocket {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<tokio_openssl::SslStream<tokio::net::TcpStream>>;
+
+    async fn open(
+        w: &TestWarden,
+        port: u16,
+        query: &str,
+        id: &str,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let authority = format!("openai.test:{port}");
+        let tls = w.tls_tunnel(&authority, "openai.test").await;
+        let mut req = format!("wss://{authority}/v1/responses{query}")
+            .into_client_request()
+            .unwrap();
+        let h = req.headers_mut();
+        h.insert("x-request-id", id.parse().unwrap());
+        h.insert(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits"
+                .parse()
+                .unwrap(),
+        );
+        tokio_tungstenite::client_async(req, tls)
+            .await
+            .map(|(ws, _)| ws)
+    }
+
+    async fn next(ws: &mut Ws) -> Message {
+        tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("valid frame")
+    }
+
+    fn create(model: &str) -> Message {
+        Message::text(json!({"type": "response.create", "model": model, "input": "hi"}).to_string())
+    }
+
+    async fn start(tool: &str) -> (ResponsesWsOrigin, TestWarden, Vec<String>) {
+        let events = sse_data(&fixture("responses.sse", tool));
+        let origin = ResponsesWsOrigin::start(events.clone()).await;
+        let w = TestWarden::start(&llm_yaml(
+            "openai.test",
+            origin.addr.port(),
+            "openai",
+            RULES,
+            "",
+        ))
+        .await;
+        (origin, w, events)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn allowed_events_pass_unchanged() {
+        let (origin, w, events) = start("read_file").await;
+        let mut ws = open(&w, origin.addr.port(), "", "ws-llm-ok").await.unwrap();
+        ws.send(create("gpt-5")).await.unwrap();
+        for e in &events {
+            assert_eq!(next(&mut ws).await.into_text().unwrap().as_str(), e);
+        }
+        ws.close(None).await.unwrap();
+        // Frames stay readable: the compression offer never reached the origin.
+        let headers = origin.headers.lock().unwrap().clone();
+        assert!(
+            !headers.iter().any(|(k, _)| k == "sec-websocket-extensions"),
+            "{headers:?}"
+        );
+        let line = log_for("ws-llm-ok").await;
+        assert_eq!(line["upgraded"], true);
+        assert_eq!(line["provider"], "openai");
+        assert_eq!(line["input_tokens"], 20);
+    }
+
+    async fn expect_denial(ws: &mut Ws, seq: u64, code: &str) {
+        let error: Value = serde_json::from_str(&next(ws).await.into_text().unwrap()).unwrap();
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["status"], 403);
+        assert_eq!(error["error"]["code"], code);
+        assert_eq!(error["sequence_number"], seq);
+        let failed: Value = serde_json::from_str(&next(ws).await.into_text().unwrap()).unwrap();
+        assert_eq!(failed["type"], "response.failed");
+        assert_eq!(failed["sequence_number"], seq + 1);
+        match next(ws).await {
+            Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
+            other => panic!("expected close 1008, got {other:?}"),
+        }
+        // The client answers the close; warden ends the connection.
+        let end = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time");
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_denied_function_call_fails_the_response_and_closes_1008() {
+        let (origin, w, events) = start("bash").await;
+        let mut ws = open(&w, origin.addr.port(), "", "ws-llm-deny")
+            .await
+            .unwrap();
+        ws.send(create("gpt-5")).await.unwrap();
+        for e in &events[..2] {
+            assert_eq!(next(&mut ws).await.into_text().unwrap().as_str(), e);
+        }
+        expect_denial(&mut ws, 5, "llm_tool_denied").await;
+        let line = log_for("ws-llm-deny").await;
+        assert_eq!(line["reason"], "llm_tool_denied");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_model_is_never_forwarded() {
+        let (origin, w, _) = start("read_file").await;
+        let mut ws = open(&w, origin.addr.port(), "", "ws-llm-model")
+            .await
+            .unwrap();
+        ws.send(create("gpt-4o")).await.unwrap();
+        expect_denial(&mut ws, 1, "llm_model_denied").await;
+        assert!(origin.messages.lock().unwrap().is_empty());
+        // A model named on the upgrade itself is refused before the 101.
+        let err = open(&w, origin.addr.port(), "?model=gpt-4o", "ws-llm-model-q")
+            .await
+            .unwrap_err();
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
+            other => panic!("expected 403, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_llm_section_replaces_the_top_level_one() {
+    let text = fixture("anthropic.sse", "shell");
+    let origin = LlmOrigin::start(Script::sse(&text, 11)).await;
+    let port = origin.port();
+    // Top level: shell may run, but never `rm -rf`. Client `strict`: only read_* tools.
+    let clients = format!(
+        "  auth:\n    clients:\n      - {{ name: open, token: {{ type: static, value: tok-open }} }}\n      - name: strict\n        token: {{ type: static, value: tok-strict }}\n        llm: [{{ host: \"anthropic.test:{port}\", provider: anthropic, allow_tools: [\"read_*\"] }}]\n"
+    );
+    let yaml = llm_yaml(
+        "anthropic.test",
+        port,
+        "anthropic",
+        "    deny_arguments: [{ tool: \"sh*\", pattern: \"rm\\\\s+-rf\" }]\n",
+        "",
+    )
+    .replace(
+        "proxy:\n  listen: 127.0.0.1:0\n",
+        &format!("proxy:\n  listen: 127.0.0.1:0\n{clients}"),
+    );
+    let w = TestWarden::start(&yaml).await;
+    let url = format!("https://anthropic.test:{port}/v1/messages");
+    for (client, id, why) in [
+        ("open", "llm-client-open", "deny_arguments[0]"),
+        ("strict", "llm-client-strict", "allow_tools"),
+    ] {
+        let proxy = reqwest::Proxy::all(w.proxy_url())
+            .unwrap()
+            .basic_auth(client, &format!("tok-{client}"));
+        let c = reqwest::Client::builder()
+            .proxy(proxy)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(w.ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let body = c
+            .post(&url)
+            .header("x-request-id", id)
+            .json(&request_for("/v1/messages", "claude-x", true))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            body.contains("event: error") && body.contains(why),
+            "{client}: {body}"
+        );
+        let line = log_for(id).await;
+        assert_eq!(line["client"], client);
+        assert_eq!(line["reason"], "llm_tool_denied");
+    }
+}

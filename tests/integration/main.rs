@@ -18,5 +18,6 @@ mod plain;
 mod policy;
 mod reload;
 mod substitutions;
+mod transforms;
 mod tunnel;
 mod websocket;
