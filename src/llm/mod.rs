@@ -113,6 +113,8 @@ pub struct ArgumentRuleConfig {
 #[derive(Debug)]
 pub struct LlmPolicy {
     host: HostPattern,
+    /// Its config key (`llm[0]`, `proxy.auth.clients[1].llm[0]`).
+    key: String,
     /// The provider.
     pub provider: Provider,
     /// `mode: report`.
@@ -133,6 +135,8 @@ pub struct Denial {
     pub tool: Option<String>,
     /// What the agent reads.
     pub message: String,
+    /// The config entry that decided it (`llm[0].deny_tools`), for the log line.
+    pub rule: Option<String>,
 }
 
 impl Denial {
@@ -142,6 +146,7 @@ impl Denial {
             reason,
             tool: None,
             message: message.into(),
+            rule: None,
         }
     }
 }
@@ -214,6 +219,7 @@ pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, (String, St
             .collect::<Result<Vec<_>, (String, String)>>()?;
         list.push(Arc::new(LlmPolicy {
             host: e.host.clone(),
+            key: format!("{key}[{i}]"),
             provider: e.provider,
             report: e.mode == LlmMode::Report,
             allow_models,
@@ -267,34 +273,49 @@ impl LlmPolicy {
                 ),
             )),
         }
+        .map_err(|d: Denial| Denial {
+            rule: Some(format!("{}.allow_models", self.key)),
+            ..d
+        })
     }
 
     /// Checks one complete tool call: `deny_tools` first, then `allow_tools`, then
     /// `deny_arguments` on the call's JSON arguments.
     pub fn check_tool(&self, name: &str, arguments: &str) -> Result<(), Denial> {
-        let deny = |why: String| {
+        let deny = |why: String, rule: String| {
             Err(Denial {
                 reason: Reason::LlmToolDenied,
                 tool: Some(name.to_string()),
                 message: format!(
                     "warden (the egress proxy) refused the model's call to tool `{name}`: {why}. Do not call it again; choose another way."
                 ),
+                rule: Some(format!("{}.{rule}", self.key)),
             })
         };
-        if let Some((pattern, _)) = self.deny_tools.iter().find(|(_, g)| g.is_match(name)) {
-            return deny(format!("it matches llm.deny_tools entry `{pattern}`"));
+        if let Some(j) = self.deny_tools.iter().position(|(_, g)| g.is_match(name)) {
+            let pattern = &self.deny_tools[j].0;
+            return deny(
+                format!("it matches llm.deny_tools entry `{pattern}`"),
+                format!("deny_tools[{j}]"),
+            );
         }
         if let Some(allowed) = &self.allow_tools {
             if !allowed.is_match(name) {
-                return deny("it is not in llm.allow_tools".to_string());
+                return deny(
+                    "it is not in llm.allow_tools".to_string(),
+                    "allow_tools".to_string(),
+                );
             }
         }
         for (i, (tool, re)) in self.deny_arguments.iter().enumerate() {
             if tool.is_match(name) && re.is_match(arguments) {
-                return deny(format!(
-                    "its arguments match llm.deny_arguments[{i}] (`{}`)",
-                    re.as_str()
-                ));
+                return deny(
+                    format!(
+                        "its arguments match llm.deny_arguments[{i}] (`{}`)",
+                        re.as_str()
+                    ),
+                    format!("deny_arguments[{i}]"),
+                );
             }
         }
         Ok(())
@@ -703,6 +724,7 @@ mod tests {
             reason: Reason::LlmToolDenied,
             tool: Some("bash".into()),
             message: "no".into(),
+            rule: None,
         };
         let a = error_envelope(Provider::Anthropic, &d);
         assert_eq!(a["type"], "error");

@@ -93,12 +93,16 @@ impl Warden {
     pub(super) fn note_denial(&self, ctx: &mut RequestCtx, d: &Denial, report: bool) {
         if report {
             ctx.would_deny.get_or_insert(d.reason);
+            if ctx.rule.is_none() {
+                ctx.rule = d.rule.clone();
+            }
             if let Some(call) = ctx.llm.as_mut() {
                 call.outcome = "would_deny";
             }
             return;
         }
         ctx.reason = Some(d.reason);
+        ctx.rule = d.rule.clone();
         ctx.error = d.tool.as_ref().map(|t| format!("tool {t}"));
         if let Some(call) = ctx.llm.as_mut() {
             call.outcome = "denied";

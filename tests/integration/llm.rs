@@ -262,6 +262,7 @@ async fn a_refused_model_never_reaches_the_origin() {
     assert!(origin.received().is_empty(), "the origin saw nothing");
     let line = log_for("llm-model-deny").await;
     assert_eq!(line["reason"], "llm_model_denied");
+    assert_eq!(line["rule"], "llm[0].allow_models");
     assert_eq!(line["model"], "gpt-4o");
     // The connection stays usable: the same client goes on with an allowed model.
     let ok = post(
@@ -651,4 +652,44 @@ async fn a_clients_own_llm_section_replaces_the_top_level_one() {
         assert_eq!(line["client"], client);
         assert_eq!(line["reason"], "llm_tool_denied");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_body_placeholders_reach_the_provider_but_never_the_log() {
+    let canary = "sk-ant-CANARY-4242424242";
+    let secret = "real-secret-CANARY-777";
+    let text = fixture("anthropic.sse", "read_file");
+    let origin = LlmOrigin::start(Script::sse(&text, 64)).await;
+    let port = origin.port();
+    let extra = format!(
+        "credentials:\n  - {{ host: \"anthropic.test:{port}\", header: x-api-key, source: {{ type: static, value: {canary} }} }}\nsubstitutions:\n  - {{ host: \"anthropic.test:{port}\", placeholder: WARDEN_PH_TOKEN, source: {{ type: static, value: {secret} }} }}\n"
+    );
+    let w = TestWarden::start(&llm_yaml(
+        "anthropic.test",
+        port,
+        "anthropic",
+        RULES,
+        &extra,
+    ))
+    .await;
+    let url = format!("https://anthropic.test:{port}/v1/messages");
+    let mut req = request_for("/v1/messages", "claude-x", true);
+    req["messages"][0]["content"] = json!("use WARDEN_PH_TOKEN please");
+    let resp = post(&w, &url, "llm-secrets", req).await;
+    assert_eq!(resp.text().await.unwrap(), text);
+    let seen = &origin.received()[0];
+    assert!(
+        seen.head.contains(&format!("x-api-key: {canary}")),
+        "{}",
+        seen.head
+    );
+    let body: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        body["messages"][0]["content"],
+        format!("use {secret} please")
+    );
+    let line = log_for("llm-secrets").await;
+    let raw = line.to_string();
+    assert!(!raw.contains(canary) && !raw.contains(secret), "{raw}");
+    assert_eq!(line["injected"], "x-api-key");
 }
