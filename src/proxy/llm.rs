@@ -84,7 +84,7 @@ enum Body {
     Pass,
 }
 
-fn header_str<'a>(resp: &'a ResponseHeader, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(resp: &ResponseHeader, name: header::HeaderName) -> Option<&str> {
     resp.headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -960,6 +960,8 @@ impl ResponsesWsOrigin {
                     if Pin::new(&mut s).accept().await.is_err() {
                         return;
                     }
+                    // The callback's signature is tungstenite's; its error type is not ours.
+                    #[allow(clippy::result_large_err)]
                     let record =
                         |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
                             let mut h = h.lock().unwrap();
