@@ -204,24 +204,51 @@ impl Warden {
             req.remove_header(&header::CONTENT_LENGTH);
             req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        let (mut up, _reused) = self
-            .shared
-            .connector
-            .0
-            .get_http_session(peer.as_ref())
-            .await?;
-        let limits = &ctx.snap.limits;
-        up.set_write_timeout(Some(limits.idle_timeout));
-        up.set_read_timeout(Some(limits.upstream_first_byte_timeout));
-        let result = self
-            .relay(session, ctx, &mut up, req, first, complete, &policy, api)
-            .await;
-        up.shutdown().await;
+        let limits = ctx.snap.limits.clone();
+        // A pooled connection may have been closed by the origin meanwhile: when sending on
+        // one fails before any response byte, the buffered request is sent again on another.
+        let mut attempts = 0;
+        let mut up = loop {
+            let (mut up, reused) = self
+                .shared
+                .connector
+                .0
+                .get_http_session(peer.as_ref())
+                .await?;
+            up.set_write_timeout(Some(limits.idle_timeout));
+            up.set_read_timeout(Some(limits.upstream_first_byte_timeout));
+            match self
+                .send(session, ctx, &mut up, req.clone(), first.clone(), complete)
+                .await
+            {
+                Ok(()) => break up,
+                Err(e) if reused && complete && attempts < 2 => {
+                    attempts += 1;
+                    log::debug!("retrying an LLM request on a new connection: {e}");
+                    up.shutdown().await;
+                }
+                Err(e) => {
+                    up.shutdown().await;
+                    return Err(e);
+                }
+            }
+        };
+        let result = self.relay(session, ctx, &mut up, &policy, api).await;
+        if result.is_ok() && up.response_done() {
+            self.shared
+                .connector
+                .0
+                .release_http_session(up, peer.as_ref(), Some(limits.idle_timeout))
+                .await;
+        } else {
+            up.shutdown().await;
+        }
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn relay(
+    /// Sends the request (head, buffered body, the rest if it was not all buffered) and reads
+    /// the response head.
+    async fn send(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -229,11 +256,7 @@ impl Warden {
         req: pingora_http::RequestHeader,
         first: Bytes,
         complete: bool,
-        policy: &Arc<LlmPolicy>,
-        api: Api,
-    ) -> Result<bool> {
-        let limit = ctx.snap.limits.llm_buffer_bytes;
-        let provider = policy.provider;
+    ) -> Result<()> {
         up.write_request_header(Box::new(req))
             .await
             .map_err(|e| e.into_up())?;
@@ -254,7 +277,20 @@ impl Warden {
             }
         }
         up.finish_request_body().await.map_err(|e| e.into_up())?;
-        up.read_response_header().await.map_err(|e| e.into_up())?;
+        up.read_response_header().await.map_err(|e| e.into_up())
+    }
+
+    /// Relays the response whose head `send` read, applying policy to its body.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &mut HttpSession,
+        policy: &Arc<LlmPolicy>,
+        api: Api,
+    ) -> Result<bool> {
+        let limit = ctx.snap.limits.llm_buffer_bytes;
+        let provider = policy.provider;
         let Some(resp) = up.response_header().cloned() else {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };

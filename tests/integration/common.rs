@@ -839,10 +839,11 @@ pub struct Received {
 }
 
 /// An HTTPS origin (test CA, [`ORIGIN_NAMES`]) that answers every request with `script`,
-/// one request per connection, recording what it received.
+/// keeping connections alive, recording what it received.
 pub struct LlmOrigin {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -852,67 +853,38 @@ impl LlmOrigin {
         let addr = listener.local_addr().unwrap();
         let acceptor = Arc::new(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES)));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let rec = received.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rec, conns) = (received.clone(), connections.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (acceptor, script, rec) = (acceptor.clone(), script.clone(), rec.clone());
                 tokio::spawn(async move {
                     let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
-                    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
-                    if Pin::new(&mut s).accept().await.is_err() {
+                    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    if Pin::new(&mut tls).accept().await.is_err() {
                         return;
                     }
-                    let (head, body) = read_response(&mut s).await;
-                    rec.lock().unwrap().push(Received { head, body });
-                    let total: usize = script
-                        .steps
-                        .iter()
-                        .map(|st| match st {
-                            Step::Send(b) => b.len(),
-                            Step::Wait(_) => 0,
-                        })
-                        .sum();
-                    let framing = if script.chunked {
-                        "transfer-encoding: chunked".to_string()
-                    } else {
-                        format!("content-length: {total}")
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {} X\r\ncontent-type: {}\r\n{framing}\r\nconnection: close\r\n\r\n",
-                        script.status, script.content_type
-                    );
-                    if s.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    for step in &script.steps {
-                        match step {
-                            Step::Send(b) if script.chunked => {
-                                let mut c = format!("{:x}\r\n", b.len()).into_bytes();
-                                c.extend_from_slice(b);
-                                c.extend_from_slice(b"\r\n");
-                                if s.write_all(&c).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Step::Send(b) => {
-                                if s.write_all(b).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Step::Wait(gate) => gate.notified().await,
+                    let mut s = tokio::io::BufReader::new(tls);
+                    loop {
+                        // The client may close a kept-alive connection between requests.
+                        match tokio::io::AsyncBufReadExt::fill_buf(&mut s).await {
+                            Ok([]) | Err(_) => return,
+                            Ok(_) => {}
                         }
-                        let _ = s.flush().await;
+                        let (head, body) = read_response(&mut s).await;
+                        rec.lock().unwrap().push(Received { head, body });
+                        if serve_script(&mut s, &script).await.is_err() {
+                            return;
+                        }
                     }
-                    if script.chunked {
-                        let _ = s.write_all(b"0\r\n\r\n").await;
-                    }
-                    let _ = s.shutdown().await;
                 });
             }
         });
         LlmOrigin {
             addr,
             received,
+            connections,
             _task: task,
         }
     }
@@ -924,6 +896,44 @@ impl LlmOrigin {
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
+}
+
+async fn serve_script<S: AsyncWrite + Unpin>(s: &mut S, script: &Script) -> std::io::Result<()> {
+    let total: usize = script
+        .steps
+        .iter()
+        .map(|st| match st {
+            Step::Send(b) => b.len(),
+            Step::Wait(_) => 0,
+        })
+        .sum();
+    let framing = if script.chunked {
+        "transfer-encoding: chunked".to_string()
+    } else {
+        format!("content-length: {total}")
+    };
+    let head = format!(
+        "HTTP/1.1 {} X\r\ncontent-type: {}\r\n{framing}\r\n\r\n",
+        script.status, script.content_type
+    );
+    s.write_all(head.as_bytes()).await?;
+    for step in &script.steps {
+        match step {
+            Step::Send(b) if script.chunked => {
+                let mut c = format!("{:x}\r\n", b.len()).into_bytes();
+                c.extend_from_slice(b);
+                c.extend_from_slice(b"\r\n");
+                s.write_all(&c).await?;
+            }
+            Step::Send(b) => s.write_all(b).await?,
+            Step::Wait(gate) => gate.notified().await,
+        }
+        s.flush().await?;
+    }
+    if script.chunked {
+        s.write_all(b"0\r\n\r\n").await?;
+    }
+    s.flush().await
 }
 
 /// A recorded provider stream from `tests/fixtures`, with `TOOL` as the called tool's name.
