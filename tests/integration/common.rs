@@ -794,6 +794,8 @@ pub enum Step {
     Send(Vec<u8>),
     /// Wait until the test releases the gate.
     Wait(Arc<Notify>),
+    /// Pause, as a model thinks before its first token.
+    Pause(Duration),
 }
 
 /// A scripted response: status, content type, whether chunked, and the body in steps.
@@ -817,6 +819,17 @@ impl Script {
                 .chunks(piece)
                 .map(|c| Step::Send(c.to_vec()))
                 .collect(),
+        }
+    }
+
+    /// An SSE stream sent one event per write, as providers send them.
+    pub fn sse_events(text: &str) -> Script {
+        Script {
+            steps: text
+                .split_inclusive("\n\n")
+                .map(|e| Step::Send(e.as_bytes().to_vec()))
+                .collect(),
+            ..Script::sse("", 1)
         }
     }
 
@@ -858,6 +871,8 @@ impl LlmOrigin {
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // A streaming server sends each event at once, as providers do.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, script, rec) = (acceptor.clone(), script.clone(), rec.clone());
                 tokio::spawn(async move {
                     let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
@@ -904,7 +919,7 @@ async fn serve_script<S: AsyncWrite + Unpin>(s: &mut S, script: &Script) -> std:
         .iter()
         .map(|st| match st {
             Step::Send(b) => b.len(),
-            Step::Wait(_) => 0,
+            Step::Wait(_) | Step::Pause(_) => 0,
         })
         .sum();
     let framing = if script.chunked {
@@ -927,6 +942,7 @@ async fn serve_script<S: AsyncWrite + Unpin>(s: &mut S, script: &Script) -> std:
             }
             Step::Send(b) => s.write_all(b).await?,
             Step::Wait(gate) => gate.notified().await,
+            Step::Pause(d) => tokio::time::sleep(*d).await,
         }
         s.flush().await?;
     }
