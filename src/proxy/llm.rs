@@ -154,7 +154,20 @@ impl Warden {
         let provider = policy.provider;
         ctx.llm = Some(LlmCall::new(policy.clone()));
 
-        // 1. The request body, bounded, before anything goes upstream.
+        // 1. The request body, bounded, before anything goes upstream. A client waiting for
+        // `100 Continue` (curl does for larger bodies) gets it from warden: the origin sees the
+        // whole body at once.
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await?;
+        }
         let mut body = BytesMut::new();
         let mut complete = true;
         while let Some(chunk) = session.read_request_body().await? {
@@ -193,6 +206,7 @@ impl Warden {
         let peer = self.upstream_peer(session, ctx).await?;
         let mut req = session.req_header().clone();
         self.upstream_request_filter(session, &mut req, ctx).await?;
+        req.remove_header(&header::EXPECT);
         let mut first = body.freeze();
         if let Some(r) = ctx.body_replacer.as_mut() {
             first = r.feed(&first, complete);

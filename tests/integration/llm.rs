@@ -693,3 +693,33 @@ async fn credentials_and_body_placeholders_reach_the_provider_but_never_the_log(
     assert!(!raw.contains(canary) && !raw.contains(secret), "{raw}");
     assert_eq!(line["injected"], "x-api-key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_expecting_100_continue_gets_it_and_the_origin_gets_the_whole_body() {
+    use tokio::io::AsyncWriteExt;
+    let origin = LlmOrigin::start(Script::json(200, "{\"ok\":true}")).await;
+    let port = origin.port();
+    let w = TestWarden::start(&llm_yaml("anthropic.test", port, "anthropic", RULES, "")).await;
+    let authority = format!("anthropic.test:{port}");
+    let mut tls = w.tls_tunnel(&authority, "anthropic.test").await;
+    let body = request_for("/v1/messages", "claude-x", false).to_string();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // Nothing but the head was sent: the 100 must come from warden.
+    let interim = read_head(&mut tls).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    tls.write_all(body.as_bytes()).await.unwrap();
+    let (resp, got) = read_response(&mut tls).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(got, b"{\"ok\":true}");
+    let seen = &origin.received()[0];
+    assert_eq!(seen.body, body.as_bytes());
+    assert!(
+        !seen.head.to_ascii_lowercase().contains("expect:"),
+        "{}",
+        seen.head
+    );
+}
