@@ -23,6 +23,9 @@ pub struct ConnectAdmission {
     pub client: Option<Arc<Client>>,
     /// Terminate TLS (true) or tunnel blind (false).
     pub intercept: bool,
+    /// Some rule must see inside this tunnel (credentials, headers, llm, ...): a tunnel that
+    /// turns out not to carry TLS may not fall back to a blind splice.
+    pub inspect: bool,
     /// In report mode: what it would have been denied for.
     pub would_deny: Option<Reason>,
 }
@@ -158,6 +161,7 @@ pub fn admit_connect(
     Ok(ConnectAdmission {
         client,
         intercept,
+        inspect,
         would_deny,
     })
 }

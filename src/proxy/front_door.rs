@@ -167,10 +167,73 @@ impl FrontDoor {
         };
         let network = snap.network_for(admitted.client.as_deref());
         let would_deny = admitted.would_deny;
-        let intercept = admitted.intercept;
-        let rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
+        let mut rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
+        let mut intercept = admitted.intercept;
+        let answered = intercept;
         if intercept {
-            self.intercept(stream, rest, dest, head.request_id, &snap, &event, shutdown)
+            if established(&mut stream).await.is_err() {
+                return self.connect_failed(
+                    &snap,
+                    &event,
+                    &head.request_id,
+                    &dest,
+                    Reason::ClientError,
+                    None,
+                );
+            }
+            // Look at the first byte before minting anything: TLS opens with a handshake record.
+            let first = match rest.first() {
+                Some(b) => *b,
+                None => {
+                    let mut b = [0u8; 1];
+                    match tokio::time::timeout(snap.limits.idle_timeout, stream.read(&mut b)).await
+                    {
+                        Ok(Ok(1)) => {
+                            rest = Bytes::copy_from_slice(&b);
+                            b[0]
+                        }
+                        Ok(_) => {
+                            return self.connect_failed(
+                                &snap,
+                                &event,
+                                &head.request_id,
+                                &dest,
+                                Reason::ClientError,
+                                None,
+                            )
+                        }
+                        Err(_) => {
+                            return self.connect_failed(
+                                &snap,
+                                &event,
+                                &head.request_id,
+                                &dest,
+                                Reason::IdleTimeout,
+                                None,
+                            )
+                        }
+                    }
+                }
+            };
+            if first != TLS_HANDSHAKE_RECORD {
+                if admitted.inspect {
+                    return self.connect_failed(
+                        &snap,
+                        &event,
+                        &head.request_id,
+                        &dest,
+                        Reason::ClientNotTls,
+                        Some(format!("first byte 0x{first:02x} is not a TLS handshake")),
+                    );
+                }
+                // Nothing needs to see inside (intercept: all alone): not TLS (ws://, plain
+                // HTTP through CONNECT), so splice it blind rather than break it.
+                intercept = false;
+            }
+        }
+        if intercept {
+            stream.rewind(&rest);
+            self.intercept(stream, dest, head.request_id, &snap, &event, shutdown)
                 .await;
         } else {
             let mut line = event.line(Kind::Tunnel);
@@ -179,7 +242,18 @@ impl FrontDoor {
             fill_connect(&mut line, &dest);
             let own = &self.shared.own_addrs;
             let _open = self.shared.metrics.open(Kind::Tunnel);
-            match tunnel::blind(&mut stream, rest, &dest, &snap, network, own, &mut line).await {
+            match tunnel::blind(
+                &mut stream,
+                answered,
+                rest,
+                &dest,
+                &snap,
+                network,
+                own,
+                &mut line,
+            )
+            .await
+            {
                 Ok(()) => {}
                 Err(reason) => {
                     line.status = Some(reason.status());
@@ -193,11 +267,31 @@ impl FrontDoor {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Logs an accepted CONNECT that ended before its tunnel could be served.
+    fn connect_failed(
+        &self,
+        snap: &Snapshot,
+        event: &Event,
+        request_id: &str,
+        dest: &Authority,
+        reason: Reason,
+        error: Option<String>,
+    ) {
+        let mut line = event.line(Kind::Connect);
+        line.request_id = Some(request_id.to_string());
+        fill_connect(&mut line, dest);
+        line.status = Some(200);
+        line.intercepted = true;
+        line.reason = Some(reason.code());
+        line.error = error;
+        line.took(event.started.elapsed());
+        self.shared.metrics.record(line, snap.log);
+    }
+
+    /// Terminates TLS with a leaf for the CONNECT host and serves the decrypted stream.
     async fn intercept(
         &self,
-        mut stream: L4Stream,
-        rest: Bytes,
+        stream: L4Stream,
         dest: Authority,
         request_id: String,
         snap: &Snapshot,
@@ -205,41 +299,8 @@ impl FrontDoor {
         shutdown: ShutdownWatch,
     ) {
         let fail = |reason: Reason, error: Option<String>| {
-            let mut line = event.line(Kind::Connect);
-            line.request_id = Some(request_id.clone());
-            fill_connect(&mut line, &dest);
-            line.status = Some(200);
-            line.intercepted = true;
-            line.reason = Some(reason.code());
-            line.error = error;
-            line.took(event.started.elapsed());
-            self.shared.metrics.record(line, snap.log);
+            self.connect_failed(snap, event, &request_id, &dest, reason, error)
         };
-        if established(&mut stream).await.is_err() {
-            return fail(Reason::ClientError, None);
-        }
-        // Look at the first byte before minting anything: it must open a TLS handshake.
-        let first = match rest.first() {
-            Some(b) => *b,
-            None => {
-                let mut b = [0u8; 1];
-                match tokio::time::timeout(snap.limits.idle_timeout, stream.read(&mut b)).await {
-                    Ok(Ok(1)) => {
-                        stream.rewind(&b);
-                        b[0]
-                    }
-                    Ok(_) => return fail(Reason::ClientError, None),
-                    Err(_) => return fail(Reason::IdleTimeout, None),
-                }
-            }
-        };
-        stream.rewind(&rest);
-        if first != TLS_HANDSHAKE_RECORD {
-            return fail(
-                Reason::ClientNotTls,
-                Some(format!("first byte 0x{first:02x} is not a TLS handshake")),
-            );
-        }
         let mint_duration = self.shared.metrics.mint_duration.clone();
         let on_mint = move |d: Duration| mint_duration.observe(d.as_secs_f64());
         let leaf = match snap.tls.ca.leaf_for(&dest.host, on_mint).await {

@@ -18,10 +18,12 @@ use tokio::net::TcpStream;
 const SPLICE_BUFFER: usize = 16 * 1024;
 
 /// Dials `dest` and splices `client` to it, recording status, bytes and how it ended in
-/// `line`. Fails before anything was sent to the client, with the reason to answer.
+/// `line`. Fails before anything was spliced, with the reason to answer. `answered`: the
+/// client already has its `200` (a tunnel that was to be intercepted but carries no TLS).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn blind(
     client: &mut L4Stream,
+    answered: bool,
     rest: Bytes,
     dest: &Authority,
     snap: &Snapshot,
@@ -44,7 +46,7 @@ pub(super) async fn blind(
     // Small TLS records must not wait for delayed ACKs.
     let _ = upstream.set_nodelay(true);
     line.status = Some(200);
-    if established(client).await.is_err() {
+    if !answered && established(client).await.is_err() {
         line.reason = Some(Reason::ClientError.code());
         return Ok(());
     }

@@ -110,10 +110,21 @@ fn every_bundled_config_parses_and_compiles() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        let cfg = warden::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        // conf/bench.yaml trusts the load harness's origin CA under /tmp/bench; stand one in.
+        let bench = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(bench.path().join("certs")).unwrap();
+        std::fs::write(bench.path().join("certs/origin-ca.pem"), &origin_ca().pem).unwrap();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/tmp/bench", bench.path().to_str().unwrap());
+        let cfg = warden::Config::parse(&text, path.parent().unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         cfg.compile(warden::CompileOptions { create_ca: false })
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         seen += 1;
     }
-    assert!(seen >= 2, "conf/warden.yaml and conf/warden.example.yaml");
+    assert!(
+        seen >= 3,
+        "conf/warden.yaml, warden.example.yaml and bench.yaml"
+    );
 }

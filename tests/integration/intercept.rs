@@ -135,9 +135,17 @@ async fn an_sni_naming_another_host_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_tls_bytes_after_connect_to_an_intercepted_host_close_the_tunnel() {
+async fn non_tls_bytes_into_a_tunnel_that_must_be_inspected_close_it() {
     let origin = Origin::https().await;
-    let w = TestWarden::with("all", "").await;
+    // A header rule must see inside this host's traffic: plaintext cannot go through blind.
+    let w = TestWarden::with(
+        "all",
+        &format!(
+            "headers:\n  - {{ host: \"origin.test:{}\", set: {{ x-team: a }} }}\n",
+            origin.port()
+        ),
+    )
+    .await;
     let mut s = w.connect(&format!("origin.test:{}", origin.port())).await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n")
         .await
@@ -246,4 +254,34 @@ async fn a_client_that_does_not_trust_warden_fails_the_handshake_and_is_logged()
     let line = wait_log(move |v| v["reason"] == "client_tls_error" && v["port"] == port).await;
     assert_eq!(line["host"], "b.test");
     assert!(origin.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_through_connect_under_intercept_all_is_tunnelled_blind() {
+    use futures_util::{SinkExt, StreamExt};
+    // ws:// through a proxy is a CONNECT carrying plain HTTP: with nothing to inspect, it is
+    // spliced as it is instead of being cut off for not being TLS.
+    let origin = WsOrigin::start(false).await;
+    let w = TestWarden::with("all", "").await;
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let tcp = w.connect(&authority).await;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{authority}/"), tcp)
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "hello");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // The tunnel's line is written when it closes.
+    let port = origin.addr.port();
+    let line = wait_log(move |v| v["kind"] == "tunnel" && v["port"] == port).await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(w.mints(), 0);
 }

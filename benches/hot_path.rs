@@ -1,0 +1,183 @@
+//! Micro-benchmarks of the per-request work on warden's hot path, through the library API,
+//! with criterion (`cargo bench --bench hot_path`). Each group names its unit: requests,
+//! decisions, addresses, leaves or lines per second. SSE policy lives in `benches/llm.rs`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use std::net::IpAddr;
+use std::sync::Arc;
+use warden::credentials::Credentials;
+use warden::policy::{classify_addr, NetworkConfig};
+use warden::target::{classify_connect, classify_request, parse_authority, parse_host};
+use warden::telemetry::{CanonicalLog, Kind, LogFormat};
+use warden::tls::CertAuthority;
+
+fn heads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("front_door");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("classify_connect", |b| {
+        b.iter(|| classify_connect(black_box(b"api.example.com:443")))
+    });
+    g.bench_function("classify_absolute_request", |b| {
+        let hosts: [&[u8]; 1] = [b"api.example.com"];
+        b.iter(|| {
+            classify_request(
+                black_box(b"http://api.example.com/v1/repos/a/b?page=2"),
+                &hosts,
+                None,
+            )
+        })
+    });
+    g.finish();
+}
+
+fn rules(c: &mut Criterion) {
+    let mut yaml = String::from("policy: strict\nallow: ['*.example.com']\nrules:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - \"allow GET,HEAD host{i}.example.com /repos/**\"\n"
+        ));
+    }
+    yaml.push_str("  - \"deny * *.example.com /**\"\n");
+    let cfg: NetworkConfig = serde_yaml::from_str(&yaml).expect("bench rules parse");
+    let policy = cfg
+        .compile(&Credentials::default())
+        .expect("bench rules compile");
+    let last = parse_authority(b"host999.example.com:443", None).expect("authority");
+    let none = parse_authority(b"other.example.com:443", None).expect("authority");
+    let mut g = c.benchmark_group("rules_1000");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("host_decision", |b| {
+        b.iter(|| policy.decide_host(black_box(&last)))
+    });
+    g.bench_function("request_matching_rule_1000", |b| {
+        b.iter(|| policy.decide_request("GET", black_box(&last), "/repos/a/%2e%2e/b"))
+    });
+    g.bench_function("request_falling_to_the_last_deny", |b| {
+        b.iter(|| policy.decide_request("POST", black_box(&none), "/x"))
+    });
+    g.finish();
+}
+
+fn addresses(c: &mut Criterion) {
+    let ips: Vec<IpAddr> = [
+        "93.184.216.34",
+        "10.1.2.3",
+        "169.254.169.254",
+        "100.64.0.1",
+        "2606:4700::1111",
+        "::ffff:127.0.0.1",
+        "fd00::1",
+        "64:ff9b::a9fe:a9fe",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("ip"))
+    .collect();
+    let mut g = c.benchmark_group("address_class");
+    g.throughput(Throughput::Elements(ips.len() as u64));
+    g.bench_function("classify_8", |b| {
+        b.iter(|| {
+            for ip in &ips {
+                black_box(classify_addr(*ip));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn leaves(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Arc::new(
+        CertAuthority::load_or_create(
+            &dir.path().join("ca.crt"),
+            &dir.path().join("ca.key"),
+            true,
+            10_000,
+        )
+        .expect("bench CA"),
+    );
+    let host = parse_host("api.example.com").expect("host");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(ca.leaf_for(&host, |_| {})).expect("first mint");
+    let mut g = c.benchmark_group("leaf");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("mint_ecdsa_p256", |b| {
+        b.iter(|| ca.mint_leaf(black_box(&host)))
+    });
+    g.bench_function("cache_hit", |b| {
+        b.iter(|| rt.block_on(ca.leaf_for(black_box(&host), |_| {})))
+    });
+    g.finish();
+}
+
+fn log_lines(c: &mut Criterion) {
+    let mut line = CanonicalLog::new(Kind::Intercepted);
+    line.ts = "2026-11-22T20:27:40.760Z".into();
+    line.request_id = Some("be679b528aa04c42bf709a54e4c2bf61".into());
+    line.client = Some("run-42".into());
+    line.client_addr = Some("127.0.0.1:43788".into());
+    line.method = Some("GET".into());
+    line.scheme = Some("https");
+    line.host = Some("api.example.com".into());
+    line.port = Some(443);
+    line.path = Some("/v1/models?limit=[redacted]".into());
+    line.status = Some(200);
+    line.bytes_out = 616;
+    line.intercepted = true;
+    line.injected = Some("authorization".into());
+    let mut g = c.benchmark_group("canonical_log");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("render_json", |b| {
+        b.iter(|| black_box(&line).render(LogFormat::Json))
+    });
+    g.bench_function("render_logfmt", |b| {
+        b.iter(|| black_box(&line).render(LogFormat::Text))
+    });
+    g.finish();
+}
+
+fn injection(c: &mut Criterion) {
+    let entries: Vec<warden::headers::HeaderRuleConfig> = serde_yaml::from_str(
+        "- { host: api.example.com, set: { anthropic-beta: tools, x-team: agents }, remove: [x-debug] }",
+    )
+    .expect("bench header rules");
+    let rules = warden::headers::compile(&entries, "headers").expect("compile");
+    let dest = parse_authority(b"api.example.com:443", None).expect("authority");
+    let mut base = pingora_http::RequestHeader::build("POST", b"/v1/messages", None).expect("head");
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "agent/1.0"),
+        ("content-type", "application/json"),
+        ("accept", "*/*"),
+        ("x-debug", "1"),
+        ("proxy-authorization", "Basic cnVuLTQyOnRva2Vu"),
+    ] {
+        base.insert_header(k, v).expect("header");
+    }
+    let credential = http::HeaderValue::from_static("Bearer sk-real-secret-value");
+    let mut g = c.benchmark_group("header_injection");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("rules_and_credential", |b| {
+        b.iter(|| {
+            let mut req = base.clone();
+            req.remove_header("proxy-authorization");
+            for rule in rules.for_dest(&dest) {
+                for name in &rule.remove {
+                    req.remove_header(name);
+                }
+                for (name, value) in &rule.set {
+                    req.insert_header(name.clone(), value.clone()).expect("set");
+                }
+            }
+            req.insert_header(http::header::AUTHORIZATION, credential.clone())
+                .expect("inject");
+            req
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, heads, rules, addresses, leaves, log_lines, injection);
+criterion_main!(benches);
