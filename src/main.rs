@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use warden::{CompileOptions, Config};
 
+// Proxying allocates and frees small buffers on every worker all the time; mimalloc's
+// thread-local heaps keep that off glibc's arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "warden", version, about = "An egress proxy for AI agents")]
 struct Cli {

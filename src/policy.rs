@@ -222,7 +222,7 @@ impl NetworkConfig {
             rules: self.rules.clone(),
             resolver: Resolver {
                 overrides,
-                lookups: AtomicU64::new(0),
+                ..Resolver::default()
             },
         })
     }
@@ -695,11 +695,31 @@ pub fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
-/// Resolves destinations: IP literals as they are, `network.resolve` overrides, then DNS.
-#[derive(Debug, Default)]
+/// How long a DNS answer is reused. The system resolver gives no TTLs; this keeps one lookup
+/// from costing every request (a lookup is a trip through the blocking pool) while following
+/// changes within seconds. Every use of a cached answer is checked again (the SSRF guard).
+const DNS_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Names whose answers are cached (least recently used beyond this are evicted).
+const DNS_CACHE_ENTRIES: usize = 4096;
+
+/// Resolves destinations: IP literals as they are, `network.resolve` overrides, then DNS
+/// (answers cached for [`DNS_CACHE_TTL`]; concurrent lookups of one name share one query).
+#[derive(Debug)]
 pub struct Resolver {
     overrides: HashMap<String, IpAddr>,
     lookups: AtomicU64,
+    answers: quick_cache::sync::Cache<String, (Vec<IpAddr>, std::time::Instant)>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            overrides: HashMap::new(),
+            lookups: AtomicU64::new(0),
+            answers: quick_cache::sync::Cache::new(DNS_CACHE_ENTRIES),
+        }
+    }
 }
 
 impl Resolver {
@@ -717,19 +737,36 @@ impl Resolver {
         if let Some(ip) = self.overrides.get(name) {
             return Ok(vec![SocketAddr::new(*ip, dest.port)]);
         }
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        let lookup = tokio::net::lookup_host((name.as_str(), dest.port));
-        match tokio::time::timeout(timeout, lookup).await {
-            Ok(Ok(addrs)) => {
-                let addrs: Vec<SocketAddr> = addrs.collect();
-                if addrs.is_empty() {
-                    Err(Reason::DnsError)
-                } else {
-                    Ok(addrs)
-                }
+        let with_port = |ips: &[IpAddr]| {
+            ips.iter()
+                .map(|ip| SocketAddr::new(*ip, dest.port))
+                .collect()
+        };
+        if let Some((ips, at)) = self.answers.get(name.as_str()) {
+            if at.elapsed() < DNS_CACHE_TTL {
+                return Ok(with_port(&ips));
             }
-            Ok(Err(_)) | Err(_) => Err(Reason::DnsError),
+            self.answers.remove(name.as_str());
         }
+        let (ips, _) = self
+            .answers
+            .get_or_insert_async(name.as_str(), async {
+                self.lookups.fetch_add(1, Ordering::Relaxed);
+                let lookup = tokio::net::lookup_host((name.as_str(), 0));
+                match tokio::time::timeout(timeout, lookup).await {
+                    Ok(Ok(addrs)) => {
+                        let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                        if ips.is_empty() {
+                            Err(Reason::DnsError)
+                        } else {
+                            Ok((ips, std::time::Instant::now()))
+                        }
+                    }
+                    Ok(Err(_)) | Err(_) => Err(Reason::DnsError),
+                }
+            })
+            .await?;
+        Ok(with_port(&ips))
     }
 }
 
@@ -807,6 +844,12 @@ mod tests {
             Err(Reason::DnsError)
         );
         assert_eq!(p.dns_lookups(), 1);
+        // Answers are reused: a second request for a name costs no query.
+        let first = p.resolve_checked(&dest("localhost:80"), t, &[]).await;
+        assert_eq!(p.dns_lookups(), 2);
+        let second = p.resolve_checked(&dest("localhost:81"), t, &[]).await;
+        assert_eq!(p.dns_lookups(), 2, "cached");
+        assert_eq!(first.map(|a| a.ip()), second.map(|a| a.ip()));
     }
 
     fn policy(yaml: &str) -> NetworkPolicy {

@@ -13,14 +13,23 @@ const MASK: &[u8] = b"[redacted]";
 #[derive(Debug)]
 pub struct Replacer {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// One substring searcher per needle (SIMD-accelerated).
+    finders: Vec<memchr::memmem::Finder<'static>>,
     carry: BytesMut,
 }
 
 impl Replacer {
     /// Replaces each `(needle, replacement)`; empty needles are ignored.
     pub fn new(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+            pairs.into_iter().filter(|(n, _)| !n.is_empty()).collect();
+        let finders = pairs
+            .iter()
+            .map(|(n, _)| memchr::memmem::Finder::new(n).into_owned())
+            .collect();
         Replacer {
-            pairs: pairs.into_iter().filter(|(n, _)| !n.is_empty()).collect(),
+            pairs,
+            finders,
             carry: BytesMut::new(),
         }
     }
@@ -52,23 +61,30 @@ impl Replacer {
         Bytes::from(out)
     }
 
+    /// Replaces every occurrence, leftmost first; at one position the first needle listed wins.
     fn replace_all(&self, data: &[u8]) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(data.len());
         let mut found = false;
         let mut i = 0;
-        'scan: while i < data.len() {
-            for (needle, replacement) in &self.pairs {
-                if data[i..].starts_with(needle) {
-                    out.extend_from_slice(replacement);
-                    i += needle.len();
-                    found = true;
-                    continue 'scan;
+        loop {
+            let mut next: Option<(usize, usize)> = None;
+            for (k, finder) in self.finders.iter().enumerate() {
+                if let Some(at) = finder.find(&data[i..]) {
+                    if next.is_none_or(|(best, _)| i + at < best) {
+                        next = Some((i + at, k));
+                    }
                 }
             }
-            out.push(data[i]);
-            i += 1;
+            let Some((at, k)) = next else {
+                out.extend_from_slice(&data[i..]);
+                return (out, found);
+            };
+            let (needle, replacement) = &self.pairs[k];
+            out.extend_from_slice(&data[i..at]);
+            out.extend_from_slice(replacement);
+            i = at + needle.len();
+            found = true;
         }
-        (out, found)
     }
 
     /// The length of the longest suffix of `data` that is a proper prefix of some needle.
