@@ -136,7 +136,9 @@ impl FrontDoor {
             }
             stream.rewind(&head.bytes);
             let _open = self.shared.metrics.open(Kind::Plain);
-            self.http.process_new(Box::new(stream), &shutdown).await;
+            self.http
+                .process_new(Box::new(super::buffered::Buffered::new(stream)), &shutdown)
+                .await;
             return;
         }
         let dest = match classify_connect(&head.target) {
@@ -315,6 +317,7 @@ impl FrontDoor {
                 sni: None,
             },
         };
+        let stream = super::buffered::Buffered::new(stream);
         let handshake = handshake_with_callback(&self.acceptor, stream, &callbacks);
         let tls = match tokio::time::timeout(snap.limits.idle_timeout, handshake).await {
             Ok(Ok(tls)) => tls,

@@ -3,6 +3,7 @@
 //! HTTP sessions for it or blind tunnels. Each phase builds plain inputs from the `Session`,
 //! calls a stage module (`target`, `policy`, `tls`, `telemetry`) and applies the result.
 
+mod buffered;
 mod front_door;
 mod llm;
 mod tunnel;
