@@ -292,14 +292,12 @@ impl CanonicalLog {
 
     /// The line as text in `format`.
     pub fn render(&self, format: LogFormat) -> String {
-        let value = match serde_json::to_value(self) {
-            Ok(v) => v,
-            Err(e) => return format!("{{\"error\":\"log line failed: {e}\"}}"),
+        let rendered = match format {
+            // Straight to text: no intermediate JSON value on the hot path.
+            LogFormat::Json => serde_json::to_string(self),
+            LogFormat::Text => serde_json::to_value(self).map(|v| logfmt(&v)),
         };
-        match format {
-            LogFormat::Json => value.to_string(),
-            LogFormat::Text => logfmt(&value),
-        }
+        rendered.unwrap_or_else(|e| format!("{{\"error\":\"log line failed: {e}\"}}"))
     }
 
     /// Stamps `ts` and emits the line at info level on [`ACCESS_TARGET`], unless the config's
