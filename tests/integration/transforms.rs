@@ -39,8 +39,10 @@ async fn transforms_rewrite_plain_http_responses() {
     let origin = Origin::http().await;
     let w = TestWarden::start(&yaml(origin.port())).await;
     check(&w, &format!("http://origin.test:{}", origin.port())).await;
-    // Two rewritten responses on one kept-alive connection, plus the binary one.
-    assert_eq!(origin.connections(), 1);
+    // Rewritten (chunked) responses leave upstream connections reusable: three requests
+    // need fewer than three. (A request may overtake the release of the previous one's
+    // connection to the pool, so exactly one is not guaranteed.)
+    assert!(origin.connections() < 3, "{}", origin.connections());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
