@@ -97,7 +97,7 @@ impl FrontDoor {
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())),
             client: None,
         };
-        let head = match read_head(
+        let mut head = match read_head(
             &mut stream,
             snap.limits.max_request_header_bytes,
             snap.limits.idle_timeout,
@@ -170,6 +170,9 @@ impl FrontDoor {
         let network = snap.network_for(admitted.client.as_deref());
         let would_deny = admitted.would_deny;
         let mut rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
+        // The head's buffer is not needed for the tunnel's lifetime.
+        let request_id = std::mem::take(&mut head.request_id);
+        drop(head);
         let mut intercept = admitted.intercept;
         let answered = intercept;
         if intercept {
@@ -177,7 +180,7 @@ impl FrontDoor {
                 return self.connect_failed(
                     &snap,
                     &event,
-                    &head.request_id,
+                    &request_id,
                     &dest,
                     Reason::ClientError,
                     None,
@@ -198,7 +201,7 @@ impl FrontDoor {
                             return self.connect_failed(
                                 &snap,
                                 &event,
-                                &head.request_id,
+                                &request_id,
                                 &dest,
                                 Reason::ClientError,
                                 None,
@@ -208,7 +211,7 @@ impl FrontDoor {
                             return self.connect_failed(
                                 &snap,
                                 &event,
-                                &head.request_id,
+                                &request_id,
                                 &dest,
                                 Reason::IdleTimeout,
                                 None,
@@ -222,7 +225,7 @@ impl FrontDoor {
                     return self.connect_failed(
                         &snap,
                         &event,
-                        &head.request_id,
+                        &request_id,
                         &dest,
                         Reason::ClientNotTls,
                         Some(format!("first byte 0x{first:02x} is not a TLS handshake")),
@@ -235,11 +238,11 @@ impl FrontDoor {
         }
         if intercept {
             stream.rewind(&rest);
-            self.intercept(stream, dest, head.request_id, &snap, &event, shutdown)
+            self.intercept(stream, dest, request_id, &snap, &event, shutdown)
                 .await;
         } else {
             let mut line = event.line(Kind::Tunnel);
-            line.request_id = Some(head.request_id.clone());
+            line.request_id = Some(request_id.clone());
             line.would_deny = would_deny.map(Reason::code);
             fill_connect(&mut line, &dest);
             let own = &self.shared.own_addrs;
@@ -261,7 +264,7 @@ impl FrontDoor {
                     line.status = Some(reason.status());
                     line.reason = Some(reason.code());
                     self.shared.metrics.refused(reason);
-                    write_refusal(&mut stream, reason, Some(&dest), None, &head.request_id).await;
+                    write_refusal(&mut stream, reason, Some(&dest), None, &request_id).await;
                 }
             }
             line.took(event.started.elapsed());
