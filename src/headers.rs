@@ -42,29 +42,8 @@ pub struct HeaderRules {
 pub fn compile(entries: &[HeaderRuleConfig], key: &str) -> Result<HeaderRules, (String, String)> {
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let name = |field: &str, n: &str| {
-            HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                (
-                    format!("{key}[{i}].{field}"),
-                    format!("`{n}` is not a header name"),
-                )
-            })
-        };
-        let mut set = Vec::new();
-        for (n, v) in &e.set {
-            let value = HeaderValue::from_str(v).map_err(|_| {
-                (
-                    format!("{key}[{i}].set.{n}"),
-                    "is not a valid header value".to_string(),
-                )
-            })?;
-            set.push((name("set", n)?, value));
-        }
-        let remove = e
-            .remove
-            .iter()
-            .map(|n| name("remove", n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (set, remove) =
+            set_and_remove(&e.set, &e.remove, &format!("{key}[{i}]"), "set", "remove")?;
         list.push(HeaderRule {
             host: e.host.clone(),
             set,
@@ -72,6 +51,43 @@ pub fn compile(entries: &[HeaderRuleConfig], key: &str) -> Result<HeaderRules, (
         });
     }
     Ok(HeaderRules { list })
+}
+
+/// Headers to set (name, value) and names to remove, checked.
+pub(crate) type SetAndRemove = (Vec<(HeaderName, HeaderValue)>, Vec<HeaderName>);
+
+/// Header lists to set and to remove, as written under `entry.set_field` and
+/// `entry.remove_field`, checked once; errors name the key. Shared with `transforms`.
+pub(crate) fn set_and_remove(
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+    entry: &str,
+    set_field: &str,
+    remove_field: &str,
+) -> Result<SetAndRemove, (String, String)> {
+    let name = |field: &str, n: &str| {
+        HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+            (
+                format!("{entry}.{field}"),
+                format!("`{n}` is not a header name"),
+            )
+        })
+    };
+    let mut pairs = Vec::new();
+    for (n, v) in set {
+        let value = HeaderValue::from_str(v).map_err(|_| {
+            (
+                format!("{entry}.{set_field}.{n}"),
+                "is not a valid header value".to_string(),
+            )
+        })?;
+        pairs.push((name(set_field, n)?, value));
+    }
+    let names = remove
+        .iter()
+        .map(|n| name(remove_field, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((pairs, names))
 }
 
 impl HeaderRules {

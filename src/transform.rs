@@ -65,29 +65,13 @@ pub struct Transforms {
 pub fn compile(entries: &[TransformConfig], key: &str) -> Result<Transforms, (String, String)> {
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let name = |field: &str, n: &str| {
-            HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                (
-                    format!("{key}[{i}].{field}"),
-                    format!("`{n}` is not a header name"),
-                )
-            })
-        };
-        let mut set_headers = Vec::new();
-        for (n, v) in &e.set_headers {
-            let value = HeaderValue::from_str(v).map_err(|_| {
-                (
-                    format!("{key}[{i}].set_headers.{n}"),
-                    "is not a valid header value".to_string(),
-                )
-            })?;
-            set_headers.push((name("set_headers", n)?, value));
-        }
-        let remove_headers = e
-            .remove_headers
-            .iter()
-            .map(|n| name("remove_headers", n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (set_headers, remove_headers) = crate::headers::set_and_remove(
+            &e.set_headers,
+            &e.remove_headers,
+            &format!("{key}[{i}]"),
+            "set_headers",
+            "remove_headers",
+        )?;
         let replace_body = e
             .replace_body
             .iter()

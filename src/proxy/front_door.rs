@@ -176,15 +176,11 @@ impl FrontDoor {
         let mut intercept = admitted.intercept;
         let answered = intercept;
         if intercept {
+            let failed = |reason: Reason, error: Option<String>| {
+                self.connect_failed(&snap, &event, &request_id, &dest, reason, error)
+            };
             if established(&mut stream).await.is_err() {
-                return self.connect_failed(
-                    &snap,
-                    &event,
-                    &request_id,
-                    &dest,
-                    Reason::ClientError,
-                    None,
-                );
+                return failed(Reason::ClientError, None);
             }
             // Look at the first byte before minting anything: TLS opens with a handshake record.
             let first = match rest.first() {
@@ -197,39 +193,15 @@ impl FrontDoor {
                             rest = Bytes::copy_from_slice(&b);
                             b[0]
                         }
-                        Ok(_) => {
-                            return self.connect_failed(
-                                &snap,
-                                &event,
-                                &request_id,
-                                &dest,
-                                Reason::ClientError,
-                                None,
-                            )
-                        }
-                        Err(_) => {
-                            return self.connect_failed(
-                                &snap,
-                                &event,
-                                &request_id,
-                                &dest,
-                                Reason::IdleTimeout,
-                                None,
-                            )
-                        }
+                        Ok(_) => return failed(Reason::ClientError, None),
+                        Err(_) => return failed(Reason::IdleTimeout, None),
                     }
                 }
             };
             if first != TLS_HANDSHAKE_RECORD {
                 if admitted.inspect {
-                    return self.connect_failed(
-                        &snap,
-                        &event,
-                        &request_id,
-                        &dest,
-                        Reason::ClientNotTls,
-                        Some(format!("first byte 0x{first:02x} is not a TLS handshake")),
-                    );
+                    let why = format!("first byte 0x{first:02x} is not a TLS handshake");
+                    return failed(Reason::ClientNotTls, Some(why));
                 }
                 // Nothing needs to see inside (intercept: all alone): not TLS (ws://, plain
                 // HTTP through CONNECT), so splice it blind rather than break it.

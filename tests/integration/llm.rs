@@ -328,36 +328,50 @@ async fn read_until(resp: &mut reqwest::Response, got: &mut String, pred: impl F
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_text_delta_arrives_before_the_origin_sends_the_second() {
+/// A streaming call whose origin sends the first `before` events of the recorded Anthropic
+/// stream, then waits for the returned gate before sending the rest.
+struct Gated {
+    text: String,
+    gate: Arc<Notify>,
+    resp: reqwest::Response,
+    _origin: LlmOrigin,
+    _warden: TestWarden,
+}
+
+async fn gated(before: usize, extra: &str, id: &str) -> Gated {
     let text = fixture("anthropic.sse", "read_file");
     let events: Vec<&str> = text.split_inclusive("\n\n").collect();
     let gate = Arc::new(Notify::new());
     let script = Script {
         steps: vec![
-            Step::Send(events[..3].concat().into_bytes()),
+            Step::Send(events[..before].concat().into_bytes()),
             Step::Wait(gate.clone()),
-            Step::Send(events[3..].concat().into_bytes()),
+            Step::Send(events[before..].concat().into_bytes()),
         ],
         ..Script::sse("", 1)
     };
     let origin = LlmOrigin::start(script).await;
-    let w = TestWarden::start(&llm_yaml(
-        "anthropic.test",
-        origin.port(),
-        "anthropic",
-        RULES,
-        "",
-    ))
-    .await;
-    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
-    let mut resp = post(
-        &w,
-        &url,
-        "llm-ttft",
-        request_for("/v1/messages", "claude-x", true),
-    )
-    .await;
+    let port = origin.port();
+    let w = TestWarden::start(&llm_yaml("anthropic.test", port, "anthropic", RULES, extra)).await;
+    let url = format!("https://anthropic.test:{port}/v1/messages");
+    let resp = post(&w, &url, id, request_for("/v1/messages", "claude-x", true)).await;
+    Gated {
+        text,
+        gate,
+        resp,
+        _origin: origin,
+        _warden: w,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_text_delta_arrives_before_the_origin_sends_the_second() {
+    let Gated {
+        text,
+        gate,
+        mut resp,
+        ..
+    } = gated(3, "", "llm-ttft").await;
     let mut got = String::new();
     // The origin is blocked on the gate: the delta can only be here if nothing buffered it.
     read_until(&mut resp, &mut got, |g| g.contains("Let me look.")).await;
@@ -368,33 +382,16 @@ async fn the_first_text_delta_arrives_before_the_origin_sends_the_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalives_flow_while_a_tool_call_is_held() {
-    let text = fixture("anthropic.sse", "read_file");
-    let events: Vec<&str> = text.split_inclusive("\n\n").collect();
-    let gate = Arc::new(Notify::new());
-    let script = Script {
-        steps: vec![
-            // Up to and including the tool block's start and first argument delta.
-            Step::Send(events[..6].concat().into_bytes()),
-            Step::Wait(gate.clone()),
-            Step::Send(events[6..].concat().into_bytes()),
-        ],
-        ..Script::sse("", 1)
-    };
-    let origin = LlmOrigin::start(script).await;
-    let w = TestWarden::start(&llm_yaml(
-        "anthropic.test",
-        origin.port(),
-        "anthropic",
-        RULES,
+    // The origin stops after the tool block's start and first argument delta.
+    let Gated {
+        text,
+        gate,
+        mut resp,
+        ..
+    } = gated(
+        6,
         "limits:\n  llm_keepalive_interval: 100ms\n",
-    ))
-    .await;
-    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
-    let mut resp = post(
-        &w,
-        &url,
         "llm-keepalive",
-        request_for("/v1/messages", "claude-x", true),
     )
     .await;
     let mut got = String::new();
