@@ -37,15 +37,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs this without --bench: nothing to time then.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(rt) = bench_runtime() else {
         return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     rt.block_on(async {
         let origin = Origin::http().await;
         let port = origin.port();

@@ -42,14 +42,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(rt) = bench_runtime() else {
         return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     rt.block_on(async {
         let text = fixture("anthropic.sse", "read_file");
         let mut thinking = Script::sse_events(&text);

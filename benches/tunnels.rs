@@ -57,14 +57,9 @@ async fn open_many(proxy: std::net::SocketAddr, ca: &str, n: usize) -> (Vec<Tunn
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(rt) = bench_runtime() else {
         return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = {

@@ -10,12 +10,21 @@ use bytes::{Bytes, BytesMut};
 const MASK: &[u8] = b"[redacted]";
 
 /// Replaces needles with their replacements in one stream, across chunk boundaries.
-#[derive(Debug)]
 pub struct Replacer {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// One substring searcher per needle (SIMD-accelerated).
     finders: Vec<memchr::memmem::Finder<'static>>,
     carry: BytesMut,
+}
+
+impl std::fmt::Debug for Replacer {
+    // Needles and replacements are secrets and placeholders: never in a log or panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replacer")
+            .field("pairs", &self.pairs.len())
+            .field("held", &self.carry.len())
+            .finish()
+    }
 }
 
 impl Replacer {
@@ -144,6 +153,12 @@ mod tests {
         let (out, sizes) = run(mask("TOKEN"), &["abc TO", "AST", ""]);
         assert_eq!(sizes, vec![4, 4, 1]);
         assert_eq!(out, "abc TOAST");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let r = mask("ghp_SECRETTOKEN123");
+        assert!(!format!("{r:?}").contains("SECRET"), "{r:?}");
     }
 
     #[test]

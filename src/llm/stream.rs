@@ -372,6 +372,21 @@ impl EventPolicy {
         self.passthrough
     }
 
+    /// What a transport sends for `chunk` without parsing it: nothing after a denial, the
+    /// bytes as they came once parsing was given up (after what the transport still held,
+    /// from `held`). `None`: parse as usual.
+    pub fn bypass(&self, held: impl FnOnce() -> Bytes, chunk: &[u8]) -> Option<Bytes> {
+        if self.finished {
+            return Some(Bytes::new());
+        }
+        if !self.passthrough {
+            return None;
+        }
+        let mut out = BytesMut::from(&held()[..]);
+        out.extend_from_slice(chunk);
+        Some(out.freeze())
+    }
+
     /// Writes the terminal error for `d` and ends the stream.
     pub fn deny(&mut self, d: Denial, out: &mut BytesMut) {
         let provider = self.policy.provider;
@@ -447,15 +462,11 @@ impl SsePolicy {
 
     /// Feeds one chunk of the upstream body; returns what may go to the client now.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Bytes {
+        let framer = &mut self.framer;
+        if let Some(out) = self.events.bypass(|| framer.take_rest(), chunk) {
+            return out;
+        }
         let mut out = BytesMut::new();
-        if self.events.finished() {
-            return out.freeze();
-        }
-        if self.events.passthrough() {
-            out.extend_from_slice(&self.framer.take_rest());
-            out.extend_from_slice(chunk);
-            return out.freeze();
-        }
         self.framer.push(chunk);
         while let Some(raw) = self.framer.next_event() {
             let ev = sse::parse(&raw);

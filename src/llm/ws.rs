@@ -171,15 +171,11 @@ impl WsPolicy {
 
     /// Feeds bytes from the upstream; returns what goes to the client now.
     pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        let reader = &mut self.reader;
+        if let Some(out) = self.events.bypass(|| reader.take_rest(), chunk) {
+            return out;
+        }
         let mut out = BytesMut::new();
-        if self.events.finished() {
-            return out.freeze();
-        }
-        if self.events.passthrough() {
-            out.extend_from_slice(&self.reader.take_rest());
-            out.extend_from_slice(chunk);
-            return out.freeze();
-        }
         self.reader.push(chunk);
         loop {
             let frame = match self.reader.next_frame(self.limit) {

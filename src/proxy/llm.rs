@@ -7,7 +7,7 @@
 //! upstream connector, and returns "response sent". Errors take the usual path
 //! (`fail_to_proxy`, `logging`).
 
-use super::{RequestCtx, Warden, PROXY_STATUS, X_REQUEST_ID};
+use super::{RequestCtx, Warden};
 use crate::llm::stream::{SsePolicy, KEEPALIVE};
 use crate::llm::{self, Api, Denial, LlmPolicy, Usage};
 use crate::reason::Reason;
@@ -123,18 +123,18 @@ impl Warden {
         let body = llm::error_body(provider, d);
         let status = d.reason.status();
         ctx.status = Some(status);
-        let mut head = ResponseHeader::build(status, Some(8))?;
-        head.insert_header(header::CONTENT_TYPE, "application/json")?;
-        head.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        // warden's own refusal head (JSON, Proxy-Status, X-Request-Id, close), in the
+        // provider's terms: SDKs must not retry, and a fully read request may keep the
+        // connection.
+        let mut head = super::refusal_head(d.reason, &ctx.request_id, body.len())?;
         head.insert_header("x-should-retry", "false")?;
-        head.insert_header(PROXY_STATUS, d.reason.proxy_status())?;
-        head.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if provider == llm::Provider::Anthropic {
             head.insert_header("request-id", ctx.request_id.as_str())?;
         }
         if close {
-            head.insert_header(header::CONNECTION, "close")?;
             session.set_keepalive(None);
+        } else {
+            head.remove_header(&header::CONNECTION);
         }
         session.write_response_header(Box::new(head), false).await?;
         session.write_response_body(Some(body), true).await?;

@@ -707,6 +707,21 @@ async fn echo_ws<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
     }
 }
 
+/// The runtime a `harness = false` bench runs on, or `None` when it was not started with
+/// `--bench` (`cargo test --all-targets` builds and runs benches; there is nothing to time then).
+pub fn bench_runtime() -> Option<tokio::runtime::Runtime> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    )
+}
+
 /// A port nothing listens on.
 pub async fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

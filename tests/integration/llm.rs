@@ -54,15 +54,27 @@ fn request_for(path: &str, model: &str, stream: bool) -> Value {
     }
 }
 
+/// A fake provider answering every call with `script`, warden in front of it with [`RULES`],
+/// and the URL of `path` on it.
+async fn provider_with(
+    script: Script,
+    host: &str,
+    provider: &str,
+    path: &str,
+) -> (LlmOrigin, TestWarden, String) {
+    let origin = LlmOrigin::start(script).await;
+    let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+    let url = format!("https://{host}:{}{path}", origin.port());
+    (origin, w, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_tool_calls_stream_through_byte_for_byte() {
     for (i, (fixture_name, path, provider, host)) in APIS.iter().enumerate() {
         let text = fixture(fixture_name, "read_file");
         // 7-byte pieces: events and even UTF-8 split across chunks.
-        let origin = LlmOrigin::start(Script::sse(&text, 7)).await;
-        let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+        let (origin, w, url) = provider_with(Script::sse(&text, 7), host, provider, path).await;
         let id = format!("llm-sse-ok-{i}");
-        let url = format!("https://{host}:{}{path}", origin.port());
         let model_ok = if *provider == "anthropic" {
             "claude-sonnet-4"
         } else {
@@ -97,10 +109,8 @@ async fn allowed_tool_calls_stream_through_byte_for_byte() {
 async fn denied_tool_calls_end_the_stream_in_each_providers_error_shape() {
     for (i, (fixture_name, path, provider, host)) in APIS.iter().enumerate() {
         let text = fixture(fixture_name, "bash");
-        let origin = LlmOrigin::start(Script::sse(&text, 5)).await;
-        let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+        let (_origin, w, url) = provider_with(Script::sse(&text, 5), host, provider, path).await;
         let id = format!("llm-sse-deny-{i}");
-        let url = format!("https://{host}:{}{path}", origin.port());
         let model = if *provider == "anthropic" {
             "claude-x"
         } else {
@@ -193,10 +203,9 @@ async fn json_responses_are_checked_whole() {
         };
         for tool in ["read_file", "bash"] {
             let body = json_response(path, tool);
-            let origin = LlmOrigin::start(Script::json(200, &body)).await;
-            let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+            let (_origin, w, url) =
+                provider_with(Script::json(200, &body), host, provider, path).await;
             let id = format!("llm-json-{i}-{tool}");
-            let url = format!("https://{host}:{}{path}", origin.port());
             let resp = post(&w, &url, &id, request_for(path, model, false)).await;
             if tool == "read_file" {
                 assert_eq!(resp.status(), 200);
