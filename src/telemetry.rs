@@ -436,6 +436,7 @@ pub struct Metrics {
     generation: IntGauge,
     cert_cache_entries: IntGauge,
     cert_mints: IntCounter,
+    client_handshakes: IntCounterVec,
     llm_requests: IntCounterVec,
     llm_tokens: IntCounterVec,
 }
@@ -574,6 +575,17 @@ impl Metrics {
             "Leaf certificates minted since start.",
         )
         .expect("static metric definition");
+        let client_handshakes = IntCounterVec::new(
+            Opts::new(
+                "warden_client_tls_handshakes_total",
+                "TLS handshakes completed with clients in intercepted tunnels, by whether the client resumed a session (true, false).",
+            ),
+            &["resumed"],
+        )
+        .expect("static metric definition");
+        for resumed in ["true", "false"] {
+            client_handshakes.with_label_values(&[resumed]);
+        }
         let llm_requests = IntCounterVec::new(
             Opts::new(
                 "warden_llm_requests_total",
@@ -605,6 +617,7 @@ impl Metrics {
             Box::new(generation.clone()),
             Box::new(cert_cache_entries.clone()),
             Box::new(cert_mints.clone()),
+            Box::new(client_handshakes.clone()),
             Box::new(llm_requests.clone()),
             Box::new(llm_tokens.clone()),
         ];
@@ -629,9 +642,16 @@ impl Metrics {
             generation,
             cert_cache_entries,
             cert_mints,
+            client_handshakes,
             llm_requests,
             llm_tokens,
         }
+    }
+
+    /// Counts a completed client TLS handshake in an intercepted tunnel.
+    pub fn client_handshake(&self, resumed: bool) {
+        let label = if resumed { "true" } else { "false" };
+        self.client_handshakes.with_label_values(&[label]).inc();
     }
 
     /// Counts a connection of `kind` as open until the returned guard is dropped.

@@ -17,7 +17,7 @@ use openssl::ssl::SslAcceptor;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
-use pingora_core::protocols::GetSocketDigest;
+use pingora_core::protocols::{GetSocketDigest, Ssl};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
@@ -299,6 +299,8 @@ impl FrontDoor {
             Ok(Err(e)) => return fail(Reason::ClientTlsError, Some(e.to_string())),
             Err(_) => return fail(Reason::IdleTimeout, Some("TLS handshake timed out".into())),
         };
+        let resumed = tls.get_ssl().is_some_and(|ssl| ssl.session_reused());
+        self.shared.metrics.client_handshake(resumed);
         let _open = self.shared.metrics.open(Kind::Intercepted);
         self.http.process_new(Box::new(tls), &shutdown).await;
     }

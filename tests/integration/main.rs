@@ -10,6 +10,7 @@ mod correlation;
 mod credentials;
 mod errors;
 mod headers;
+mod hot_path;
 mod intercept;
 mod llm;
 mod logs;
