@@ -555,6 +555,15 @@ pub fn responses_failure(denial: &Denial, seq: u64, response: Option<&Value>) ->
     (event, failed)
 }
 
+/// The compiled policy of one `llm` entry for `api.test`: `provider` plus extra flow-map keys
+/// (`", deny_tools: [bash]"`). The unit tests' shorthand.
+#[cfg(test)]
+pub(crate) fn test_policy(provider: &str, extra: &str) -> Arc<LlmPolicy> {
+    let yaml = format!("- {{ host: api.test, provider: {provider}{extra} }}");
+    let entries: Vec<LlmConfig> = serde_yaml::from_str(&yaml).unwrap();
+    compile(&entries, "llm").unwrap().list[0].clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -509,17 +509,10 @@ impl SsePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{compile, LlmConfig};
     use proptest::prelude::*;
 
     fn policy(extra: &str, provider: &str) -> Arc<LlmPolicy> {
-        let yaml = format!("- {{ host: api.test, provider: {provider}{extra} }}");
-        let entries: Vec<LlmConfig> = serde_yaml::from_str(&yaml).unwrap();
-        compile(&entries, "llm")
-            .unwrap()
-            .for_dest(&crate::target::parse_authority(b"api.test:443", None).unwrap())
-            .unwrap()
-            .clone()
+        crate::llm::test_policy(provider, extra)
     }
 
     fn run(p: &mut SsePolicy, chunks: &[&[u8]]) -> Vec<u8> {

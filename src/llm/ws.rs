@@ -348,16 +348,9 @@ fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{compile, LlmConfig};
 
     fn policy(extra: &str) -> Arc<LlmPolicy> {
-        let yaml = format!("- {{ host: api.test, provider: openai{extra} }}");
-        let entries: Vec<LlmConfig> = serde_yaml::from_str(&yaml).unwrap();
-        compile(&entries, "llm")
-            .unwrap()
-            .for_dest(&crate::target::parse_authority(b"api.test:443", None).unwrap())
-            .unwrap()
-            .clone()
+        crate::llm::test_policy("openai", extra)
     }
 
     #[test]
