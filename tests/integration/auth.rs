@@ -172,35 +172,18 @@ async fn a_tunnel_keeps_the_connect_identity_and_inner_proxy_authorization_is_st
 async fn curl_authenticates_with_proxy_user() {
     let origin = Origin::https().await;
     let (w, _tokens) = two_clients(origin.port()).await;
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "20", "-x"])
-        .arg(w.proxy_url())
-        .args(["--proxy-user", "beta:tok-beta", "--cacert"])
-        .arg(w.dir.path().join("ca.crt"))
-        .arg(format!("https://b.test:{}/status/200", origin.port()))
-        .output()
-        .await
-        .expect("curl runs");
+    let url = format!("https://b.test:{}/status/200", origin.port());
+    let out = w
+        .curl(&["--fail", "--proxy-user", "beta:tok-beta", &url])
+        .await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-            "-x",
-        ])
-        .arg(w.proxy_url())
-        .arg(format!("http://b.test:{}/status/200", origin.port()))
-        .output()
-        .await
-        .expect("curl runs");
+    let url = format!("http://b.test:{}/status/200", origin.port());
+    let out = w
+        .curl(&["-o", "/dev/null", "-w", "%{http_code}", &url])
+        .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "407");
 }

@@ -271,6 +271,20 @@ impl TestWarden {
             .timeout(WAIT)
     }
 
+    /// Runs curl through this warden, trusting its CA: `-sS --max-time 20 -x <proxy>
+    /// --cacert <ca>`, then `args`.
+    pub async fn curl(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-x"])
+            .arg(self.proxy_url())
+            .arg("--cacert")
+            .arg(self.dir.path().join("ca.crt"))
+            .args(args)
+            .output()
+            .await
+            .expect("curl runs (installed by .ci/deps)")
+    }
+
     /// Raw TCP to the proxy port.
     pub async fn tcp(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()

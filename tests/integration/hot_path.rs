@@ -62,20 +62,22 @@ async fn one_upstream_connection_serves_many_client_tunnels() {
 async fn clients_resume_their_tls_sessions() {
     let origin = Origin::https().await;
     let w = TestWarden::with("all", ADMIN).await;
-    let ca = w.dir.path().join("ca.crt");
     let url = format!("https://origin.test:{}/echo", origin.port());
     // One curl run, two URLs, each on its own connection (Connection: close): curl offers
     // the session from the first handshake on the second.
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "20", "-o", "/dev/null"])
-        .args(["-o", "/dev/null", "-H", "Connection: close", "-x"])
-        .arg(w.proxy_url())
-        .arg("--cacert")
-        .arg(&ca)
-        .args([&url, &url])
-        .output()
-        .await
-        .expect("curl runs (installed by .ci/deps)");
+    let out = w
+        .curl(&[
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Connection: close",
+            &url,
+            &url,
+        ])
+        .await;
     assert!(
         out.status.success(),
         "curl failed: {}",

@@ -45,16 +45,8 @@ async fn two_https_requests_on_one_tunnel_reach_the_tls_origin_in_origin_form() 
 async fn curl_works_through_an_intercepted_tunnel() {
     let origin = Origin::https().await;
     let w = TestWarden::with("all", "").await;
-    let ca = w.dir.path().join("ca.crt");
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "20", "-x"])
-        .arg(w.proxy_url())
-        .arg("--cacert")
-        .arg(&ca)
-        .arg(format!("https://origin.test:{}/status/201", origin.port()))
-        .output()
-        .await
-        .expect("curl runs (installed by .ci/deps)");
+    let url = format!("https://origin.test:{}/status/201", origin.port());
+    let out = w.curl(&["--fail", &url]).await;
     assert!(
         out.status.success(),
         "curl failed: {}",

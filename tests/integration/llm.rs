@@ -54,16 +54,17 @@ fn request_for(path: &str, model: &str, stream: bool) -> Value {
     }
 }
 
-/// A fake provider answering every call with `script`, warden in front of it with [`RULES`],
-/// and the URL of `path` on it.
+/// A fake provider answering every call with `script`, warden in front of it with [`RULES`]
+/// and `extra` config, and the URL of `path` on it.
 async fn provider_with(
     script: Script,
     host: &str,
     provider: &str,
     path: &str,
+    extra: &str,
 ) -> (LlmOrigin, TestWarden, String) {
     let origin = LlmOrigin::start(script).await;
-    let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, "")).await;
+    let w = TestWarden::start(&llm_yaml(host, origin.port(), provider, RULES, extra)).await;
     let url = format!("https://{host}:{}{path}", origin.port());
     (origin, w, url)
 }
@@ -73,7 +74,7 @@ async fn allowed_tool_calls_stream_through_byte_for_byte() {
     for (i, (fixture_name, path, provider, host)) in APIS.iter().enumerate() {
         let text = fixture(fixture_name, "read_file");
         // 7-byte pieces: events and even UTF-8 split across chunks.
-        let (origin, w, url) = provider_with(Script::sse(&text, 7), host, provider, path).await;
+        let (origin, w, url) = provider_with(Script::sse(&text, 7), host, provider, path, "").await;
         let id = format!("llm-sse-ok-{i}");
         let model_ok = if *provider == "anthropic" {
             "claude-sonnet-4"
@@ -109,7 +110,8 @@ async fn allowed_tool_calls_stream_through_byte_for_byte() {
 async fn denied_tool_calls_end_the_stream_in_each_providers_error_shape() {
     for (i, (fixture_name, path, provider, host)) in APIS.iter().enumerate() {
         let text = fixture(fixture_name, "bash");
-        let (_origin, w, url) = provider_with(Script::sse(&text, 5), host, provider, path).await;
+        let (_origin, w, url) =
+            provider_with(Script::sse(&text, 5), host, provider, path, "").await;
         let id = format!("llm-sse-deny-{i}");
         let model = if *provider == "anthropic" {
             "claude-x"
@@ -204,7 +206,7 @@ async fn json_responses_are_checked_whole() {
         for tool in ["read_file", "bash"] {
             let body = json_response(path, tool);
             let (_origin, w, url) =
-                provider_with(Script::json(200, &body), host, provider, path).await;
+                provider_with(Script::json(200, &body), host, provider, path, "").await;
             let id = format!("llm-json-{i}-{tool}");
             let resp = post(&w, &url, &id, request_for(path, model, false)).await;
             if tool == "read_file" {
@@ -245,16 +247,14 @@ async fn json_responses_are_checked_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_model_never_reaches_the_origin() {
-    let origin = LlmOrigin::start(Script::json(200, "{}")).await;
-    let w = TestWarden::start(&llm_yaml(
+    let (origin, w, url) = provider_with(
+        Script::json(200, "{}"),
         "anthropic.test",
-        origin.port(),
         "anthropic",
-        RULES,
+        "/v1/messages",
         "",
-    ))
+    )
     .await;
-    let url = format!("https://anthropic.test:{}/v1/messages", origin.port());
     let resp = post(
         &w,
         &url,
@@ -424,16 +424,14 @@ async fn keepalives_flow_while_a_tool_call_is_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_buffer_bound_fail_closed() {
     let big = json!({ "content": [{"type": "text", "text": "x".repeat(5000)}] }).to_string();
-    let origin = LlmOrigin::start(Script::json(200, &big)).await;
-    let w = TestWarden::start(&llm_yaml(
+    let (origin, w, url) = provider_with(
+        Script::json(200, &big),
         "openai.test",
-        origin.port(),
         "openai",
-        RULES,
+        "/v1/chat/completions",
         "limits:\n  llm_buffer_bytes: 2048\n",
-    ))
+    )
     .await;
-    let url = format!("https://openai.test:{}/v1/chat/completions", origin.port());
     let resp = post(
         &w,
         &url,
