@@ -148,15 +148,9 @@ async fn a_tunnel_keeps_the_connect_identity_and_inner_proxy_authorization_is_st
     let origin = Origin::https().await;
     let (w, _tokens) = two_clients(origin.port()).await;
     let authority = format!("a.test:{}", origin.port());
-    let mut tcp = w.tcp().await;
-    tcp.write_all(
-        format!("CONNECT {authority} HTTP/1.1\r\nProxy-Authorization: Bearer tok-alpha\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut tcp).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let tcp = w
+        .connect_with(&authority, "Proxy-Authorization: Bearer tok-alpha\r\n")
+        .await;
     let mut s = tls_connect(tcp, "a.test", &w.ca_pem).await;
     // An inner Proxy-Authorization naming another client changes nothing and is not forwarded.
     s.write_all(format!("GET /echo HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Bearer tok-beta\r\nX-Request-Id: tunnel-id-1\r\n\r\n").as_bytes())

@@ -292,9 +292,15 @@ impl TestWarden {
 
     /// Opens a CONNECT tunnel to `authority` and returns the stream after the 200.
     pub async fn connect(&self, authority: &str) -> TcpStream {
+        self.connect_with(authority, "").await
+    }
+
+    /// [`TestWarden::connect`] with extra CONNECT header lines (each ending in CRLF).
+    pub async fn connect_with(&self, authority: &str, headers: &str) -> TcpStream {
         let mut s = self.tcp().await;
         s.write_all(
-            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{headers}\r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();

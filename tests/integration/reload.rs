@@ -125,14 +125,9 @@ async fn a_removed_client_is_refused_inside_an_already_open_tunnel() {
     };
     let w = TestWarden::start_file(&clients(&["alpha", "beta"])).await;
     let authority = format!("origin.test:{port}");
-    let mut tcp = w.tcp().await;
-    tcp.write_all(
-        format!("CONNECT {authority} HTTP/1.1\r\nProxy-Authorization: Bearer tok-alpha\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert!(read_head(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    let tcp = w
+        .connect_with(&authority, "Proxy-Authorization: Bearer tok-alpha\r\n")
+        .await;
     let mut s = tls_connect(tcp, "origin.test", &w.ca_pem).await;
     let req = format!("GET /echo HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
