@@ -856,7 +856,7 @@ impl ProxyHttp for Warden {
         }
         if let Some(replacer) = ctx.body_replacer.as_mut() {
             let chunk = body.take().unwrap_or_default();
-            *body = Some(replacer.feed(&chunk, end_of_stream));
+            *body = end_body(replacer.feed(&chunk, end_of_stream), end_of_stream);
         }
         Ok(())
     }
@@ -1030,6 +1030,16 @@ impl ProxyHttp for Warden {
         line.took(ctx.started.elapsed());
         self.shared.metrics.record(line, ctx.snap.log);
     }
+}
+
+/// What a request body filter hands back to Pingora for a rewritten chunk. Pingora writes any
+/// `Some` chunk to a chunked upstream body, and an empty chunk is itself the terminator, so
+/// the last (empty) piece must be `None`: `Some(b"")` at the end put `0\r\n\r\n` on the wire
+/// twice, and the origin read the second one as the start of the next request on that pooled
+/// connection. Before the end, `None` would mean "end of body", so an empty chunk stays
+/// `Some` (Pingora skips it).
+fn end_body(out: Bytes, end_of_stream: bool) -> Option<Bytes> {
+    (!(out.is_empty() && end_of_stream)).then_some(out)
 }
 
 /// The first value of query parameter `name` in a path with query.

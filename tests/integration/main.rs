@@ -9,6 +9,7 @@ mod common;
 mod correlation;
 mod credentials;
 mod errors;
+mod framing;
 mod headers;
 mod hot_path;
 mod intercept;
