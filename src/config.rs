@@ -111,6 +111,14 @@ pub struct ProxyConfig {
     /// Allow a non-loopback `listen` without `auth`.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Connections the kernel queues before warden accepts them (capped by the kernel's
+    /// `net.core.somaxconn`). Needs a restart to change.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    4096
 }
 
 /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served; absent = no admin listener.
@@ -127,6 +135,17 @@ pub struct AdminConfig {
 pub struct Limits {
     /// Largest request head accepted (bytes).
     pub max_request_header_bytes: usize,
+    /// A whole request head must arrive within this, on every request of a connection: on
+    /// the first from the connection's start (or the end of the tunnel's TLS handshake), on
+    /// later ones from their first byte.
+    #[serde(with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+    /// A request body may pause at most this long between reads.
+    #[serde(with = "humantime_serde")]
+    pub request_body_idle_timeout: Duration,
+    /// Largest upstream response head accepted (bytes); a larger one gets `502
+    /// upstream_header_too_large`.
+    pub max_response_header_bytes: usize,
     /// Most bytes of an LLM request or response (or of a held tool call) buffered to check it.
     pub llm_buffer_bytes: usize,
     /// While a tool call is held, an SSE keep-alive comment is sent this often.
@@ -152,6 +171,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_header_bytes: 64 * 1024,
+            request_header_timeout: Duration::from_secs(10),
+            request_body_idle_timeout: Duration::from_secs(30),
+            max_response_header_bytes: 64 * 1024,
             llm_buffer_bytes: 10 * 1024 * 1024,
             llm_keepalive_interval: Duration::from_secs(5),
             upstream_connect_timeout: Duration::from_secs(10),
@@ -189,6 +211,8 @@ pub struct CompileOptions {
 pub struct Snapshot {
     /// The forward proxy listen address.
     pub proxy_listen: SocketAddr,
+    /// The proxy listener's accept queue length (`proxy.backlog`).
+    pub proxy_backlog: u32,
     /// The admin listen address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// Interception decisions, the CA, leaf cache and upstream trust.
@@ -347,6 +371,12 @@ impl Config {
         if f.limits.max_request_header_bytes < 1024 {
             return Err(self.error("limits.max_request_header_bytes", "must be at least 1024"));
         }
+        if f.limits.max_response_header_bytes < 1024 {
+            return Err(self.error("limits.max_response_header_bytes", "must be at least 1024"));
+        }
+        if f.proxy.backlog == 0 {
+            return Err(self.error("proxy.backlog", "must be at least 1"));
+        }
         for (key, d) in [
             (
                 "limits.upstream_connect_timeout",
@@ -357,6 +387,14 @@ impl Config {
                 f.limits.upstream_first_byte_timeout,
             ),
             ("limits.idle_timeout", f.limits.idle_timeout),
+            (
+                "limits.request_header_timeout",
+                f.limits.request_header_timeout,
+            ),
+            (
+                "limits.request_body_idle_timeout",
+                f.limits.request_body_idle_timeout,
+            ),
             (
                 "limits.llm_keepalive_interval",
                 f.limits.llm_keepalive_interval,
@@ -431,6 +469,7 @@ impl Config {
             .map_err(|e| self.error(e.key(), e.to_string()))?;
         Ok(Snapshot {
             proxy_listen: f.proxy.listen,
+            proxy_backlog: f.proxy.backlog,
             admin_listen: f.admin.listen,
             tls,
             network,

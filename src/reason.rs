@@ -63,6 +63,14 @@ pub enum Reason {
     ClientError,
     /// A connection stayed silent longer than `limits.idle_timeout`.
     IdleTimeout,
+    /// A request head did not arrive whole within `limits.request_header_timeout`.
+    RequestHeaderTimeout,
+    /// A request body paused longer than `limits.request_body_idle_timeout`.
+    RequestBodyTimeout,
+    /// `CONNECT` after another request on the same connection, or inside a tunnel.
+    UnexpectedConnect,
+    /// The upstream's response head is larger than `limits.max_response_header_bytes`.
+    UpstreamHeaderTooLarge,
     /// The request names a model `llm.allow_models` does not allow.
     LlmModelDenied,
     /// The model called a tool that `llm` policy denies.
@@ -79,7 +87,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 36] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -106,6 +114,10 @@ impl Reason {
         Reason::ClientTlsError,
         Reason::ClientError,
         Reason::IdleTimeout,
+        Reason::RequestHeaderTimeout,
+        Reason::RequestBodyTimeout,
+        Reason::UnexpectedConnect,
+        Reason::UpstreamHeaderTooLarge,
         Reason::LlmModelDenied,
         Reason::LlmToolDenied,
         Reason::LlmRequestTooLarge,
@@ -316,6 +328,34 @@ impl Reason {
                 "http_request_error",
                 "the connection was idle too long",
                 "",
+            ),
+            RequestHeaderTimeout => (
+                408,
+                "request_header_timeout",
+                "http_request_error",
+                "the request head did not arrive in time",
+                "send the whole request head at once; warden waits limits.request_header_timeout for it",
+            ),
+            RequestBodyTimeout => (
+                408,
+                "request_body_timeout",
+                "http_request_error",
+                "the request body stalled",
+                "keep sending the body; warden waits limits.request_body_idle_timeout between reads",
+            ),
+            UnexpectedConnect => (
+                400,
+                "unexpected_connect",
+                "http_request_error",
+                "CONNECT is accepted only as the first request on a connection to the proxy",
+                "open a new connection to the proxy for each CONNECT",
+            ),
+            UpstreamHeaderTooLarge => (
+                502,
+                "upstream_header_too_large",
+                "http_response_header_section_size",
+                "the destination's response head is too large",
+                "the destination sent more header bytes than limits.max_response_header_bytes allows",
             ),
             LlmModelDenied => (
                 403,

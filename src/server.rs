@@ -51,14 +51,16 @@ pub struct Running {
 
 /// Binds the listeners named in `snapshot` and starts serving on the current tokio runtime.
 pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
-    let bind = |addr: SocketAddr, key: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, key, source })
+    let bind = |addr: SocketAddr, key: &'static str, backlog: u32| {
+        listen(addr, backlog).map_err(|source| StartError::Bind { addr, key, source })
     };
-    let proxy_listener = bind(snapshot.proxy_listen, "proxy.listen").await?;
+    let proxy_listener = bind(
+        snapshot.proxy_listen,
+        "proxy.listen",
+        snapshot.proxy_backlog,
+    )?;
     let admin_listener = match snapshot.admin_listen {
-        Some(addr) => Some(bind(addr, "admin.listen").await?),
+        Some(addr) => Some(bind(addr, "admin.listen", ADMIN_BACKLOG)?),
         None => None,
     };
     let local = |l: &TcpListener, addr: SocketAddr, key| {
@@ -94,6 +96,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         proxy_listener,
         shutdown_rx.clone(),
         tracker.clone(),
+        shared.clone(),
         move |stream, shutdown| front.clone().serve(stream, shutdown),
     ));
     if let Some(listener) = admin_listener {
@@ -102,6 +105,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
             listener,
             shutdown_rx,
             tracker.clone(),
+            shared.clone(),
             move |stream, shutdown| {
                 let admin = admin.clone();
                 async move {
@@ -120,16 +124,66 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
     })
 }
 
+/// The admin listener serves a scraper and an operator, not a fleet of agents.
+const ADMIN_BACKLOG: u32 = 128;
+
+/// How often a persisting accept failure is logged: once per interval, with a count.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A listening socket with `backlog` queued connections (std's `bind` fixes 128, so a
+/// burst of connects beyond it was dropped while accepts stalled).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Logs accept failures at most once per interval, with how many there were.
+struct AcceptErrors {
+    since: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl AcceptErrors {
+    fn record(&mut self, e: &std::io::Error, metrics: &crate::telemetry::Metrics) {
+        let fds = matches!(e.raw_os_error(), Some(23 | 24));
+        metrics.accept_error(fds);
+        self.count += 1;
+        let now = std::time::Instant::now();
+        match self.since {
+            Some(t) if now.duration_since(t) < ACCEPT_ERROR_LOG_INTERVAL => {}
+            _ => {
+                log::warn!(
+                    "accept failed {} time(s) in the last {:?}: {e}",
+                    self.count,
+                    ACCEPT_ERROR_LOG_INTERVAL
+                );
+                self.since = Some(now);
+                self.count = 0;
+            }
+        }
+    }
+}
+
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut shutdown: ShutdownWatch,
     tracker: TaskTracker,
+    shared: Arc<Shared>,
     handle: F,
 ) where
     F: Fn(L4Stream, ShutdownWatch) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let listener = Listener::from(listener);
+    let mut errors = AcceptErrors {
+        since: None,
+        count: 0,
+    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -144,9 +198,9 @@ async fn accept_loop<F, Fut>(
                 tracker.spawn(handle(stream, shutdown.clone()));
             }
             Err(e) => {
-                log::warn!("accept failed: {e}");
+                errors.record(&e, &shared.metrics);
                 // Out of descriptors: back off instead of spinning on the error.
-                if e.raw_os_error() == Some(24) {
+                if matches!(e.raw_os_error(), Some(23 | 24)) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -439,6 +439,7 @@ pub struct Metrics {
     client_handshakes: IntCounterVec,
     llm_requests: IntCounterVec,
     llm_tokens: IntCounterVec,
+    accept_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -602,6 +603,17 @@ impl Metrics {
             &["provider", "model", "kind"],
         )
         .expect("static metric definition");
+        let accept_errors = IntCounterVec::new(
+            Opts::new(
+                "warden_accept_errors_total",
+                "Failed accepts on the proxy and admin listeners, by cause (fds: out of file descriptors, other).",
+            ),
+            &["cause"],
+        )
+        .expect("static metric definition");
+        for cause in ["fds", "other"] {
+            accept_errors.with_label_values(&[cause]);
+        }
         let collectors = [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -620,6 +632,7 @@ impl Metrics {
             Box::new(client_handshakes.clone()),
             Box::new(llm_requests.clone()),
             Box::new(llm_tokens.clone()),
+            Box::new(accept_errors.clone()),
         ];
         let mut names = Vec::new();
         for c in collectors {
@@ -645,7 +658,14 @@ impl Metrics {
             client_handshakes,
             llm_requests,
             llm_tokens,
+            accept_errors,
         }
+    }
+
+    /// Counts a failed accept; `fds` when the process is out of file descriptors.
+    pub fn accept_error(&self, fds: bool) {
+        let cause = if fds { "fds" } else { "other" };
+        self.accept_errors.with_label_values(&[cause]).inc();
     }
 
     /// Counts a completed client TLS handshake in an intercepted tunnel.

@@ -4,6 +4,8 @@
 //! interception: `200`, TLS accept with a leaf for the CONNECT host, the tunnel identity bound
 //! to the connection, and the decrypted stream handed to the same HTTP engine.
 
+use super::head::{read_head, Head, HeadError, Wait};
+use super::http1::Peer;
 use super::tunnel;
 use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
 use crate::admission::{admit_connect, Refusal};
@@ -14,7 +16,6 @@ use crate::telemetry::{CanonicalLog, Kind};
 use crate::tls::{interception_acceptor, LeafCallbacks};
 use bytes::{Bytes, BytesMut};
 use openssl::ssl::SslAcceptor;
-use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::{GetSocketDigest, Ssl};
@@ -30,31 +31,9 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Handles each accepted connection.
 pub struct FrontDoor {
-    shared: Arc<Shared>,
-    http: Arc<HttpProxy<Warden>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) http: Arc<HttpProxy<Warden>>,
     acceptor: SslAcceptor,
-}
-
-/// The first request head, parsed.
-struct Head {
-    /// Everything read so far (the head and any bytes that followed it).
-    bytes: BytesMut,
-    head_len: usize,
-    method: String,
-    target: Vec<u8>,
-    hosts: Vec<Vec<u8>>,
-    names: Vec<Vec<u8>>,
-    proxy_auth: Vec<Vec<u8>>,
-    request_id: String,
-}
-
-enum HeadError {
-    /// The client closed (or sent nothing) before a full head arrived.
-    Closed,
-    /// No complete head within the idle bound.
-    Timeout,
-    TooLarge,
-    Malformed,
 }
 
 /// Where a front-door event's log line starts from.
@@ -97,24 +76,33 @@ impl FrontDoor {
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())),
             client: None,
         };
+        let started = event.started;
         let mut head = match read_head(
             &mut stream,
+            BytesMut::new(),
             snap.limits.max_request_header_bytes,
-            snap.limits.idle_timeout,
+            Wait::Until(started + snap.limits.request_header_timeout),
         )
         .await
         {
             Ok(head) => head,
-            Err(HeadError::Closed | HeadError::Timeout) => return,
-            Err(HeadError::TooLarge) => {
+            Err(HeadError::Closed) => return,
+            Err(e) => {
+                let (reason, detail) = match e {
+                    HeadError::Timeout => (
+                        Reason::RequestHeaderTimeout,
+                        format!(
+                            "request head incomplete after {:?}",
+                            snap.limits.request_header_timeout
+                        ),
+                    ),
+                    HeadError::TooLarge => (Reason::HeadersTooLarge, String::new()),
+                    HeadError::Malformed(why) => (Reason::MalformedRequest, why),
+                    HeadError::Closed => return,
+                };
                 return self
-                    .refuse(stream, &snap, &event, None, Reason::HeadersTooLarge)
-                    .await
-            }
-            Err(HeadError::Malformed) => {
-                return self
-                    .refuse(stream, &snap, &event, None, Reason::MalformedRequest)
-                    .await
+                    .refuse(stream, &snap, &event, None, reason, Some(detail))
+                    .await;
             }
         };
         if !head.method.eq_ignore_ascii_case("CONNECT") {
@@ -122,30 +110,36 @@ impl FrontDoor {
             // Pingora's parser would answer with a bare 400 still get a reason and a log line.
             let names: Vec<&[u8]> = head.names.iter().map(Vec::as_slice).collect();
             let hosts: Vec<&[u8]> = head.hosts.iter().map(Vec::as_slice).collect();
-            if let Err(reason) = check_head(
+            let checked = check_head(
                 head.head_len,
                 &names,
                 &head.target,
                 &hosts,
                 None,
                 snap.limits.max_request_header_bytes,
-            ) {
+            )
+            .map_err(|r| (r, None))
+            .and_then(|_| head.vet().map_err(|(r, d)| (r, Some(d))));
+            if let Err((reason, detail)) = checked {
                 return self
-                    .refuse(stream, &snap, &event, Some(&head), reason)
+                    .refuse(stream, &snap, &event, Some(&head), reason, detail)
                     .await;
             }
-            stream.rewind(&head.bytes);
             let _open = self.shared.metrics.open(Kind::Plain);
-            self.http
-                .process_new(Box::new(super::buffered::Buffered::new(stream)), &shutdown)
-                .await;
+            let peer = Peer {
+                client_addr: event.client_addr,
+                tunnel: None,
+                started,
+            };
+            let stream = Box::new(super::buffered::Buffered::new(stream));
+            self.serve_http1(stream, Some(head), peer, &shutdown).await;
             return;
         }
         let dest = match classify_connect(&head.target) {
             Ok(dest) => dest,
             Err(reason) => {
                 return self
-                    .refuse(stream, &snap, &event, Some(&head), reason)
+                    .refuse(stream, &snap, &event, Some(&head), reason, None)
                     .await
             }
         };
@@ -173,6 +167,18 @@ impl FrontDoor {
         // The head's buffer is not needed for the tunnel's lifetime.
         let request_id = std::mem::take(&mut head.request_id);
         drop(head);
+        // A CONNECT that waited in the accept queue may belong to a client that has given up:
+        // dial nothing, mint nothing, and say so in the log rather than as a 200 tunnel.
+        if client_gone(&mut stream, &mut rest).await {
+            let mut line = event.line(Kind::Connect);
+            line.request_id = Some(request_id);
+            fill_connect(&mut line, &dest);
+            line.reason = Some(Reason::ClientError.code());
+            line.error = Some("client closed before the tunnel was set up".into());
+            line.took(event.started.elapsed());
+            self.shared.metrics.record(line, snap.log);
+            return;
+        }
         let mut intercept = admitted.intercept;
         let answered = intercept;
         if intercept {
@@ -284,13 +290,14 @@ impl FrontDoor {
             Ok(leaf) => leaf,
             Err(e) => return fail(Reason::Internal, Some(e.to_string())),
         };
+        let identity = TunnelIdentity {
+            authority: dest.clone(),
+            client: event.client.clone(),
+            sni: None,
+        };
         let callbacks = LeafCallbacks {
             leaf,
-            identity: TunnelIdentity {
-                authority: dest.clone(),
-                client: event.client.clone(),
-                sni: None,
-            },
+            identity: identity.clone(),
         };
         let stream = super::buffered::Buffered::new(stream);
         let handshake = handshake_with_callback(&self.acceptor, stream, &callbacks);
@@ -302,7 +309,30 @@ impl FrontDoor {
         let resumed = tls.get_ssl().is_some_and(|ssl| ssl.session_reused());
         self.shared.metrics.client_handshake(resumed);
         let _open = self.shared.metrics.open(Kind::Intercepted);
-        self.http.process_new(Box::new(tls), &shutdown).await;
+        let peer = Peer {
+            client_addr: event.client_addr,
+            tunnel: Some(identity),
+            started: Instant::now(),
+        };
+        self.serve_http1(Box::new(tls), None, peer, &shutdown).await;
+    }
+}
+
+/// Whether the client has already closed its side, without waiting: a read that is ready
+/// now returns end of stream (or an error). Bytes it finds (a pipelined ClientHello) are kept
+/// in `rest`.
+async fn client_gone(stream: &mut L4Stream, rest: &mut Bytes) -> bool {
+    let mut probe = [0u8; 1024];
+    // A zero timeout polls the read once: ready data or end of stream, else nothing yet.
+    match tokio::time::timeout(Duration::ZERO, stream.read(&mut probe)).await {
+        Err(_) => false,
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(n)) => {
+            let mut joined = rest.to_vec();
+            joined.extend_from_slice(&probe[..n]);
+            *rest = Bytes::from(joined);
+            false
+        }
     }
 }
 
@@ -345,6 +375,7 @@ impl FrontDoor {
         event: &Event,
         head: Option<&Head>,
         reason: Reason,
+        detail: Option<String>,
     ) {
         let request_id = head
             .map(|h| h.request_id.clone())
@@ -357,6 +388,7 @@ impl FrontDoor {
         line.method = head.map(|h| h.method.clone());
         line.status = Some(reason.status());
         line.reason = Some(reason.code());
+        line.error = detail.filter(|d| !d.is_empty());
         line.took(event.started.elapsed());
         self.shared.metrics.record(line, snap.log);
     }
@@ -389,69 +421,5 @@ impl FrontDoor {
         line.rule = refusal.rule;
         line.took(event.started.elapsed());
         self.shared.metrics.record(line, snap.log);
-    }
-}
-
-/// Reads until one full request head has arrived, at most `max` bytes, waiting at most
-/// `timeout` for each read.
-async fn read_head(
-    stream: &mut L4Stream,
-    max: usize,
-    timeout: Duration,
-) -> Result<Head, HeadError> {
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        let n = match tokio::time::timeout(timeout, stream.read_buf(&mut buf)).await {
-            Err(_) => return Err(HeadError::Timeout),
-            Ok(Err(_)) => return Err(HeadError::Closed),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                HeadError::Closed
-            } else {
-                HeadError::Malformed
-            });
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 256];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let (Some(method), Some(target)) = (req.method, req.path) else {
-                    return Err(HeadError::Malformed);
-                };
-                let method = method.to_string();
-                let target = target.as_bytes().to_vec();
-                let mut hosts = Vec::new();
-                let mut names = Vec::new();
-                let mut request_id = None;
-                let mut proxy_auth = Vec::new();
-                for h in req.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("host") {
-                        hosts.push(h.value.to_vec());
-                    } else if h.name.eq_ignore_ascii_case("proxy-authorization") {
-                        proxy_auth.push(h.value.to_vec());
-                    } else if h.name.eq_ignore_ascii_case("x-request-id") {
-                        request_id = Some(h.value);
-                    }
-                    names.push(h.name.as_bytes().to_vec());
-                }
-                let request_id = request_id_from(request_id);
-                return Ok(Head {
-                    bytes: buf,
-                    head_len,
-                    method,
-                    target,
-                    hosts,
-                    names,
-                    proxy_auth,
-                    request_id,
-                });
-            }
-            Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge),
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(_) => return Err(HeadError::Malformed),
-        }
     }
 }

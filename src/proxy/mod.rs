@@ -5,6 +5,8 @@
 
 mod buffered;
 mod front_door;
+mod head;
+mod http1;
 mod llm;
 mod tunnel;
 mod upgrade;
@@ -153,6 +155,11 @@ fn refusal_head(reason: Reason, request_id: &str, body_len: usize) -> Result<Res
 /// and never reach here.
 fn reason_for(e: &Error) -> Reason {
     use ErrorType::*;
+    if out_of_fds(e) {
+        // Creating the upstream socket failed: Pingora calls it internal, but to the client it
+        // is a connect that could not be made.
+        return Reason::UpstreamConnectFailed;
+    }
     match e.esource() {
         ErrorSource::Downstream => match e.etype() {
             ReadTimedout | WriteTimedout => Reason::IdleTimeout,
@@ -172,6 +179,26 @@ fn reason_for(e: &Error) -> Reason {
             _ if *e.esource() == ErrorSource::Upstream => Reason::UpstreamError,
             _ => Reason::Internal,
         },
+    }
+}
+
+/// Whether `e` comes from running out of file descriptors (EMFILE, ENFILE).
+fn out_of_fds(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|code| code == 23 || code == 24)
+}
+
+/// [`reason_for`], knowing whether the connection was upgraded: a client that stops sending
+/// mid-body is a stalled request body, answered `408 request_body_timeout`; an upgraded one
+/// that goes quiet is an idle connection.
+fn reason_in(e: &Error, upgraded: bool) -> Reason {
+    match reason_for(e) {
+        Reason::IdleTimeout if !upgraded && *e.esource() == ErrorSource::Downstream => {
+            Reason::RequestBodyTimeout
+        }
+        r => r,
     }
 }
 
@@ -682,7 +709,14 @@ impl ProxyHttp for Warden {
             }
         }
         session.set_keepalive(Some(idle.as_secs().max(1)));
-        session.set_read_timeout(Some(idle));
+        // A body may pause only so long between reads; an upgraded connection (its frames
+        // ride the same reads) may stay quiet as long as any idle connection.
+        let body_idle = if session.is_upgrade_req() {
+            idle
+        } else {
+            ctx.snap.limits.request_body_idle_timeout
+        };
+        session.set_read_timeout(Some(body_idle));
         session.set_write_timeout(Some(idle));
         self.route_llm(session, ctx).await
     }
@@ -837,6 +871,14 @@ impl ProxyHttp for Warden {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let limit = ctx.snap.limits.max_response_header_bytes;
+        if response_head_len(upstream_response) > limit {
+            ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                format!("upstream response head over {limit} bytes"),
+            );
+        }
         // Before Pingora fixes the framing: a removed Content-Length becomes chunked.
         self.transform_head(upstream_response, ctx)
     }
@@ -911,7 +953,12 @@ impl ProxyHttp for Warden {
     where
         RequestCtx: Send + Sync,
     {
-        let reason = *ctx.reason.get_or_insert_with(|| reason_for(e));
+        let reason = *ctx
+            .reason
+            .get_or_insert_with(|| reason_in(e, session.was_upgraded()));
+        if out_of_fds(e) && ctx.error.is_none() {
+            ctx.error = Some(format!("out of file descriptors: {}", e.root_cause()));
+        }
         let code = match reason {
             // The client is gone or stalled; there is nobody to answer.
             Reason::ClientError | Reason::IdleTimeout => 0,
@@ -990,8 +1037,11 @@ impl ProxyHttp for Warden {
         line.intercepted = ctx.tunnel.is_some();
         line.upgraded = upgraded;
         if let Some(e) = e {
-            let reason = *ctx.reason.get_or_insert_with(|| reason_for(e));
-            line.error = Some(format!("{} {}", e.esource().as_str(), e.etype().as_str()));
+            let reason = *ctx.reason.get_or_insert_with(|| reason_in(e, upgraded));
+            line.error = ctx
+                .error
+                .take()
+                .or_else(|| Some(format!("{} {}", e.esource().as_str(), e.etype().as_str())));
             line.reason = Some(reason.code());
         } else {
             line.reason = ctx.reason.map(Reason::code);
@@ -1030,6 +1080,16 @@ impl ProxyHttp for Warden {
         line.took(ctx.started.elapsed());
         self.shared.metrics.record(line, ctx.snap.log);
     }
+}
+
+/// The size of a response head on the wire: status line, header lines, blank line.
+pub(crate) fn response_head_len(head: &ResponseHeader) -> usize {
+    let lines: usize = head
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    "HTTP/1.1 200 \r\n\r\n".len() + head.status.canonical_reason().map_or(0, str::len) + lines
 }
 
 /// What a request body filter hands back to Pingora for a rewritten chunk. Pingora writes any

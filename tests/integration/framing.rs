@@ -183,10 +183,6 @@ impl RawOrigin {
             _task: task,
         }
     }
-
-    pub fn connections(&self) -> usize {
-        self.conns.lock().unwrap().len()
-    }
 }
 
 /// Serves requests on one connection until it closes or sends something that is not one.

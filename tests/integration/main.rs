@@ -10,6 +10,7 @@ mod correlation;
 mod credentials;
 mod errors;
 mod framing;
+mod hardening;
 mod headers;
 mod hot_path;
 mod intercept;
