@@ -355,6 +355,54 @@ fn push_logfmt_value(out: &mut String, v: &str) {
     out.push('"');
 }
 
+/// A Pingora error as the canonical line's `error` field: its non-empty parts joined —
+/// `upstream ConnectRefused: context (cause: ...)` — with no leading or trailing space
+/// (Pingora's own `Display` opens with the source, which is empty when unset). A cause that is
+/// itself a Pingora error repeats only the parts that differ, as Pingora's `Display` does.
+pub fn error_text(e: &pingora_error::Error) -> String {
+    error_parts(e, None)
+}
+
+fn error_parts(e: &pingora_error::Error, previous: Option<&pingora_error::Error>) -> String {
+    use pingora_error::ErrorSource;
+    let mut out = String::new();
+    let source = match e.esource {
+        ErrorSource::Upstream => "upstream",
+        ErrorSource::Downstream => "downstream",
+        ErrorSource::Internal => "internal",
+        ErrorSource::Unset => "",
+    };
+    let mut push = |part: &str, sep: &str| {
+        let part = part.trim();
+        if part.is_empty() {
+            return;
+        }
+        if !out.is_empty() {
+            out.push_str(sep);
+        }
+        out.push_str(part);
+    };
+    if previous.is_none_or(|p| p.esource != e.esource) {
+        push(source, " ");
+    }
+    if previous.is_none_or(|p| p.etype != e.etype) {
+        push(e.etype.as_str(), " ");
+    }
+    if let Some(context) = &e.context {
+        push(&context.to_string(), ": ");
+    }
+    if let Some(cause) = &e.cause {
+        let cause = match cause.downcast_ref::<pingora_error::BError>() {
+            Some(inner) => error_parts(inner, Some(e)),
+            None => cause.to_string().trim().to_string(),
+        };
+        if !cause.is_empty() {
+            push(&format!("(cause: {cause})"), " ");
+        }
+    }
+    out
+}
+
 /// `path` with every query value replaced by `[redacted]`; parameter names are kept.
 pub fn redact_query(path: &str) -> Cow<'_, str> {
     let Some((base, query)) = path.split_once('?') else {
@@ -668,7 +716,13 @@ impl Metrics {
 
     /// Counts what a canonical line records, then emits it: the one place per-exchange
     /// metrics and the log line are produced, so they cannot disagree.
-    pub fn record(&self, line: CanonicalLog, settings: LogSettings) {
+    pub fn record(&self, mut line: CanonicalLog, settings: LogSettings) {
+        // Every writer of `error` gets the same shape: no padding, never an empty string.
+        line.error = line
+            .error
+            .take()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty());
         let kind = line.kind.as_str();
         let status_class = match line.status {
             Some(s) => ["1xx", "2xx", "3xx", "4xx", "5xx"]
@@ -842,6 +896,26 @@ mod tests {
         assert!(line.contains("status=200"), "{line}");
         assert!(line.contains("kind=plain"), "{line}");
         assert!(!line.contains("reason="), "{line}");
+    }
+
+    #[test]
+    fn error_text_never_starts_with_the_empty_source_of_an_unset_error() {
+        use pingora_error::{Error, ErrorType};
+        let unset = Error::explain(ErrorType::WriteError, "while writing body");
+        assert_eq!(error_text(&unset), "WriteError: while writing body");
+        let bare = Error::new(ErrorType::TLSHandshakeFailure);
+        assert_eq!(error_text(&bare), "TLSHandshakeFailure");
+        let io = std::io::Error::other("Broken pipe");
+        let up = Error::because(ErrorType::WriteError, "flushing body", io).into_up();
+        assert_eq!(
+            error_text(&up),
+            "upstream WriteError: flushing body (cause: Broken pipe)"
+        );
+        let nested = Error::because(ErrorType::ConnectError, "dialing", up).into_down();
+        assert_eq!(
+            error_text(&nested),
+            "downstream ConnectError: dialing (cause: upstream WriteError: flushing body (cause: Broken pipe))"
+        );
     }
 
     #[test]

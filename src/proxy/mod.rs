@@ -991,7 +991,13 @@ impl ProxyHttp for Warden {
         line.upgraded = upgraded;
         if let Some(e) = e {
             let reason = *ctx.reason.get_or_insert_with(|| reason_for(e));
-            line.error = Some(format!("{} {}", e.esource().as_str(), e.etype().as_str()));
+            // A detail warden noted first (a denial's tool) stays first: the failure after it
+            // (the client gone as the error went out) only adds to it.
+            let failure = crate::telemetry::error_text(e);
+            line.error = Some(match ctx.error.take() {
+                Some(detail) => format!("{detail}; {failure}"),
+                None => failure,
+            });
             line.reason = Some(reason.code());
         } else {
             line.reason = ctx.reason.map(Reason::code);
