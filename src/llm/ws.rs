@@ -245,6 +245,9 @@ pub struct ClientCheck {
     blocked: bool,
     /// In report mode, the first refusal that was not enforced.
     pub would_deny: Option<Denial>,
+    /// The model of the latest `response.create` that named one: the one a refusal was
+    /// about (nothing is forwarded after it), else the one in use when the socket closed.
+    pub model: Option<String>,
 }
 
 impl ClientCheck {
@@ -257,6 +260,7 @@ impl ClientCheck {
             limit,
             blocked: false,
             would_deny: None,
+            model: None,
         }
     }
 
@@ -313,7 +317,7 @@ impl ClientCheck {
         (out.freeze(), None)
     }
 
-    fn check(&self, payload: &[u8]) -> Result<(), Denial> {
+    fn check(&mut self, payload: &[u8]) -> Result<(), Denial> {
         let Ok(v) = serde_json::from_slice::<Value>(payload) else {
             return Ok(());
         };
@@ -324,6 +328,9 @@ impl ClientCheck {
             .get("model")
             .or_else(|| v.pointer("/response/model"))
             .and_then(Value::as_str);
+        if let Some(m) = model {
+            self.model = Some(m.to_string());
+        }
         self.policy.check_model(model)
     }
 }
@@ -428,6 +435,7 @@ mod tests {
         let (fwd, d) = c.feed(&ok);
         assert_eq!(&fwd[..], &ok[..]);
         assert!(d.is_none());
+        assert_eq!(c.model.as_deref(), Some("gpt-5-codex"));
         // Fragmented, split mid-frame.
         let mut bad = masked(TEXT, false, br#"{"type":"response.create","#);
         bad.extend(masked(CONTINUATION, true, br#""model":"gpt-4o"}"#));
@@ -436,6 +444,11 @@ mod tests {
         let (fwd, d) = c.feed(&bad[5..]);
         assert!(fwd.is_empty());
         assert_eq!(d.unwrap().reason, Reason::LlmModelDenied);
+        assert_eq!(
+            c.model.as_deref(),
+            Some("gpt-4o"),
+            "the refused model is the one kept"
+        );
         assert!(
             c.feed(&ok).0.is_empty(),
             "nothing is forwarded after a refusal"

@@ -1016,6 +1016,10 @@ impl ProxyHttp for Warden {
             line.grant = ctx.grant.take();
         }
         if let Some(call) = ctx.llm.as_mut() {
+            // The latest model a `response.create` named, else the upgrade's `?model=`.
+            if let Some(model) = ctx.ws_client.as_ref().and_then(|c| c.model.clone()) {
+                call.model = Some(model);
+            }
             if let Some(ws) = &ctx.ws_policy {
                 call.usage = ws.events.usage;
                 call.tools = ws.events.tools.clone();

@@ -634,9 +634,12 @@ mod websocket {
     async fn allowed_events_pass_unchanged() {
         let (origin, w, events) = start("read_file").await;
         let mut ws = open(&w, origin.addr.port(), "", "ws-llm-ok").await.unwrap();
-        ws.send(create("gpt-5")).await.unwrap();
-        for e in &events {
-            assert_eq!(next(&mut ws).await.into_text().unwrap().as_str(), e);
+        // Two responses on one socket; the line names the model of the latest.
+        for model in ["gpt-5", "gpt-5-mini"] {
+            ws.send(create(model)).await.unwrap();
+            for e in &events {
+                assert_eq!(next(&mut ws).await.into_text().unwrap().as_str(), e);
+            }
         }
         ws.close(None).await.unwrap();
         // Frames stay readable: the compression offer never reached the origin.
@@ -648,7 +651,17 @@ mod websocket {
         let line = log_for("ws-llm-ok").await;
         assert_eq!(line["upgraded"], true);
         assert_eq!(line["provider"], "openai");
+        assert_eq!(line["model"], "gpt-5-mini", "{line}");
         assert_eq!(line["input_tokens"], 20);
+        let metrics = w.scrape().await;
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "warden_llm_requests_total{model=\"gpt-5-mini\",outcome=\"allowed\",provider=\"openai\"}"
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
     }
 
     async fn expect_denial(ws: &mut Ws, seq: u64, code: &str) {
@@ -695,6 +708,9 @@ mod websocket {
         ws.send(create("gpt-4o")).await.unwrap();
         expect_denial(&mut ws, 1, "llm_model_denied").await;
         assert!(origin.messages.lock().unwrap().is_empty());
+        let line = log_for("ws-llm-model").await;
+        assert_eq!(line["reason"], "llm_model_denied", "{line}");
+        assert_eq!(line["model"], "gpt-4o", "{line}");
         // A model named on the upgrade itself is refused before the 101.
         let err = open(&w, origin.addr.port(), "?model=gpt-4o", "ws-llm-model-q")
             .await
