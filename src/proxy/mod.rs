@@ -870,6 +870,9 @@ impl ProxyHttp for Warden {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if upstream_response.status == 101 {
             ctx.websocket = Some(self.shared.metrics.open(Kind::Websocket));
+            // Both directions carry frames from here on: the log gets a summary of them.
+            ctx.request_capture.summarize_frames();
+            ctx.response_capture.summarize_frames();
         } else {
             ctx.ws_policy = None;
             ctx.ws_client = None;
