@@ -96,12 +96,14 @@ impl LogConfig {
 }
 
 /// Keeps the first `limit` bytes of a body as they stream past, for the log line. Copies
-/// only; never holds anything back.
+/// only; never holds anything back. On an upgraded (WebSocket) connection it keeps a summary
+/// of the frames instead ([`Capture::summarize_frames`]).
 #[derive(Debug, Default)]
 pub struct Capture {
     kept: Vec<u8>,
     limit: usize,
     total: usize,
+    frames: Option<Box<Frames>>,
 }
 
 impl Capture {
@@ -111,12 +113,29 @@ impl Capture {
             kept: Vec::new(),
             limit,
             total: 0,
+            frames: None,
+        }
+    }
+
+    /// From now on the bytes are WebSocket frames (after a `101`): keep one short entry per
+    /// frame — `text(11) "hello world"`, `binary(300)`, `close(2) 1000`, `ping(0)` — rather
+    /// than raw (for client frames, masked) bytes. Texts are cut at [`FRAME_EXCERPT_BYTES`];
+    /// the summary as a whole stays within the capture's limit.
+    pub fn summarize_frames(&mut self) {
+        if self.frames.is_none() {
+            self.frames = Some(Box::default());
         }
     }
 
     /// Records a chunk that is passing through.
     pub fn record(&mut self, chunk: &[u8]) {
         self.total += chunk.len();
+        if let Some(frames) = self.frames.as_mut() {
+            if self.limit > 0 {
+                frames.record(chunk, self.limit);
+            }
+            return;
+        }
         let room = self.limit.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
     }
@@ -124,6 +143,9 @@ impl Capture {
     /// The captured text for the log (lossy UTF-8, `…` when cut), with every value
     /// `redactor` knows masked — including a masked value's start cut off at the limit.
     pub fn text(&self, redactor: Option<&Replacer>) -> Option<String> {
+        if let Some(frames) = &self.frames {
+            return frames.render(redactor, self.limit);
+        }
         if self.kept.is_empty() {
             return None;
         }
@@ -143,6 +165,182 @@ impl Capture {
             text.push('…');
         }
         Some(text)
+    }
+}
+
+/// Most bytes of a text frame (or a close frame's reason) kept in a frame summary.
+pub const FRAME_EXCERPT_BYTES: usize = 128;
+
+/// The frames of one direction of a WebSocket, summarized as they stream past. Only headers
+/// (at most 14 bytes) and excerpts are kept, never a whole payload.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Header bytes of the next frame, until it is complete.
+    head: Vec<u8>,
+    /// The frame whose payload is streaming, with the payload bytes still to come.
+    current: Option<(FrameEntry, u64)>,
+    entries: Vec<FrameEntry>,
+    /// What `entries` take rendered, about.
+    size: usize,
+    /// Frames were left out at the limit.
+    dropped: bool,
+}
+
+#[derive(Debug)]
+struct FrameEntry {
+    head: crate::llm::ws::FrameHead,
+    /// The first payload bytes, unmasked (text and close frames only).
+    excerpt: Vec<u8>,
+}
+
+impl FrameEntry {
+    fn label(&self) -> Cow<'static, str> {
+        use crate::llm::ws::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+        Cow::Borrowed(match self.head.opcode {
+            CONTINUATION => "continuation",
+            TEXT => "text",
+            BINARY => "binary",
+            CLOSE => "close",
+            PING => "ping",
+            PONG => "pong",
+            op => return Cow::Owned(format!("opcode{op}")),
+        })
+    }
+
+    /// Whether the payload's start is worth showing: readable text, or a close's code.
+    fn shown(head: &crate::llm::ws::FrameHead) -> bool {
+        use crate::llm::ws::{CLOSE, TEXT};
+        // RSV1 set: compressed (permessage-deflate), unreadable here.
+        head.rsv & 0b100 == 0 && matches!(head.opcode, TEXT | CLOSE)
+    }
+
+    fn render(&self, redactor: Option<&Replacer>) -> String {
+        let mut out = format!("{}({})", self.label(), self.head.payload_len);
+        if self.head.rsv & 0b100 != 0 {
+            out.push_str(" compressed");
+            return out;
+        }
+        let mut text = self.excerpt.as_slice();
+        if self.head.opcode == crate::llm::ws::CLOSE {
+            let Some((code, reason)) = text.split_first_chunk::<2>() else {
+                return out;
+            };
+            out.push_str(&format!(" {}", u16::from_be_bytes(*code)));
+            if reason.is_empty() {
+                return out;
+            }
+            text = reason;
+        } else if self.head.opcode != crate::llm::ws::TEXT {
+            return out;
+        }
+        // A secret may run on past the excerpt (or into the next fragment): its start goes too.
+        let cut = (self.excerpt.len() as u64) < self.head.payload_len || !self.head.fin;
+        let mut kept = text.to_vec();
+        if let Some(r) = redactor {
+            if let Some(masked) = r.replace_value(&kept) {
+                kept = masked;
+            }
+            if cut {
+                let partial = r.partial_tail(&kept);
+                kept.truncate(kept.len() - partial);
+            }
+        }
+        if cut {
+            // Not half a character either.
+            if let Err(e) = std::str::from_utf8(&kept) {
+                if e.error_len().is_none() {
+                    kept.truncate(e.valid_up_to());
+                }
+            }
+        }
+        let mut shown = String::from_utf8_lossy(&kept).into_owned();
+        if cut {
+            shown.push('…');
+        }
+        out.push(' ');
+        out.push_str(&serde_json::Value::String(shown).to_string());
+        out
+    }
+}
+
+impl Frames {
+    fn record(&mut self, mut data: &[u8], limit: usize) {
+        while !data.is_empty() {
+            if let Some((entry, remaining)) = self.current.as_mut() {
+                let take = data
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                if FrameEntry::shown(&entry.head) {
+                    let offset = entry.head.payload_len - *remaining;
+                    let room = FRAME_EXCERPT_BYTES.saturating_sub(entry.excerpt.len());
+                    let bytes = data[..take.min(room)].iter().enumerate();
+                    entry
+                        .excerpt
+                        .extend(bytes.map(|(i, b)| match entry.head.mask {
+                            Some(k) => b ^ k[((offset + i as u64) % 4) as usize],
+                            None => *b,
+                        }));
+                }
+                *remaining -= take as u64;
+                data = &data[take..];
+                if *remaining == 0 {
+                    self.finish(limit);
+                }
+                continue;
+            }
+            self.head.push(data[0]);
+            data = &data[1..];
+            if let Some(head) = crate::llm::ws::parse_head(&self.head) {
+                self.head.clear();
+                let entry = FrameEntry {
+                    head,
+                    excerpt: Vec::new(),
+                };
+                self.current = Some((entry, head.payload_len));
+                if head.payload_len == 0 {
+                    self.finish(limit);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, limit: usize) {
+        let Some((entry, _)) = self.current.take() else {
+            return;
+        };
+        if self.dropped {
+            return;
+        }
+        // Label, length, quotes, separator; escapes may add a little, checked at render.
+        let size = 24 + entry.excerpt.len();
+        if self.size + size > limit {
+            self.dropped = true;
+            return;
+        }
+        self.size += size;
+        self.entries.push(entry);
+    }
+
+    fn render(&self, redactor: Option<&Replacer>, limit: usize) -> Option<String> {
+        if self.entries.is_empty() && !self.dropped {
+            return None;
+        }
+        let mut out = String::new();
+        let mut dropped = self.dropped;
+        for entry in &self.entries {
+            let text = entry.render(redactor);
+            let sep = if out.is_empty() { "" } else { ", " };
+            if out.len() + sep.len() + text.len() > limit {
+                dropped = true;
+                break;
+            }
+            out.push_str(sep);
+            out.push_str(&text);
+        }
+        if dropped {
+            out.push('…');
+        }
+        Some(out)
     }
 }
 
@@ -353,6 +551,54 @@ fn push_logfmt_value(out: &mut String, v: &str) {
         }
     }
     out.push('"');
+}
+
+/// A Pingora error as the canonical line's `error` field: its non-empty parts joined —
+/// `upstream ConnectRefused: context (cause: ...)` — with no leading or trailing space
+/// (Pingora's own `Display` opens with the source, which is empty when unset). A cause that is
+/// itself a Pingora error repeats only the parts that differ, as Pingora's `Display` does.
+pub fn error_text(e: &pingora_error::Error) -> String {
+    error_parts(e, None)
+}
+
+fn error_parts(e: &pingora_error::Error, previous: Option<&pingora_error::Error>) -> String {
+    use pingora_error::ErrorSource;
+    let mut out = String::new();
+    let source = match e.esource {
+        ErrorSource::Upstream => "upstream",
+        ErrorSource::Downstream => "downstream",
+        ErrorSource::Internal => "internal",
+        ErrorSource::Unset => "",
+    };
+    let mut push = |part: &str, sep: &str| {
+        let part = part.trim();
+        if part.is_empty() {
+            return;
+        }
+        if !out.is_empty() {
+            out.push_str(sep);
+        }
+        out.push_str(part);
+    };
+    if previous.is_none_or(|p| p.esource != e.esource) {
+        push(source, " ");
+    }
+    if previous.is_none_or(|p| p.etype != e.etype) {
+        push(e.etype.as_str(), " ");
+    }
+    if let Some(context) = &e.context {
+        push(&context.to_string(), ": ");
+    }
+    if let Some(cause) = &e.cause {
+        let cause = match cause.downcast_ref::<pingora_error::BError>() {
+            Some(inner) => error_parts(inner, Some(e)),
+            None => cause.to_string().trim().to_string(),
+        };
+        if !cause.is_empty() {
+            push(&format!("(cause: {cause})"), " ");
+        }
+    }
+    out
 }
 
 /// `path` with every query value replaced by `[redacted]`; parameter names are kept.
@@ -688,7 +934,13 @@ impl Metrics {
 
     /// Counts what a canonical line records, then emits it: the one place per-exchange
     /// metrics and the log line are produced, so they cannot disagree.
-    pub fn record(&self, line: CanonicalLog, settings: LogSettings) {
+    pub fn record(&self, mut line: CanonicalLog, settings: LogSettings) {
+        // Every writer of `error` gets the same shape: no padding, never an empty string.
+        line.error = line
+            .error
+            .take()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty());
         let kind = line.kind.as_str();
         let status_class = match line.status {
             Some(s) => ["1xx", "2xx", "3xx", "4xx", "5xx"]
@@ -865,6 +1117,26 @@ mod tests {
     }
 
     #[test]
+    fn error_text_never_starts_with_the_empty_source_of_an_unset_error() {
+        use pingora_error::{Error, ErrorType};
+        let unset = Error::explain(ErrorType::WriteError, "while writing body");
+        assert_eq!(error_text(&unset), "WriteError: while writing body");
+        let bare = Error::new(ErrorType::TLSHandshakeFailure);
+        assert_eq!(error_text(&bare), "TLSHandshakeFailure");
+        let io = std::io::Error::other("Broken pipe");
+        let up = Error::because(ErrorType::WriteError, "flushing body", io).into_up();
+        assert_eq!(
+            error_text(&up),
+            "upstream WriteError: flushing body (cause: Broken pipe)"
+        );
+        let nested = Error::because(ErrorType::ConnectError, "dialing", up).into_down();
+        assert_eq!(
+            error_text(&nested),
+            "downstream ConnectError: dialing (cause: upstream WriteError: flushing body (cause: Broken pipe))"
+        );
+    }
+
+    #[test]
     fn query_values_are_redacted_names_kept() {
         assert_eq!(
             redact_query("/a?token=s3cret&x=1&flag"),
@@ -877,6 +1149,78 @@ mod tests {
 #[cfg(test)]
 mod capture_tests {
     use super::Capture;
+    use crate::llm::ws::{close_frame, encode, masked, BINARY, CONTINUATION, PING, TEXT};
+
+    fn frames(limit: usize, wire: &[u8], piece: usize) -> Option<String> {
+        let mut c = Capture::new(limit);
+        c.summarize_frames();
+        for chunk in wire.chunks(piece) {
+            c.record(chunk);
+        }
+        c.text(None)
+    }
+
+    #[test]
+    fn websocket_frames_are_summarized_one_entry_each_in_any_split() {
+        let mut wire = masked(TEXT, true, b"hello world");
+        wire.extend(masked(BINARY, true, &[7; 300]));
+        wire.extend(masked(PING, true, b""));
+        wire.extend_from_slice(&close_frame(1000, ""));
+        wire.extend_from_slice(&close_frame(1008, "llm_tool_denied"));
+        let want = r#"text(11) "hello world", binary(300), ping(0), close(2) 1000, close(17) 1008 "llm_tool_denied""#;
+        for piece in [1, 2, 3, 7, 64, wire.len()] {
+            assert_eq!(frames(4096, &wire, piece).as_deref(), Some(want), "{piece}");
+        }
+        assert_eq!(frames(0, &wire, 7), None, "capture off");
+    }
+
+    #[test]
+    fn long_texts_are_cut_and_the_summary_stays_within_the_limit() {
+        let long = "é".repeat(200);
+        let got = frames(4096, &encode(TEXT, long.as_bytes()), 5).unwrap();
+        assert_eq!(got, format!("text(400) \"{}…\"", "é".repeat(64)));
+        let mut first = masked(TEXT, false, b"part one");
+        first.extend(masked(CONTINUATION, true, b"part two"));
+        assert_eq!(
+            frames(4096, &first, 3).as_deref(),
+            Some(r#"text(8) "part one…", continuation(8)"#),
+            "a fragment is marked as such; continuations are not read"
+        );
+        let many: Vec<u8> = (0..100).flat_map(|_| encode(TEXT, b"x").to_vec()).collect();
+        let got = frames(100, &many, 9).unwrap();
+        assert!(
+            got.ends_with('…') && got.len() <= 100 + '…'.len_utf8(),
+            "{got}"
+        );
+        assert!(got.starts_with(r#"text(1) "x", text(1) "x""#), "{got}");
+        let compressed = [0xC1, 0x03, 1, 2, 3];
+        assert_eq!(
+            frames(100, &compressed, 1).as_deref(),
+            Some("text(3) compressed")
+        );
+    }
+
+    #[test]
+    fn secrets_in_client_frames_are_masked_even_when_the_excerpt_cuts_them() {
+        let secret = b"sk-live-0123456789".to_vec();
+        let r = crate::scrub::Replacer::masking([secret.clone()]);
+        let mut c = Capture::new(4096);
+        c.summarize_frames();
+        c.record(&masked(TEXT, true, br#"{"key":"sk-live-0123456789"}"#));
+        let mut cut = vec![b'a'; super::FRAME_EXCERPT_BYTES - 8];
+        cut.extend_from_slice(&secret);
+        c.record(&masked(TEXT, true, &cut));
+        let text = c.text(Some(&r)).unwrap();
+        assert!(!text.contains("sk-live"), "{text}");
+        assert!(
+            text.starts_with(r#"text(28) "{\"key\":\"[redacted]********\"}""#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(&format!("text(138) \"{}…\"", "a".repeat(120))),
+            "{text}"
+        );
+    }
 
     #[test]
     fn keeps_a_bounded_prefix_and_marks_cuts() {

@@ -15,8 +15,61 @@ use std::sync::Arc;
 pub const CONTINUATION: u8 = 0x0;
 /// Text frame.
 pub const TEXT: u8 = 0x1;
+/// Binary frame.
+pub const BINARY: u8 = 0x2;
 /// Close frame.
 pub const CLOSE: u8 = 0x8;
+/// Ping frame.
+pub const PING: u8 = 0x9;
+/// Pong frame.
+pub const PONG: u8 = 0xA;
+
+/// A frame header's fields (RFC 6455 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Final fragment of a message.
+    pub fin: bool,
+    /// The three reserved bits (RSV1 is 0b100: a compressed message under permessage-deflate).
+    pub rsv: u8,
+    /// Opcode.
+    pub opcode: u8,
+    /// The masking key (client frames).
+    pub mask: Option<[u8; 4]>,
+    /// Header bytes, masking key included.
+    pub len: usize,
+    /// Payload bytes that follow the header.
+    pub payload_len: u64,
+}
+
+/// Parses the frame header at the start of `b`; `None` until all of it has arrived. Used by
+/// [`FrameReader`] and by the log's frame summary, which reads headers without keeping
+/// payloads.
+pub fn parse_head(b: &[u8]) -> Option<FrameHead> {
+    let (first, second) = (*b.first()?, *b.get(1)?);
+    let (payload_len, mut len) = match second & 0x7f {
+        126 => (u64::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?])), 4),
+        127 => {
+            let n: [u8; 8] = b.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(n), 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    let mask = if second & 0x80 != 0 {
+        let k: [u8; 4] = b.get(len..len + 4)?.try_into().ok()?;
+        len += 4;
+        Some(k)
+    } else {
+        None
+    };
+    Some(FrameHead {
+        fin: first & 0x80 != 0,
+        rsv: (first >> 4) & 0x7,
+        opcode: first & 0x0f,
+        mask,
+        len,
+        payload_len,
+    })
+}
 
 /// One frame: header fields, the unmasked payload and the exact bytes it came as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,45 +118,22 @@ impl FrameReader {
     /// The next complete frame whose payload is at most `max_payload` bytes.
     pub fn next_frame(&mut self, max_payload: usize) -> Result<Option<Frame>, FrameError> {
         let b = &self.buf[..];
-        if b.len() < 2 {
-            return Ok(None);
-        }
-        if b[0] & 0x70 != 0 {
+        if b.len() >= 2 && b[0] & 0x70 != 0 {
             return Err(FrameError::Unsupported);
         }
-        let masked = b[1] & 0x80 != 0;
-        let (len, mut at) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                (u64::from_be_bytes(n), 10)
-            }
-            126 | 127 => return Ok(None),
-            n => (u64::from(n), 2),
+        let Some(head) = parse_head(b) else {
+            return Ok(None);
         };
-        let len = usize::try_from(len).map_err(|_| FrameError::TooLarge)?;
+        let len = usize::try_from(head.payload_len).map_err(|_| FrameError::TooLarge)?;
         if len > max_payload {
             return Err(FrameError::TooLarge);
         }
-        let key = if masked {
-            if b.len() < at + 4 {
-                return Ok(None);
-            }
-            let k = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-            at += 4;
-            Some(k)
-        } else {
-            None
-        };
-        if b.len() < at + len {
+        if b.len() < head.len + len {
             return Ok(None);
         }
-        let fin = b[0] & 0x80 != 0;
-        let opcode = b[0] & 0x0f;
-        let raw = self.buf.split_to(at + len).freeze();
-        let mut payload = raw.slice(at..);
-        if let Some(k) = key {
+        let raw = self.buf.split_to(head.len + len).freeze();
+        let mut payload = raw.slice(head.len..);
+        if let Some(k) = head.mask {
             let unmasked: Vec<u8> = payload
                 .iter()
                 .enumerate()
@@ -112,8 +142,8 @@ impl FrameReader {
             payload = Bytes::from(unmasked);
         }
         Ok(Some(Frame {
-            fin,
-            opcode,
+            fin: head.fin,
+            opcode: head.opcode,
             payload,
             raw,
         }))
@@ -245,6 +275,9 @@ pub struct ClientCheck {
     blocked: bool,
     /// In report mode, the first refusal that was not enforced.
     pub would_deny: Option<Denial>,
+    /// The model of the latest `response.create` that named one: the one a refusal was
+    /// about (nothing is forwarded after it), else the one in use when the socket closed.
+    pub model: Option<String>,
 }
 
 impl ClientCheck {
@@ -257,6 +290,7 @@ impl ClientCheck {
             limit,
             blocked: false,
             would_deny: None,
+            model: None,
         }
     }
 
@@ -313,7 +347,7 @@ impl ClientCheck {
         (out.freeze(), None)
     }
 
-    fn check(&self, payload: &[u8]) -> Result<(), Denial> {
+    fn check(&mut self, payload: &[u8]) -> Result<(), Denial> {
         let Ok(v) = serde_json::from_slice::<Value>(payload) else {
             return Ok(());
         };
@@ -324,13 +358,16 @@ impl ClientCheck {
             .get("model")
             .or_else(|| v.pointer("/response/model"))
             .and_then(Value::as_str);
+        if let Some(m) = model {
+            self.model = Some(m.to_string());
+        }
         self.policy.check_model(model)
     }
 }
 
 /// A masked frame, as a client sends it (tests build client traffic with it).
 #[cfg(test)]
-fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     let key = [0x11, 0x22, 0x33, 0x44];
     let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
     match payload.len() {
@@ -428,6 +465,7 @@ mod tests {
         let (fwd, d) = c.feed(&ok);
         assert_eq!(&fwd[..], &ok[..]);
         assert!(d.is_none());
+        assert_eq!(c.model.as_deref(), Some("gpt-5-codex"));
         // Fragmented, split mid-frame.
         let mut bad = masked(TEXT, false, br#"{"type":"response.create","#);
         bad.extend(masked(CONTINUATION, true, br#""model":"gpt-4o"}"#));
@@ -436,6 +474,11 @@ mod tests {
         let (fwd, d) = c.feed(&bad[5..]);
         assert!(fwd.is_empty());
         assert_eq!(d.unwrap().reason, Reason::LlmModelDenied);
+        assert_eq!(
+            c.model.as_deref(),
+            Some("gpt-4o"),
+            "the refused model is the one kept"
+        );
         assert!(
             c.feed(&ok).0.is_empty(),
             "nothing is forwarded after a refusal"

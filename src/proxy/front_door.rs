@@ -303,7 +303,10 @@ impl FrontDoor {
         let handshake = handshake_with_callback(&self.acceptor, stream, &callbacks);
         let tls = match tokio::time::timeout(snap.limits.idle_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return fail(Reason::ClientTlsError, Some(e.to_string())),
+            Ok(Err(e)) => {
+                let error = crate::telemetry::error_text(&e);
+                return fail(Reason::ClientTlsError, Some(error));
+            }
             Err(_) => return fail(Reason::IdleTimeout, Some("TLS handshake timed out".into())),
         };
         let resumed = tls.get_ssl().is_some_and(|ssl| ssl.session_reused());

@@ -5,7 +5,8 @@
 //! only run when bytes arrive. So `request_filter` runs the exchange here, with the same
 //! phases (`upstream_peer`, `upstream_request_filter`, `response_filter`) and Pingora's own
 //! upstream connector, and returns "response sent". Errors take the usual path
-//! (`fail_to_proxy`, `logging`).
+//! (`fail_to_proxy`, `logging`), marked with their side (`into_up`/`into_down`) here, since
+//! Pingora's own loop that would mark them is not running.
 
 use super::{RequestCtx, Warden};
 use crate::llm::stream::{SsePolicy, KEEPALIVE};
@@ -136,8 +137,14 @@ impl Warden {
         } else {
             head.remove_header(&header::CONNECTION);
         }
-        session.write_response_header(Box::new(head), false).await?;
-        session.write_response_body(Some(body), true).await?;
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| e.into_down())?;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| e.into_down())?;
         Ok(true)
     }
 
@@ -166,11 +173,16 @@ impl Warden {
             session
                 .as_downstream_mut()
                 .write_continue_response()
-                .await?;
+                .await
+                .map_err(|e| e.into_down())?;
         }
         let mut body = BytesMut::new();
         let mut complete = true;
-        while let Some(chunk) = session.read_request_body().await? {
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             ctx.request_capture.record(&chunk);
             body.extend_from_slice(&chunk);
             if body.len() > limit {
@@ -278,7 +290,11 @@ impl Warden {
             .await
             .map_err(|e| e.into_up())?;
         if !complete {
-            while let Some(chunk) = session.read_request_body().await? {
+            while let Some(chunk) = session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?
+            {
                 ctx.request_capture.record(&chunk);
                 let end = session.is_body_done();
                 let chunk = match ctx.body_replacer.as_mut() {
@@ -308,6 +324,14 @@ impl Warden {
         let Some(resp) = up.response_header().cloned() else {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };
+        let head_limit = ctx.snap.limits.max_response_header_bytes;
+        if super::response_head_len(&resp) > head_limit {
+            ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                format!("upstream response head over {head_limit} bytes"),
+            );
+        }
         let status = resp.status.as_u16();
         let content_type = header_str(&resp, header::CONTENT_TYPE)
             .unwrap_or_default()
@@ -359,7 +383,10 @@ impl Warden {
             head.remove_header(&header::CONTENT_LENGTH);
             head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        session.write_response_header(Box::new(head), false).await
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| e.into_down())
     }
 
     async fn relay_rest(
@@ -372,7 +399,10 @@ impl Warden {
             let chunk = up.read_response_body().await.map_err(|e| e.into_up())?;
             let end = chunk.is_none() || up.response_done();
             let out = self.outgoing(ctx, chunk.unwrap_or_default(), end);
-            session.write_response_body(Some(out), end).await?;
+            session
+                .write_response_body(Some(out), end)
+                .await
+                .map_err(|e| e.into_down())?;
             if end {
                 return Ok(true);
             }
@@ -439,7 +469,10 @@ impl Warden {
         self.write_head(session, head, ctx).await?;
         let end = !over;
         let out = self.outgoing(ctx, body.freeze(), end);
-        session.write_response_body(Some(out), end).await?;
+        session
+            .write_response_body(Some(out), end)
+            .await
+            .map_err(|e| e.into_down())?;
         if over {
             self.relay_rest(session, ctx, up).await
         } else {
@@ -460,6 +493,30 @@ impl Warden {
             head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
         self.write_head(session, head, ctx).await?;
+        let result = self.relay_events(session, ctx, up, &mut sse).await;
+        // Whatever ended the relay, what the stream showed is recorded: a denial decided
+        // before a failed write (the client gone as the error event went out) is still the
+        // outcome, not the write error after it.
+        let events = &sse.events;
+        if let Some(call) = ctx.llm.as_mut() {
+            call.usage = events.usage;
+            call.tools = events.tools.clone();
+        }
+        if let Some(d) = events.denied.clone() {
+            self.note_denial(ctx, &d, false);
+        } else if let Some(d) = events.would_deny.clone() {
+            self.note_denial(ctx, &d, true);
+        }
+        result
+    }
+
+    async fn relay_events(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &mut HttpSession,
+        sse: &mut SsePolicy,
+    ) -> Result<bool> {
         let interval = ctx.snap.limits.llm_keepalive_interval;
         // Keep-alives go between events; a body rewriter may be holding part of one.
         let keepalives = ctx.body_rewriter.is_none();
@@ -473,23 +530,15 @@ impl Warden {
             let done = end || sse.events.finished();
             let out = self.outgoing(ctx, out, done);
             if !out.is_empty() || done {
-                session.write_response_body(Some(out), done).await?;
+                session
+                    .write_response_body(Some(out), done)
+                    .await
+                    .map_err(|e| e.into_down())?;
             }
             if done {
-                break;
+                return Ok(true);
             }
         }
-        let events = &sse.events;
-        if let Some(call) = ctx.llm.as_mut() {
-            call.usage = events.usage;
-            call.tools = events.tools.clone();
-        }
-        if let Some(d) = events.denied.clone() {
-            self.note_denial(ctx, &d, false);
-        } else if let Some(d) = events.would_deny.clone() {
-            self.note_denial(ctx, &d, true);
-        }
-        Ok(true)
     }
 }
 
@@ -518,7 +567,8 @@ async fn read_with_keepalives(
             _ = tokio::time::sleep_until(deadline) => {
                 session
                     .write_response_body(Some(Bytes::from_static(KEEPALIVE)), false)
-                    .await?;
+                    .await
+                    .map_err(|e| e.into_down())?;
                 *last = Some(Instant::now());
             }
         }

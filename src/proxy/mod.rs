@@ -912,6 +912,9 @@ impl ProxyHttp for Warden {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if upstream_response.status == 101 {
             ctx.websocket = Some(self.shared.metrics.open(Kind::Websocket));
+            // Both directions carry frames from here on: the log gets a summary of them.
+            ctx.request_capture.summarize_frames();
+            ctx.response_capture.summarize_frames();
         } else {
             ctx.ws_policy = None;
             ctx.ws_client = None;
@@ -1038,10 +1041,13 @@ impl ProxyHttp for Warden {
         line.upgraded = upgraded;
         if let Some(e) = e {
             let reason = *ctx.reason.get_or_insert_with(|| reason_in(e, upgraded));
-            line.error = ctx
-                .error
-                .take()
-                .or_else(|| Some(format!("{} {}", e.esource().as_str(), e.etype().as_str())));
+            // A detail warden noted first (a denial's tool) stays first: the failure after it
+            // (the client gone as the error went out) only adds to it.
+            let failure = crate::telemetry::error_text(e);
+            line.error = Some(match ctx.error.take() {
+                Some(detail) => format!("{detail}; {failure}"),
+                None => failure,
+            });
             line.reason = Some(reason.code());
         } else {
             line.reason = ctx.reason.map(Reason::code);
@@ -1060,6 +1066,10 @@ impl ProxyHttp for Warden {
             line.grant = ctx.grant.take();
         }
         if let Some(call) = ctx.llm.as_mut() {
+            // The latest model a `response.create` named, else the upgrade's `?model=`.
+            if let Some(model) = ctx.ws_client.as_ref().and_then(|c| c.model.clone()) {
+                call.model = Some(model);
+            }
             if let Some(ws) = &ctx.ws_policy {
                 call.usage = ws.events.usage;
                 call.tools = ws.events.tools.clone();

@@ -464,6 +464,15 @@ pub async fn assert_closed<S: AsyncRead + Unpin>(s: &mut S) {
     }
 }
 
+/// Checks a log line's `error` field: it starts with `prefix` and has no padding.
+pub fn assert_error_field(line: &Value, prefix: &str) {
+    let error = line["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {line}"));
+    assert_eq!(error, error.trim(), "padded error field: {line}");
+    assert!(error.starts_with(prefix), "error not {prefix}…: {line}");
+}
+
 /// Parses a JSON refusal and checks status, reason and Proxy-Status.
 pub fn assert_refusal(head: &str, body: &[u8], status: u16, reason: &str) {
     assert!(

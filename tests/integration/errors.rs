@@ -37,6 +37,7 @@ async fn an_upstream_with_an_untrusted_certificate_is_a_502() {
     let line = log_for("untrusted-1").await;
     assert_eq!(line["reason"], "upstream_tls_error");
     assert_eq!(line["status"], 502);
+    assert_error_field(&line, "upstream InvalidCert: TLS connect() failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,10 +52,9 @@ async fn a_refused_port_is_a_502() {
         .await
         .unwrap();
     refusal_of(r, 502, "upstream_connect_failed").await;
-    assert_eq!(
-        log_for("refused-1").await["reason"],
-        "upstream_connect_failed"
-    );
+    let line = log_for("refused-1").await;
+    assert_eq!(line["reason"], "upstream_connect_failed");
+    assert_error_field(&line, "upstream ConnectRefused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

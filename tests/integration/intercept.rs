@@ -245,6 +245,7 @@ async fn a_client_that_does_not_trust_warden_fails_the_handshake_and_is_logged()
     let port = origin.port();
     let line = wait_log(move |v| v["reason"] == "client_tls_error" && v["port"] == port).await;
     assert_eq!(line["host"], "b.test");
+    assert_error_field(&line, "TLSHandshakeFailure: ");
     assert!(origin.seen().is_empty());
 }
 

@@ -421,6 +421,109 @@ async fn keepalives_flow_while_a_tool_call_is_held() {
     );
 }
 
+/// A Chat Completions stream whose origin stops inside the tool-call block (calls to
+/// `get_weather`, then `tool`) while the client, having read the text before it, resets the
+/// connection; then the origin sends the rest. Returns the log line and the metrics.
+async fn client_gone_while_a_call_is_held(tool: &str, id: &str) -> (Value, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = fixture("chat_completions.sse", tool);
+    let events: Vec<&str> = text.split_inclusive("\n\n").collect();
+    let gate = Arc::new(Notify::new());
+    let script = Script {
+        steps: vec![
+            Step::Send(events[..2].concat().into_bytes()),
+            Step::Wait(gate.clone()),
+            Step::Send(events[2..].concat().into_bytes()),
+        ],
+        ..Script::sse("", 1)
+    };
+    let (origin, w, _) = provider_with(
+        script,
+        "openai.test",
+        "openai",
+        "/v1/chat/completions",
+        "limits:\n  llm_keepalive_interval: 60s\n",
+    )
+    .await;
+    let authority = format!("openai.test:{}", origin.port());
+    let mut tls = w.tls_tunnel(&authority, "openai.test").await;
+    let body = request_for("/v1/chat/completions", "gpt-5", true).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {authority}\r\nx-request-id: {id}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\"content\":\"Hi\"") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("the text arrived in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // A reset, not a FIN: warden's next write to the client fails at once.
+    tls.get_ref().set_zero_linger().unwrap();
+    drop(tls);
+    gate.notify_one();
+    let line = log_for(id).await;
+    (line, w.scrape().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_is_logged_as_one_even_when_the_client_is_gone_before_it_is_written() {
+    // warden denies `bash` and writes the error event to a dead socket: the denial was
+    // decided before that write failed, so it is what the line and the metrics say.
+    let (line, metrics) = client_gone_while_a_call_is_held("bash", "llm-deny-gone").await;
+    assert_eq!(line["reason"], "llm_tool_denied", "{line}");
+    assert_eq!(line["rule"], "llm[0].deny_tools[0]", "{line}");
+    assert_eq!(line["tools"], json!(["get_weather", "bash"]), "{line}");
+    let error = line["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("tool bash; downstream WriteError"),
+        "{line}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "warden_llm_requests_total{model=\"gpt-5\",outcome=\"denied\",provider=\"openai\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "warden_denials_total{reason=\"llm_tool_denied\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_stream_is_a_client_error_not_an_upstream_one() {
+    let (line, metrics) = client_gone_while_a_call_is_held("read_file", "llm-allow-gone").await;
+    assert_eq!(line["reason"], "client_error", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("downstream WriteError"),
+        "{line}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "warden_llm_requests_total{model=\"gpt-5\",outcome=\"error\",provider=\"openai\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_buffer_bound_fail_closed() {
     let big = json!({ "content": [{"type": "text", "text": "x".repeat(5000)}] }).to_string();
@@ -531,9 +634,12 @@ mod websocket {
     async fn allowed_events_pass_unchanged() {
         let (origin, w, events) = start("read_file").await;
         let mut ws = open(&w, origin.addr.port(), "", "ws-llm-ok").await.unwrap();
-        ws.send(create("gpt-5")).await.unwrap();
-        for e in &events {
-            assert_eq!(next(&mut ws).await.into_text().unwrap().as_str(), e);
+        // Two responses on one socket; the line names the model of the latest.
+        for model in ["gpt-5", "gpt-5-mini"] {
+            ws.send(create(model)).await.unwrap();
+            for e in &events {
+                assert_eq!(next(&mut ws).await.into_text().unwrap().as_str(), e);
+            }
         }
         ws.close(None).await.unwrap();
         // Frames stay readable: the compression offer never reached the origin.
@@ -545,7 +651,17 @@ mod websocket {
         let line = log_for("ws-llm-ok").await;
         assert_eq!(line["upgraded"], true);
         assert_eq!(line["provider"], "openai");
+        assert_eq!(line["model"], "gpt-5-mini", "{line}");
         assert_eq!(line["input_tokens"], 20);
+        let metrics = w.scrape().await;
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "warden_llm_requests_total{model=\"gpt-5-mini\",outcome=\"allowed\",provider=\"openai\"}"
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
     }
 
     async fn expect_denial(ws: &mut Ws, seq: u64, code: &str) {
@@ -592,6 +708,9 @@ mod websocket {
         ws.send(create("gpt-4o")).await.unwrap();
         expect_denial(&mut ws, 1, "llm_model_denied").await;
         assert!(origin.messages.lock().unwrap().is_empty());
+        let line = log_for("ws-llm-model").await;
+        assert_eq!(line["reason"], "llm_model_denied", "{line}");
+        assert_eq!(line["model"], "gpt-4o", "{line}");
         // A model named on the upgrade itself is refused before the 101.
         let err = open(&w, origin.addr.port(), "?model=gpt-4o", "ws-llm-model-q")
             .await

@@ -61,9 +61,19 @@ async fn plain_ws(
     authority: &str,
     id: &str,
 ) -> WebSocketStream<tokio::net::TcpStream> {
+    plain_ws_with(w, authority, id, "").await
+}
+
+/// [`plain_ws`] with extra header lines (each ending in CRLF) on the upgrade request.
+async fn plain_ws_with(
+    w: &TestWarden,
+    authority: &str,
+    id: &str,
+    headers: &str,
+) -> WebSocketStream<tokio::net::TcpStream> {
     let mut s = w.tcp().await;
     let req = format!(
-        "GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Request-Id: {id}\r\n\r\n"
+        "GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Request-Id: {id}\r\n{headers}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let head = read_head(&mut s).await;
@@ -94,4 +104,45 @@ async fn an_idle_websocket_is_closed_after_the_idle_timeout() {
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
     let line = log_for("ws-idle").await;
     assert_eq!(line["upgraded"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_summarize_websocket_frames_and_mask_secrets_in_them() {
+    let origin = WsOrigin::start(false).await;
+    let w = TestWarden::with("all", "log:\n  format: text\n").await;
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let mut ws = plain_ws_with(
+        &w,
+        &authority,
+        "ws-frames",
+        "Authorization: Bearer sk-canary-4242\r\n",
+    )
+    .await;
+    let sent = [
+        Message::text("hello"),
+        Message::text("token sk-canary-4242"),
+        Message::binary(vec![1u8, 2, 3]),
+    ];
+    for m in &sent {
+        ws.send(m.clone()).await.unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("echo arrived")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&echo, m);
+    }
+    ws.close(None).await.unwrap();
+    let line = wait_line(|l| l.contains("request_id=ws-frames")).await;
+    // Client frames are masked on the wire; the summary shows them unmasked, secrets aside.
+    let frames = r#"text(5) \"hello\", text(20) \"token [redacted]****\", binary(3)"#;
+    assert!(
+        line.contains(&format!(r#"request_body="{frames}, close(0)""#)),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(r#"response_body="{frames}"#)),
+        "{line}"
+    );
+    assert!(!line.contains("sk-canary"), "{line}");
 }
