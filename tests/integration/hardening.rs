@@ -364,3 +364,176 @@ async fn the_listen_backlog_follows_proxy_backlog() {
     let w = TestWarden::start(&yaml).await;
     assert_eq!(backlog_of(w.addr.port()), 77);
 }
+
+/// warden's binary under a low descriptor limit, its stderr lines collected.
+struct Starved {
+    child: std::process::Child,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Starved {
+    fn start(config: &std::path::Path, fds: u32) -> Starved {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("ulimit -n {fds} && exec \"$0\" run -c \"$1\""),
+            ])
+            .arg(env!("CARGO_BIN_EXE_warden"))
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("warden starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut starved = Starved {
+            child,
+            proxy: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            lines,
+            seen: Vec::new(),
+        };
+        let line = starved.wait_for(|l| l.contains("warden listening"));
+        let addr = |key: &str| -> std::net::SocketAddr {
+            line.split(&format!("{key}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.trim_end_matches('"').parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+        };
+        starved.proxy = addr("proxy");
+        starved.admin = addr("admin");
+        starved
+    }
+
+    /// Blocks (off the async workers' hot path: the lines come from a thread) until a line
+    /// matches.
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(WAIT)
+                .expect("the awaited line appeared");
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Every line so far, including those not yet awaited.
+    fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_accepts_log_once_dials_fail_by_name_and_gone_clients_are_not_dialled() {
+    let first = Origin::http().await;
+    let second = Origin::http().await;
+    // The blind tunnel's destination counts what reaches it.
+    let tunnel_target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tunnel_port = tunnel_target.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nproxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {d}/ca.crt\n  ca_key: {d}/ca.key\n  intercept: none\nnetwork:\n  allow_cidrs: [127.0.0.0/8]\n  resolve:\n    origin.test: 127.0.0.1\nlimits:\n  request_header_timeout: 60s\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut w = tokio::task::block_in_place(|| Starved::start(&config, 64));
+    // A kept-alive client connection, opened while descriptors remain.
+    let mut kept = TcpStream::connect(w.proxy).await.unwrap();
+    kept.write_all(format!("GET http://origin.test:{}/ HTTP/1.1\r\n\r\n", first.port()).as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut kept).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Idle connections until warden can accept no more (the rest wait in the backlog).
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        held.push(TcpStream::connect(w.proxy).await.unwrap());
+    }
+    tokio::task::block_in_place(|| w.wait_for(|l| l.contains("accept failed")));
+    // A CONNECT queued behind them, whose client gives up before warden gets to it.
+    let mut gone = TcpStream::connect(w.proxy).await.unwrap();
+    gone.write_all(
+        format!("CONNECT 127.0.0.1:{tunnel_port} HTTP/1.1\r\nX-Request-Id: gave-up\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    drop(gone);
+    // A request that needs a new upstream connection cannot get a socket.
+    kept.write_all(
+        format!(
+            "GET http://origin.test:{}/ HTTP/1.1\r\nX-Request-Id: no-fds\r\n\r\n",
+            second.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    refusal(&mut kept, 502, "upstream_connect_failed").await;
+    // The process stays out of descriptors a while, failing an accept every 100 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(held);
+    let line = tokio::task::block_in_place(|| w.wait_for(|l| l.contains("gave-up")));
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["reason"], "client_error", "{line}");
+    assert!(
+        line["status"].is_null(),
+        "not logged as a 200 tunnel: {line}"
+    );
+    let no_fds = w
+        .drain()
+        .iter()
+        .find(|l| l.contains("no-fds"))
+        .cloned()
+        .expect("the failed dial was logged");
+    let no_fds: Value = serde_json::from_str(&no_fds).unwrap();
+    assert_eq!(no_fds["reason"], "upstream_connect_failed");
+    assert!(
+        no_fds["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("out of file descriptors")),
+        "{no_fds}"
+    );
+    let metrics = scrape(w.admin).await;
+    let failed = metric_value(&metrics, "warden_accept_errors_total{cause=\"fds\"}").unwrap();
+    assert!(failed >= 3.0, "accept failures counted: {failed}");
+    let logged = w
+        .drain()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(logged, 1, "one line per interval, however many failures");
+    // Nothing was dialled for the client that had gone.
+    let accepted = tokio::time::timeout(Duration::from_millis(50), tunnel_target.accept()).await;
+    assert!(accepted.is_err(), "the tunnel target was dialled");
+}
