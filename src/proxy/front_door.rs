@@ -301,13 +301,19 @@ impl FrontDoor {
         };
         let stream = super::buffered::Buffered::new(stream);
         let handshake = handshake_with_callback(&self.acceptor, stream, &callbacks);
-        let tls = match tokio::time::timeout(snap.limits.idle_timeout, handshake).await {
+        // The handshake is the start of the tunnel's first request: a client trickling it
+        // is bounded like one trickling a head.
+        let bound = snap.limits.request_header_timeout;
+        let tls = match tokio::time::timeout(bound, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let error = crate::telemetry::error_text(&e);
                 return fail(Reason::ClientTlsError, Some(error));
             }
-            Err(_) => return fail(Reason::IdleTimeout, Some("TLS handshake timed out".into())),
+            Err(_) => {
+                let error = format!("TLS handshake incomplete after {bound:?}");
+                return fail(Reason::RequestHeaderTimeout, Some(error));
+            }
         };
         let resumed = tls.get_ssl().is_some_and(|ssl| ssl.session_reused());
         self.shared.metrics.client_handshake(resumed);

@@ -537,3 +537,21 @@ async fn out_of_descriptors_accepts_log_once_dials_fail_by_name_and_gone_clients
     let accepted = tokio::time::timeout(Duration::from_millis(50), tunnel_target.accept()).await;
     assert!(accepted.is_err(), "the tunnel target was dialled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_stalls_inside_a_tunnel_is_cut_at_the_head_timeout() {
+    let origin = Origin::https().await;
+    let w = TestWarden::with("all", QUICK).await;
+    let authority = format!("origin.test:{}", origin.port());
+    let mut t = w.connect(&authority).await;
+    // The first bytes of a ClientHello record, then nothing more.
+    t.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_closed(&mut t).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let line =
+        wait_log(|v| v["kind"] == "connect" && v["reason"] == "request_header_timeout").await;
+    assert_eq!(line["host"], "origin.test");
+}
