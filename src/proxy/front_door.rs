@@ -2,28 +2,31 @@
 //! head (bounded in size and time); anything but CONNECT is rewound and handed to the HTTP
 //! engine running [`Warden`](super::Warden). A CONNECT is decided here — blind tunnel, or
 //! interception: `200`, TLS accept with a leaf for the CONNECT host, the tunnel identity bound
-//! to the connection, and the decrypted stream handed to the same HTTP engine.
+//! to the connection, and the decrypted stream handed to the same HTTP engine. Between the
+//! requests of a connection, the front door reads each request line before the HTTP engine
+//! does, so bytes that engine would escape are refused as the client sent them.
 
 use super::tunnel;
 use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
 use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
 use crate::reason::Reason;
-use crate::target::{classify_connect, Authority, TunnelIdentity};
+use crate::target::{check_request_line, classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
 use crate::tls::{interception_acceptor, LeafCallbacks};
 use bytes::{Bytes, BytesMut};
 use openssl::ssl::SslAcceptor;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
-use pingora_core::protocols::{GetSocketDigest, Ssl};
+use pingora_core::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A TLS record of type handshake starts every ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -136,9 +139,8 @@ impl FrontDoor {
             }
             stream.rewind(&head.bytes);
             let _open = self.shared.metrics.open(Kind::Plain);
-            self.http
-                .process_new(Box::new(super::buffered::Buffered::new(stream)), &shutdown)
-                .await;
+            let stream = Box::new(super::buffered::Buffered::new(stream));
+            self.serve_http(stream, true, &event, None, &shutdown).await;
             return;
         }
         let dest = match classify_connect(&head.target) {
@@ -302,7 +304,123 @@ impl FrontDoor {
         let resumed = tls.get_ssl().is_some_and(|ssl| ssl.session_reused());
         self.shared.metrics.client_handshake(resumed);
         let _open = self.shared.metrics.open(Kind::Intercepted);
-        self.http.process_new(Box::new(tls), &shutdown).await;
+        self.serve_http(Box::new(tls), false, event, Some(&dest), &shutdown)
+            .await;
+    }
+
+    /// Serves the HTTP/1 requests of a client connection (plain, or a decrypted tunnel to
+    /// `dest`) until it closes. This is Pingora's keep-alive loop (`HttpServerApp::process_new`),
+    /// except that each request line is read here first and checked as the client sent it
+    /// ([`check_request_line`]), then handed to the engine as the start of its request.
+    /// `first_checked`: the first head was already read and checked (plain connections).
+    async fn serve_http(
+        &self,
+        mut stream: Stream,
+        first_checked: bool,
+        event: &Event,
+        dest: Option<&Authority>,
+        shutdown: &ShutdownWatch,
+    ) {
+        if !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1)) {
+            // HTTP/2 has no request line to escape.
+            self.http.process_new(stream, shutdown).await;
+            return;
+        }
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut checked = first_checked;
+        loop {
+            let prefix = if std::mem::take(&mut checked) {
+                None
+            } else {
+                let (max, idle) = {
+                    let snap = self.shared.snapshot.load();
+                    (
+                        snap.limits.max_request_header_bytes,
+                        snap.limits.idle_timeout,
+                    )
+                };
+                let mut stop = shutdown.clone();
+                let read = tokio::select! {
+                    biased;
+                    read = read_request_line(&mut stream, max, idle) => read,
+                    _ = stop.wait_for(|down| *down) => return,
+                };
+                match read {
+                    Ok(line) => match line.verdict {
+                        Ok(()) => Some(line.bytes),
+                        Err(reason) => {
+                            let method = line.method;
+                            return self
+                                .refuse_request_line(stream, event, dest, method, reason)
+                                .await;
+                        }
+                    },
+                    Err(HeadError::TooLarge) => {
+                        let reason = Reason::HeadersTooLarge;
+                        return self
+                            .refuse_request_line(stream, event, dest, None, reason)
+                            .await;
+                    }
+                    Err(HeadError::Closed | HeadError::Timeout | HeadError::Malformed) => return,
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // Pingora's defaults for a connection's first request.
+                    let down = *shutdown.borrow();
+                    session.set_keepalive(if down { None } else { Some(60) });
+                    session.set_keepalive_reuses_remaining(
+                        self.http
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            // warden leaves pipelining off (Pingora's default): a reused connection carries no
+            // bytes of its own, so these are the whole start of the next request.
+            if let Some(prefix) = prefix {
+                session.set_pipelined_prefix(prefix);
+            }
+            let Some(reused) = self.http.process_new_http(session, shutdown).await else {
+                return;
+            };
+            (stream, settings) = reused.consume();
+        }
+    }
+
+    /// Answers a request line [`check_request_line`] refused (or one too long to finish), logs
+    /// it, and closes: its framing cannot be trusted past that line.
+    async fn refuse_request_line(
+        &self,
+        mut stream: Stream,
+        event: &Event,
+        dest: Option<&Authority>,
+        method: Option<String>,
+        reason: Reason,
+    ) {
+        let snap = self.shared.snapshot.load();
+        let request_id = request_id_from(None);
+        self.shared.metrics.refused(reason);
+        write_refusal(&mut stream, reason, dest, None, &request_id).await;
+        let mut line = event.line(if dest.is_some() {
+            Kind::Intercepted
+        } else {
+            Kind::Plain
+        });
+        if let Some(dest) = dest {
+            line.scheme = Some("https");
+            line.host = Some(dest.host.to_string());
+            line.port = Some(dest.port);
+            line.intercepted = true;
+        }
+        line.request_id = Some(request_id);
+        line.method = method;
+        line.status = Some(reason.status());
+        line.reason = Some(reason.code());
+        line.took(event.started.elapsed());
+        self.shared.metrics.record(line, snap.log);
     }
 }
 
@@ -321,8 +439,8 @@ pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
     stream.flush().await
 }
 
-async fn write_refusal(
-    stream: &mut L4Stream,
+async fn write_refusal<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     reason: Reason,
     dest: Option<&Authority>,
     rule: Option<&str>,
@@ -389,6 +507,60 @@ impl FrontDoor {
         line.rule = refusal.rule;
         line.took(event.started.elapsed());
         self.shared.metrics.record(line, snap.log);
+    }
+}
+
+/// A request line as read by [`read_request_line`].
+struct RequestLine {
+    /// Everything read so far: the line, and whatever followed it.
+    bytes: BytesMut,
+    /// The method, when the line starts with a token.
+    method: Option<String>,
+    /// [`check_request_line`]'s verdict on the line.
+    verdict: Result<(), Reason>,
+}
+
+/// Reads until the next request line has arrived (skipping the empty lines RFC 9112 lets a
+/// client send before it), at most `max` bytes, waiting at most `timeout` for each read.
+async fn read_request_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    timeout: Duration,
+) -> Result<RequestLine, HeadError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let n = match tokio::time::timeout(timeout, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(HeadError::Timeout),
+            Ok(Err(_)) => return Err(HeadError::Closed),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+        let end = start.and_then(|start| {
+            let len = buf[start..].iter().position(|b| *b == b'\n')?;
+            Some((start, start + len))
+        });
+        let Some((start, end)) = end else {
+            if buf.len() > max {
+                return Err(HeadError::TooLarge);
+            }
+            continue;
+        };
+        let line = &buf[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let method = line
+            .split(|b| *b == b' ')
+            .next()
+            .filter(|m| !m.is_empty() && m.iter().all(u8::is_ascii_alphabetic))
+            .map(|m| String::from_utf8_lossy(m).into_owned());
+        let verdict = check_request_line(line);
+        return Ok(RequestLine {
+            bytes: buf,
+            method,
+            verdict,
+        });
     }
 }
 

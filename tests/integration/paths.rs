@@ -1,7 +1,7 @@
 //! L7 rules against the path forms origins read differently, over real sockets: each spelling
 //! of a denied path is either refused as ambiguous or matched by the rule, in absolute-form
-//! requests and inside intercepted tunnels, and the origin never sees it; `network.rules_case`
-//! folds case.
+//! requests and inside intercepted tunnels, and the origin never sees it; raw control bytes in
+//! a request line are refused on every connection; `network.rules_case` folds case.
 
 use crate::common::*;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -129,6 +129,48 @@ async fn rules_case_decides_whether_an_upper_case_path_is_matched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_control_byte_in_a_request_line_is_refused_on_every_connection() {
+    // No rules at all: this refusal holds for every host.
+    let origin = Origin::http().await;
+    let tls_origin = Origin::https().await;
+    let w = TestWarden::with("all", "").await;
+    let plain = format!("origin.test:{}", origin.port());
+    let tunnel = format!("origin.test:{}", tls_origin.port());
+    for bad in ["/a\tb", "/a\x01b", "/a\x7fb", "/a b", "/a\rb", "/a?q=\tx"] {
+        // The first request on a plain connection.
+        let mut s = w.tcp().await;
+        let head = format!("GET http://{plain}{bad} HTTP/1.1\r\nHost: {plain}\r\n\r\n");
+        expect_refusal(&mut s, &head, 400, "malformed_request").await;
+        assert_closed(&mut s).await;
+        // A later request on a kept-alive plain connection.
+        let mut s = w.tcp().await;
+        let ok = format!("GET http://{plain}/ok HTTP/1.1\r\nHost: {plain}\r\n\r\n");
+        s.write_all(ok.as_bytes()).await.unwrap();
+        assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
+        expect_refusal(&mut s, &head, 400, "malformed_request").await;
+        assert_closed(&mut s).await;
+        // The first and a later request inside an intercepted tunnel.
+        let head = format!("GET {bad} HTTP/1.1\r\nHost: {tunnel}\r\n\r\n");
+        let mut t = w.tls_tunnel(&tunnel, "origin.test").await;
+        expect_refusal(&mut t, &head, 400, "malformed_request").await;
+        assert_closed(&mut t).await;
+        let mut t = w.tls_tunnel(&tunnel, "origin.test").await;
+        let ok = format!("GET /ok HTTP/1.1\r\nHost: {tunnel}\r\n\r\n");
+        t.write_all(ok.as_bytes()).await.unwrap();
+        assert!(read_response(&mut t).await.0.starts_with("HTTP/1.1 200"));
+        expect_refusal(&mut t, &head, 400, "malformed_request").await;
+        assert_closed(&mut t).await;
+    }
+    for o in [&origin, &tls_origin] {
+        assert!(o.seen().iter().all(|s| s.uri == "/ok"), "{:?}", o.seen());
+        assert_eq!(o.seen().len(), 6);
+    }
+    let line = wait_log(|v| v["reason"] == "malformed_request" && v["kind"] == "intercepted").await;
+    assert_eq!(line["status"], 400);
+    assert_eq!(line["host"], "origin.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_without_rules_forward_encoded_paths_as_sent() {
     let origin = Origin::http().await;
     let port = origin.port();
@@ -156,4 +198,31 @@ async fn hosts_without_rules_forward_encoded_paths_as_sent() {
     }
     let uris: Vec<String> = origin.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(uris, paths);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_still_close_at_shutdown() {
+    // The front door waits for each next request line itself; shutdown must end that wait.
+    let origin = Origin::http().await;
+    let tls_origin = Origin::https().await;
+    let mut w = TestWarden::with("all", "").await;
+    let plain = format!("origin.test:{}", origin.port());
+    let mut s = w.tcp().await;
+    let ok = format!("GET http://{plain}/ok HTTP/1.1\r\nHost: {plain}\r\n\r\n");
+    s.write_all(ok.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
+    let tunnel = format!("origin.test:{}", tls_origin.port());
+    let mut t = w.tls_tunnel(&tunnel, "origin.test").await;
+    let ok = format!("GET /ok HTTP/1.1\r\nHost: {tunnel}\r\n\r\n");
+    t.write_all(ok.as_bytes()).await.unwrap();
+    assert!(read_response(&mut t).await.0.starts_with("HTTP/1.1 200"));
+    let running = w.running.take().unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        running.shutdown(std::time::Duration::from_secs(10)).await,
+        "idle connections drained"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_closed(&mut s).await;
+    assert_closed(&mut t).await;
 }
