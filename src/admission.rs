@@ -290,6 +290,26 @@ mod tests {
     }
 
     #[test]
+    fn a_clients_own_network_section_sets_its_own_rules_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - {{ name: a, token: {{ type: static, value: tok }}, network: {{ rules_case: insensitive, rules: ['deny * api.test /admin'] }} }}\n      - {{ name: b, token: {{ type: static, value: tok-b }} }}\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nnetwork: {{ rules: ['deny * api.test /admin'] }}\n",
+            dir.path().display()
+        );
+        let s = Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap();
+        let t = target("api.test:443", "/ADMIN");
+        let r = admit_request(&s, &[], None, AUTH, "GET", &t).unwrap_err();
+        assert_eq!(r.reason, Reason::PolicyDeniedRule);
+        // Client b has no network section of its own: the top-level one is case-sensitive.
+        assert!(admit_request(&s, &[], None, &[b"Bearer tok-b"], "GET", &t).is_ok());
+        let r = admit_request(&s, &[], None, AUTH, "GET", &target("api.test:443", "/a%00"));
+        assert_eq!(r.unwrap_err().reason, Reason::AmbiguousPath);
+    }
+
+    #[test]
     fn hosts_that_need_inspection_are_intercepted_or_refused() {
         let creds = "credentials:\n  - { host: api.test, source: { type: static, value: s } }\n";
         let dest = crate::target::parse_authority(b"api.test:443", None).unwrap();

@@ -182,6 +182,21 @@ pub struct NetworkConfig {
     /// L7 rules, first match wins, on every request (plain or inside an intercepted tunnel).
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Whether rule paths match case-sensitively.
+    #[serde(default)]
+    pub rules_case: RulesCase,
+}
+
+/// `network.rules_case`: how rule paths compare with request paths.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulesCase {
+    /// `/Admin` and `/admin` are different paths, as RFC 3986 and most origins have it.
+    #[default]
+    Sensitive,
+    /// Both sides are case-folded before matching, for origins that fold case (IIS, Windows
+    /// file servers, case-insensitive routers).
+    Insensitive,
 }
 
 impl NetworkConfig {
@@ -219,7 +234,12 @@ impl NetworkConfig {
             deny: self.deny.clone(),
             private_networks: self.private_networks,
             allow_cidrs: self.allow_cidrs.iter().map(IpNet::trunc).collect(),
-            rules: self.rules.clone(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| r.folded(self.rules_case))
+                .collect(),
+            rules_case: self.rules_case,
             resolver: Resolver {
                 overrides,
                 ..Resolver::default()
@@ -260,6 +280,7 @@ pub struct NetworkPolicy {
     private_networks: PrivateNetworks,
     allow_cidrs: Vec<IpNet>,
     rules: Vec<Rule>,
+    rules_case: RulesCase,
     resolver: Resolver,
 }
 
@@ -323,9 +344,11 @@ impl NetworkPolicy {
         self.rules.iter().any(|r| r.host.matches(dest))
     }
 
-    /// The L7 rules for one request: the first rule matching method, destination and
-    /// (normalised) path decides; no match leaves the host decision standing. In report mode a
-    /// deny becomes `Ok(Some(reason))`.
+    /// The L7 rules for one request. For a destination that has rules, a path origins could read
+    /// more than one way ([`check_path`]) is refused with [`Reason::AmbiguousPath`]; otherwise
+    /// the first rule matching method, destination and matching form of the path
+    /// ([`normalize_path`], case-folded under `rules_case: insensitive`) decides, and no match
+    /// leaves the host decision standing. In report mode a refusal becomes `Ok(Some(reason))`.
     pub fn decide_request(
         &self,
         method: &str,
@@ -335,7 +358,25 @@ impl NetworkPolicy {
         if !self.has_rules_for(dest) {
             return Ok(None);
         }
-        let segments = normalize_path(path);
+        let refuse = |reason: Reason, rule: String| match self.mode {
+            Mode::Report => Ok(Some(reason)),
+            Mode::Enforce => Err(Denial {
+                reason,
+                rule: Some(rule),
+            }),
+        };
+        if let Err(why) = check_path(path) {
+            return refuse(
+                Reason::AmbiguousPath,
+                format!("network.rules apply to this host, and {why}"),
+            );
+        }
+        let mut segments = normalize_path(path);
+        if self.rules_case == RulesCase::Insensitive {
+            for s in &mut segments {
+                *s = fold_case(s);
+            }
+        }
         let Some((i, rule)) = self
             .rules
             .iter()
@@ -347,13 +388,10 @@ impl NetworkPolicy {
         if rule.allow {
             return Ok(None);
         }
-        match self.mode {
-            Mode::Report => Ok(Some(Reason::PolicyDeniedRule)),
-            Mode::Enforce => Err(Denial {
-                reason: Reason::PolicyDeniedRule,
-                rule: Some(format!("network.rules[{i}]: {}", rule.source)),
-            }),
-        }
+        refuse(
+            Reason::PolicyDeniedRule,
+            format!("network.rules[{i}]: {}", rule.source),
+        )
     }
 
     /// The SSRF guard for one address: [`Reason::PrivateAddress`] for a non-public address
@@ -453,10 +491,29 @@ impl TryFrom<String> for PathGlob {
                 lit if lit.contains('*') => {
                     return Err(format!("`{glob}`: `*` stands for a whole segment"))
                 }
-                lit => PathSegment::Literal(lit.to_string()),
+                lit => PathSegment::Literal(glob_literal(&glob, lit)?),
             });
         }
         Ok(PathGlob(segments))
+    }
+}
+
+/// A glob literal as request segments are compared with it: percent-decoded, and refused when
+/// no request could match it (a `;` parameter, a trailing dot or space, a dot-segment: matching
+/// ignores or resolves those) or when a request spelling it would be ambiguous.
+fn glob_literal(glob: &str, lit: &str) -> Result<String, String> {
+    check_path(lit).map_err(|why| format!("`{glob}`: `{lit}` is ambiguous: {why}"))?;
+    let decoded = percent_decode(lit);
+    match normalize_path(lit).as_slice() {
+        [only] if *only == decoded => Ok(decoded),
+        [] => Err(format!(
+            "`{glob}`: `{lit}` is resolved away when requests are matched (`.` and `..` resolve)"
+        )),
+        matched => Err(format!(
+            "`{glob}`: requests are matched with `;` parameters and trailing dots and spaces \
+             stripped and `.`/`..` resolved, so `{lit}` would be matched as `{}`; write that",
+            matched.join("/")
+        )),
     }
 }
 
@@ -464,6 +521,20 @@ impl PathGlob {
     /// Whether the (already normalised) `segments` match.
     pub fn matches(&self, segments: &[String]) -> bool {
         path_matches(&self.0, segments)
+    }
+
+    /// The glob with its literals case-folded like request segments under
+    /// `rules_case: insensitive`.
+    fn folded(&self) -> PathGlob {
+        PathGlob(
+            self.0
+                .iter()
+                .map(|s| match s {
+                    PathSegment::Literal(l) => PathSegment::Literal(fold_case(l)),
+                    other => other.clone(),
+                })
+                .collect(),
+        )
     }
 }
 
@@ -515,6 +586,17 @@ impl TryFrom<String> for Rule {
 }
 
 impl Rule {
+    /// The rule as compiled under `case`.
+    fn folded(&self, case: RulesCase) -> Rule {
+        match case {
+            RulesCase::Sensitive => self.clone(),
+            RulesCase::Insensitive => Rule {
+                path: self.path.folded(),
+                ..self.clone()
+            },
+        }
+    }
+
     fn matches(&self, method: &str, dest: &Authority, segments: &[String]) -> bool {
         self.methods
             .as_ref()
@@ -537,22 +619,166 @@ fn path_matches(glob: &[PathSegment], segments: &[String]) -> bool {
     }
 }
 
-/// The path as an origin would see it, in segments: query dropped, percent-escapes decoded
-/// (so `%2e%2e` and `%2F` cannot hide a segment), empty and `.` segments dropped, `..` applied.
+/// The matching form of a path, in segments: query dropped, percent-escapes decoded (so
+/// `%2e%2e` and `%2F` cannot hide a segment), `/` and `\` both separators, each segment cut at
+/// its first `;` (path parameters: `/a;jsessionid=1`, `/..;/`) and stripped of trailing dots
+/// and spaces (`/a.`, `/a%20`, which Windows origins fold), empty and `.` segments dropped, `..`
+/// applied. The forwarded path is never changed; this is only what rules compare.
 pub fn normalize_path(path: &str) -> Vec<String> {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let decoded = percent_decode(path);
+    let decoded = percent_decode(path_part(path));
     let mut out: Vec<String> = Vec::new();
     for seg in decoded.split(['/', '\\']) {
-        match seg {
+        match strip_params(seg) {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            s => out.push(s.to_string()),
+            s => match s.trim_end_matches(['.', ' ']) {
+                "" => {}
+                key => out.push(key.to_string()),
+            },
         }
     }
     out
+}
+
+/// The path without its query (or a fragment a client should not have sent).
+fn path_part(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or("")
+}
+
+/// A segment without its `;` parameters.
+fn strip_params(seg: &str) -> &str {
+    seg.split(';').next().unwrap_or("")
+}
+
+/// Case folding for `rules_case: insensitive`: lower case of upper case, so that characters
+/// whose upper case is ASCII fold like it (`ſ` like `s`, the Kelvin sign like `k`), as an
+/// origin comparing upper-cased paths would see them.
+fn fold_case(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Why a path is ambiguous: origins (and the proxies in front of them) would read it in more
+/// than one way, so no rule can be matched against it with confidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// `%2F` or `%5C`: a separator to some origins, part of a segment to others.
+    EncodedSeparator,
+    /// An escape is left after one decoding (`%2541`, `%%34%31`): origins that decode twice
+    /// see another path.
+    DoubleEncoded,
+    /// The decoded bytes are not UTF-8 (including overlong forms such as `%C0%AF` for `/`), or
+    /// carry U+FFFD, which is what a lenient decoder makes of such bytes.
+    InvalidUtf8,
+    /// A decoded control character: NUL, tab, line breaks, other C0, DEL, C1.
+    ControlCharacter,
+    /// A decoded character that renders as nothing (Unicode's default-ignorable code points:
+    /// zero-width space and joiners, bidi controls, soft hyphen, BOM, variation selectors,
+    /// tag characters).
+    InvisibleCharacter,
+    /// A segment that is empty, `.` or `..` only once `;` parameters or trailing dots and
+    /// spaces are stripped (`..;x`, `.. `, `...`, `;x`): some origins resolve it, others keep it.
+    DotSegment,
+}
+
+impl fmt::Display for Ambiguity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ambiguity::EncodedSeparator => "the path has an encoded `/` or `\\` (%2F, %5C)",
+            Ambiguity::DoubleEncoded => "the path is still percent-encoded after one decoding",
+            Ambiguity::InvalidUtf8 => "the path decodes to invalid or overlong UTF-8",
+            Ambiguity::ControlCharacter => "the path decodes to a control character",
+            Ambiguity::InvisibleCharacter => "the path decodes to an invisible character",
+            Ambiguity::DotSegment => {
+                "a path segment is `.` or `..` or empty only once `;` parameters or trailing \
+                 dots and spaces are stripped"
+            }
+        })
+    }
+}
+
+/// Whether origins could read `path` (the part before `?`) in more than one way; see
+/// [`Ambiguity`]. Only paths to hosts with rules are checked: elsewhere warden matches nothing
+/// against the path and forwards it as sent.
+pub fn check_path(path: &str) -> Result<(), Ambiguity> {
+    let raw = path_part(path).as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match escape_at(raw, i) {
+            Some(b'/' | b'\\') => return Err(Ambiguity::EncodedSeparator),
+            Some(b) => {
+                decoded.push(b);
+                i += 3;
+            }
+            None => {
+                decoded.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    if (0..decoded.len()).any(|i| escape_at(&decoded, i).is_some()) {
+        return Err(Ambiguity::DoubleEncoded);
+    }
+    let text = std::str::from_utf8(&decoded).map_err(|_| Ambiguity::InvalidUtf8)?;
+    for c in text.chars() {
+        if c == char::REPLACEMENT_CHARACTER {
+            return Err(Ambiguity::InvalidUtf8);
+        }
+        if c.is_control() {
+            return Err(Ambiguity::ControlCharacter);
+        }
+        if is_default_ignorable(c) {
+            return Err(Ambiguity::InvisibleCharacter);
+        }
+    }
+    let hides_a_dot_segment = text.split(['/', '\\']).any(|seg| {
+        let stripped = strip_params(seg).trim_end_matches(['.', ' ']);
+        !matches!(seg, "" | "." | "..")
+            && (stripped.is_empty() || matches!(strip_params(seg), "." | ".."))
+    });
+    if hides_a_dot_segment {
+        return Err(Ambiguity::DotSegment);
+    }
+    Ok(())
+}
+
+/// The byte `%XX` at `i` stands for, if there is one.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    match bytes.get(i..i + 3)? {
+        [b'%', h, l] => Some(((hex(*h)? << 4) | hex(*l)?) as u8),
+        _ => None,
+    }
+}
+
+/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt, Unicode 15):
+/// characters that render as nothing, so two paths that look the same can differ by them.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 fn percent_decode(s: &str) -> String {
@@ -560,14 +786,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push(((hex(h).unwrap_or(0) << 4) | hex(l).unwrap_or(0)) as u8);
+        match escape_at(bytes, i) {
+            Some(b) => {
+                out.push(b);
                 i += 3;
             }
-            (b, _, _) => {
-                out.push(b);
+            None => {
+                out.push(bytes[i]);
                 i += 1;
             }
         }
@@ -1133,6 +1358,265 @@ mod tests {
         assert_eq!(normalize_path("/../../etc"), ["etc"]);
         assert_eq!(normalize_path("/a\\..\\b"), ["b"]);
         assert!(normalize_path("/").is_empty());
+    }
+
+    #[test]
+    fn matching_strips_parameters_and_trailing_dots_and_spaces_per_segment() {
+        let cases: &[(&str, &[&str])] = &[
+            ("/a;x/b;y=1", &["a", "b"]),
+            ("/a%3bx", &["a"]),
+            ("/a./b..", &["a", "b"]),
+            ("/a%20/b%20.%20", &["a", "b"]),
+            ("/v1.0/x", &["v1.0", "x"]),
+            ("/x/..;/a", &["a"]),
+            ("/x/./a/.", &["x", "a"]),
+            ("/.a", &[".a"]),
+            ("/A", &["A"]),
+        ];
+        for (path, want) in cases {
+            assert_eq!(normalize_path(path), *want, "{path}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_named_by_their_ambiguity() {
+        use Ambiguity::*;
+        let cases: &[(&str, Result<(), Ambiguity>)] = &[
+            ("/a/b;c/d.", Ok(())),
+            ("/b%C3%BCcher", Ok(())),
+            ("/bücher", Ok(())),
+            ("/a?q=%00%2F%25%32%35", Ok(())),
+            ("/a%2Fb", Err(EncodedSeparator)),
+            ("/a%2fb", Err(EncodedSeparator)),
+            ("/a%5cb", Err(EncodedSeparator)),
+            ("/%2573", Err(DoubleEncoded)),
+            ("/%252F", Err(DoubleEncoded)),
+            ("/%%37%33", Err(DoubleEncoded)),
+            ("/%25zz", Ok(())),
+            ("/100%", Ok(())),
+            ("/%C0%AF", Err(InvalidUtf8)),
+            ("/%E0%80%AF", Err(InvalidUtf8)),
+            ("/%ED%A0%80", Err(InvalidUtf8)),
+            ("/%FF", Err(InvalidUtf8)),
+            ("/\u{FFFD}", Err(InvalidUtf8)),
+            ("/%00", Err(ControlCharacter)),
+            ("/a%09", Err(ControlCharacter)),
+            ("/a%0D%0A", Err(ControlCharacter)),
+            ("/a%7F", Err(ControlCharacter)),
+            ("/a%C2%85", Err(ControlCharacter)),
+            ("/%E2%80%8Bx", Err(InvisibleCharacter)),
+            ("/x%C2%AD", Err(InvisibleCharacter)),
+            ("/%E2%80%AEx", Err(InvisibleCharacter)),
+            ("/%EF%BB%BFx", Err(InvisibleCharacter)),
+            ("/%E2%81%A0x", Err(InvisibleCharacter)),
+            ("/%F3%A0%80%81x", Err(InvisibleCharacter)),
+            ("/x/..;/a", Err(DotSegment)),
+            ("/x/.. /a", Err(DotSegment)),
+            ("/x/..%20/a", Err(DotSegment)),
+            ("/x/.../a", Err(DotSegment)),
+            ("/;x/a", Err(DotSegment)),
+            ("/a/%20", Err(DotSegment)),
+            ("/x/../a", Ok(())),
+            ("/x/%2e%2e/a", Ok(())),
+        ];
+        for (path, want) in cases {
+            assert_eq!(check_path(path), *want, "{path}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused_only_on_hosts_with_rules_and_only_logged_in_report_mode() {
+        let p = policy("rules: ['deny * a.test /smuggled']");
+        let denial = p
+            .decide_request("GET", &dest("a.test:443"), "/%2573muggled")
+            .unwrap_err();
+        assert_eq!(denial.reason, Reason::AmbiguousPath);
+        assert_eq!(
+            denial.rule.as_deref(),
+            Some("network.rules apply to this host, and the path is still percent-encoded after one decoding")
+        );
+        assert_eq!(
+            p.decide_request("GET", &dest("b.test:443"), "/%2573muggled"),
+            Ok(None)
+        );
+        let report = policy("mode: report\nrules: ['deny * a.test /smuggled']");
+        assert_eq!(
+            report.decide_request("GET", &dest("a.test:443"), "/%00"),
+            Ok(Some(Reason::AmbiguousPath))
+        );
+    }
+
+    #[test]
+    fn rules_case_insensitive_folds_both_the_rule_and_the_path() {
+        let a = dest("a.test:443");
+        let sensitive = policy("rules: ['deny * a.test /Admin/*']");
+        let insensitive = policy("rules_case: insensitive\nrules: ['deny * a.test /Admin/*']");
+        let cases: &[(&str, bool, bool)] = &[
+            ("/Admin/x", true, true),
+            ("/admin/x", false, true),
+            ("/ADMIN/X", false, true),
+            ("/%41dmin/x", true, true),
+            ("/Admin./x", true, true),
+            ("/Admin;v=1/x", true, true),
+            ("/other/x", false, false),
+        ];
+        for (path, denied_sensitive, denied_insensitive) in cases {
+            let got = sensitive.decide_request("GET", &a, path);
+            assert_eq!(got.is_err(), *denied_sensitive, "sensitive {path}: {got:?}");
+            let got = insensitive.decide_request("GET", &a, path);
+            assert_eq!(
+                got.is_err(),
+                *denied_insensitive,
+                "insensitive {path}: {got:?}"
+            );
+        }
+        // Characters whose upper case is ASCII fold like it: an origin comparing upper-cased
+        // paths reads `/ſmuggled` (long s) as `/SMUGGLED`.
+        let p = policy("rules_case: insensitive\nrules: ['deny * a.test /smuggled']");
+        for path in ["/%C5%BFmuggled", "/SMUGGLED", "/sMuGgLeD"] {
+            assert_eq!(
+                p.decide_request("GET", &a, path).unwrap_err().reason,
+                Reason::PolicyDeniedRule,
+                "{path}"
+            );
+        }
+        assert!(serde_yaml::from_str::<NetworkConfig>("rules_case: folded").is_err());
+    }
+
+    #[test]
+    fn glob_literals_no_request_could_match_are_refused_at_load() {
+        for (bad, says) in [
+            ("/a;v=1", "matched as `a`"),
+            ("/a.", "matched as `a`"),
+            ("/a%20", "matched as `a`"),
+            ("/x/..", "resolved away"),
+            ("/.", "resolved away"),
+            ("/a%2Fb", "ambiguous"),
+            ("/%2561", "ambiguous"),
+            ("/a%00", "ambiguous"),
+            ("/%E2%80%8Ba", "ambiguous"),
+            ("/..;x", "ambiguous"),
+        ] {
+            let err = PathGlob::try_from(bad.to_string()).unwrap_err();
+            assert!(
+                err.contains(&format!("`{bad}`")) && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        // Escapes in a literal stand for what they decode to, as in a request.
+        let p = policy("rules: ['deny * a.test /my%20doc/b%C3%BCcher']");
+        let a = dest("a.test:443");
+        assert!(p.decide_request("GET", &a, "/my%20doc/bücher").is_err());
+        assert!(p.decide_request("GET", &a, "/my doc/b%c3%bccher").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Path pieces that normalisation treats specially, mixed with plain ones.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "a",
+                "B",
+                "é",
+                "%C3%A9",
+                ".",
+                "..",
+                "...",
+                ";",
+                ";v=1",
+                "%3B",
+                " ",
+                "%20",
+                "%2e",
+                "%2E%2e",
+                "%25",
+                "%2541",
+                "%2F",
+                "\\",
+                "/",
+                "//",
+                "%3F",
+                "%23",
+                "?",
+                "~",
+                "%00",
+                "%E2%80%8B",
+                "%C0%AF",
+                "%",
+            ])
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..12).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        /// Re-encodes a matching form as a path that spells exactly those segments.
+        fn spell(segments: &[String]) -> String {
+            let mut out = String::new();
+            for s in segments {
+                out.push('/');
+                for c in s.chars() {
+                    match c {
+                        '%' => out.push_str("%25"),
+                        '?' => out.push_str("%3F"),
+                        '#' => out.push_str("%23"),
+                        c => out.push(c),
+                    }
+                }
+            }
+            out
+        }
+
+        /// Spellings of `/smuggled` an origin may read as `/smuggled`.
+        fn smuggled() -> impl Strategy<Value = String> {
+            let letters = prop::collection::vec((any::<bool>(), any::<bool>()), 8);
+            let prefix = prop::sample::select(vec!["", "/", "/x/..", "/./", "//", "/x/%2e%2e"]);
+            let suffix = prop::sample::select(vec![
+                "", ".", "..", "%20", ". ", ";x", "%3Bx=1", ".;x", "/", "?q=1", "%2e",
+            ]);
+            (prefix, letters, suffix).prop_map(|(prefix, letters, suffix)| {
+                let mut p = format!("{prefix}/");
+                for (c, (upper, encode)) in "smuggled".chars().zip(letters) {
+                    let c = if upper { c.to_ascii_uppercase() } else { c };
+                    if encode {
+                        p.push_str(&format!("%{:02X}", c as u32));
+                    } else {
+                        p.push(c);
+                    }
+                }
+                p.push_str(suffix);
+                p
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn normalisation_is_idempotent(p in path()) {
+                let once = normalize_path(&p);
+                prop_assert_eq!(normalize_path(&spell(&once)), once);
+            }
+
+            #[test]
+            fn any_spelling_of_the_denied_path_is_refused_or_denied(p in smuggled()) {
+                let policy = policy("rules_case: insensitive\nrules: ['deny * a.test /smuggled']");
+                let denial = policy.decide_request("GET", &dest("a.test:443"), &p);
+                prop_assert!(denial.is_err(), "{} passed", p);
+            }
+
+            #[test]
+            fn a_path_matched_as_the_denied_one_is_never_let_through(p in path()) {
+                let policy = policy("rules: ['deny * a.test /a/B']");
+                let got = policy.decide_request("GET", &dest("a.test:443"), &p);
+                if normalize_path(&p) == ["a", "B"] {
+                    prop_assert!(got.is_err(), "{} passed", p);
+                }
+                if got.is_ok() {
+                    prop_assert!(check_path(&p).is_ok());
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum Reason {
     NonCanonicalHost,
     /// Both `Content-Length` and `Transfer-Encoding`, or more than one `Host`.
     AmbiguousFraming,
+    /// A path on a host with `network.rules` that origins could read more than one way: an
+    /// encoded NUL or other control character, invalid or overlong UTF-8, an invisible
+    /// character, an escape that survives one decoding (`%2541`), or an encoded `/` or `\`.
+    AmbiguousPath,
     /// An origin-form request (`GET /path`) sent to the proxy port outside a tunnel.
     OriginFormToProxy,
     /// `https://` in absolute form: the client asked the proxy to downgrade TLS.
@@ -87,12 +91,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
         Reason::NonCanonicalHost,
         Reason::AmbiguousFraming,
+        Reason::AmbiguousPath,
         Reason::OriginFormToProxy,
         Reason::TlsDowngrade,
         Reason::UnsupportedScheme,
@@ -181,6 +186,13 @@ impl Reason {
                 "http_request_error",
                 "the request framing is ambiguous (Content-Length with Transfer-Encoding, or several Host headers)",
                 "send exactly one of Content-Length or Transfer-Encoding, and one Host",
+            ),
+            AmbiguousPath => (
+                400,
+                "ambiguous_path",
+                "http_request_error",
+                "the request path can be read more than one way (an encoded NUL, control or invisible character, invalid UTF-8, an escape left after one decoding, or an encoded / or \\)",
+                "percent-encode the path once, as UTF-8, without %2F, %5C, %25XX or invisible characters",
             ),
             OriginFormToProxy => (
                 400,

@@ -204,6 +204,19 @@ fn looks_numeric(host: &str) -> bool {
     last.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Checks a request line as the client sent it, without its line ending: `METHOD SP target SP
+/// version`, with no control byte anywhere (a raw tab, NUL, CR, DEL) and no space inside the
+/// target. Pingora's parser percent-escapes such bytes in the target (`/a\tb` becomes `/a%09b`)
+/// and goes on, so the origin would be sent a path the client never wrote; warden refuses them
+/// instead, on every host, with [`Reason::MalformedRequest`].
+pub fn check_request_line(line: &[u8]) -> Result<(), Reason> {
+    let spaces = line.iter().filter(|b| **b == b' ').count();
+    if spaces != 2 || line.iter().any(u8::is_ascii_control) {
+        return Err(Reason::MalformedRequest);
+    }
+    Ok(())
+}
+
 /// Validates the target of a `CONNECT` line: authority-form with a mandatory port.
 pub fn classify_connect(raw_target: &[u8]) -> Result<Authority, Reason> {
     if raw_target.first() == Some(&b'/') || raw_target.windows(3).any(|w| w == b"://") {
@@ -375,6 +388,37 @@ mod tests {
                 parse_authority(raw.as_bytes(), None),
                 Err(Reason::NonCanonicalHost),
                 "parsing {raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_lines_with_control_bytes_or_inner_spaces_are_malformed() {
+        for ok in [
+            &b"GET /a HTTP/1.1"[..],
+            b"GET http://a.test/a%09b?q=%00 HTTP/1.1",
+            b"OPTIONS * HTTP/1.1",
+            "GET /b\u{fc}cher HTTP/1.1".as_bytes(),
+        ] {
+            assert_eq!(check_request_line(ok), Ok(()), "{}", ok.escape_ascii());
+        }
+        for bad in [
+            &b"GET /a\tb HTTP/1.1"[..],
+            b"GET /a?q=\t HTTP/1.1",
+            b"GET /a\x00 HTTP/1.1",
+            b"GET /a\x7f HTTP/1.1",
+            b"GET /a\rb HTTP/1.1",
+            b"GET /a b HTTP/1.1",
+            b"GET  /a HTTP/1.1",
+            b"GET\t/a HTTP/1.1",
+            b"GET /a",
+            b"",
+        ] {
+            assert_eq!(
+                check_request_line(bad),
+                Err(Reason::MalformedRequest),
+                "{}",
+                bad.escape_ascii()
             );
         }
     }

@@ -113,6 +113,22 @@ fn parse(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
             else {
                 return Err(HeadError::Malformed("incomplete request line".into()));
             };
+            // The request line exactly as sent (after any empty lines before it): a raw
+            // control byte or space in the target is refused here rather than escaped.
+            let start = buf
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(0);
+            let line = buf[start..]
+                .split(|b| *b == b'\n')
+                .next()
+                .unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if crate::target::check_request_line(line).is_err() {
+                return Err(HeadError::Malformed(
+                    "control byte or space in the request line".into(),
+                ));
+            }
             let mut head = Head {
                 bytes: BytesMut::new(),
                 head_len,

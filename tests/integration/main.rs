@@ -17,6 +17,7 @@ mod intercept;
 mod llm;
 mod logs;
 mod metrics;
+mod paths;
 mod plain;
 mod policy;
 mod reload;
