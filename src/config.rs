@@ -51,6 +51,59 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every error `compile` found, in file order; never empty. Displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The first error in file order.
+    pub fn first(&self) -> &ConfigError {
+        // Built only from a non-empty list (see `Config::errors` and `From<ConfigError>`).
+        &self.0[0]
+    }
+
+    /// Every error, in file order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A section's compile errors: `(dotted key, message)` pairs, every one found, in the order
+/// found. [`Config::compile`] locates them in the file.
+pub type KeyErrors = Vec<(String, String)>;
+
+/// The value of `result`, or `None` with its errors moved into `errors`: how a compile step
+/// keeps going past a bad section to report the rest.
+pub(crate) fn keep<T>(result: Result<T, KeyErrors>, errors: &mut KeyErrors) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    }
+}
+
 /// The file as written (the CONFIG.md shape).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,31 +374,34 @@ impl Config {
 
     /// Validates everything, reads the CA (creating it if allowed and absent) and the upstream
     /// trust file, and returns the runtime snapshot.
-    pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigError> {
+    pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigErrors> {
         self.compile_over(opts, None)
     }
 
     /// [`Config::compile`] for a reload: what should outlive the old snapshot carries over —
     /// the CA and its leaf cache when the CA certificate is unchanged, and correlation
-    /// sessions (id and numbering) configured the same way.
+    /// sessions (id and numbering) configured the same way. Every section is compiled even
+    /// when an earlier one failed, so the error lists everything wrong with the file.
     pub fn compile_over(
         &self,
         opts: CompileOptions,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigError> {
+    ) -> Result<Snapshot, ConfigErrors> {
         let f = &self.file;
+        let mut errors: KeyErrors = Vec::new();
+        let mut fail = |key: &str, message: &str| errors.push((key.into(), message.into()));
         // Port 0 asks for an ephemeral port each, so two of them never collide.
         if f.admin.listen == Some(f.proxy.listen) && f.proxy.listen.port() != 0 {
-            return Err(self.error("admin.listen", "must differ from proxy.listen"));
+            fail("admin.listen", "must differ from proxy.listen");
         }
         if f.limits.cert_cache_entries == 0 {
-            return Err(self.error("limits.cert_cache_entries", "must be at least 1"));
+            fail("limits.cert_cache_entries", "must be at least 1");
         }
         if f.limits.llm_buffer_bytes < 1024 {
-            return Err(self.error("limits.llm_buffer_bytes", "must be at least 1024"));
+            fail("limits.llm_buffer_bytes", "must be at least 1024");
         }
         if f.limits.max_request_header_bytes < 1024 {
-            return Err(self.error("limits.max_request_header_bytes", "must be at least 1024"));
+            fail("limits.max_request_header_bytes", "must be at least 1024");
         }
         for (key, d) in [
             (
@@ -363,72 +419,103 @@ impl Config {
             ),
         ] {
             if d.is_zero() {
-                return Err(self.error(key, "must be longer than zero"));
+                fail(key, "must be longer than zero");
             }
         }
         if f.proxy.auth.is_none()
             && !f.proxy.listen.ip().is_loopback()
             && !f.proxy.allow_unauthenticated
         {
-            return Err(self.error(
+            fail(
                 "proxy.listen",
                 "listens beyond loopback without proxy.auth; configure clients, or set proxy.allow_unauthenticated: true",
-            ));
+            );
         }
-        let credentials =
-            crate::credentials::compile(&f.credentials, "credentials", &self.base_dir)
-                .map_err(|(key, msg)| self.error(&key, msg))?;
-        let headers = crate::headers::compile(&f.headers, "headers")
-            .map_err(|(key, msg)| self.error(&key, msg))?;
-        let substitutions =
-            crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir)
-                .map_err(|(key, msg)| self.error(&key, msg))?;
-        let llm = crate::llm::compile(&f.llm, "llm").map_err(|(key, msg)| self.error(&key, msg))?;
-        let transforms = crate::transform::compile(&f.transforms, "transforms")
-            .map_err(|(key, msg)| self.error(&key, msg))?;
+        // Bad entries are reported but the rest still load, so `network.grants` and the
+        // clients' sections are checked against every credential without spurious errors.
+        let (credentials, credential_errors) =
+            crate::credentials::compile_lenient(&f.credentials, "credentials", &self.base_dir);
+        errors.extend(credential_errors);
+        let headers = keep(crate::headers::compile(&f.headers, "headers"), &mut errors);
+        let substitutions = keep(
+            crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir),
+            &mut errors,
+        );
+        let llm = keep(crate::llm::compile(&f.llm, "llm"), &mut errors);
+        let transforms = keep(
+            crate::transform::compile(&f.transforms, "transforms"),
+            &mut errors,
+        );
         let mut correlation = match &f.correlation {
-            Some(c) => Some(
-                c.compile("correlation")
-                    .map_err(|(key, msg)| self.error(&key, msg))?,
-            ),
-            None => None,
+            Some(c) => keep(c.compile("correlation"), &mut errors).map(Some),
+            None => Some(None),
         };
-        if let (Some(new), Some(old)) = (
+        if let (Some(Some(new)), Some(old)) = (
             correlation.as_mut(),
             previous.and_then(|p| p.correlation.as_ref()),
         ) {
             new.continue_from(old);
         }
         let auth = match &f.proxy.auth {
-            Some(a) => Some(
+            Some(a) => keep(
                 a.compile(
                     &self.base_dir,
                     &credentials,
                     previous.and_then(|p| p.auth.as_ref()),
-                )
-                .map_err(|(key, msg)| self.error(&key, msg))?,
-            ),
-            None => None,
+                ),
+                &mut errors,
+            )
+            .map(Some),
+            None => Some(None),
         };
-        let network = f
-            .network
-            .compile(&credentials)
-            .map_err(|(key, msg)| self.error(&key, msg))?;
+        let network = keep(f.network.compile(&credentials), &mut errors);
         let ca = CertAuthority::load_or_create(
             &self.resolve_path(&f.tls.ca_cert),
             &self.resolve_path(&f.tls.ca_key),
             opts.create_ca,
             f.limits.cert_cache_entries,
         )
-        .map_err(|e| self.error(e.key(), e.to_string()))?;
-        let ca = match previous {
-            Some(prev) if prev.tls.ca.cert_pem() == ca.cert_pem() => prev.tls.ca.clone(),
-            _ => Arc::new(ca),
+        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .ok();
+        let tls = match ca {
+            Some(ca) => {
+                let ca = match previous {
+                    Some(prev) if prev.tls.ca.cert_pem() == ca.cert_pem() => prev.tls.ca.clone(),
+                    _ => Arc::new(ca),
+                };
+                f.tls.compile(ca, |p| self.resolve_path(p)).map(Some)
+            }
+            // Without a CA there is no policy to build, but the trust file is still checked.
+            None => f.tls.upstream_roots(|p| self.resolve_path(p)).map(|_| None),
+        }
+        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .ok()
+        .flatten();
+        let (
+            Some(tls),
+            Some(network),
+            Some(auth),
+            Some(headers),
+            Some(correlation),
+            Some(substitutions),
+            Some(llm),
+            Some(transforms),
+        ) = (
+            tls,
+            network,
+            auth,
+            headers,
+            correlation,
+            substitutions,
+            llm,
+            transforms,
+        )
+        else {
+            return Err(self.errors(errors));
         };
-        let tls = f
-            .tls
-            .compile(ca, |p| self.resolve_path(p))
-            .map_err(|e| self.error(e.key(), e.to_string()))?;
+        if !errors.is_empty() {
+            return Err(self.errors(errors));
+        }
         Ok(Snapshot {
             proxy_listen: f.proxy.listen,
             admin_listen: f.admin.listen,
@@ -444,6 +531,26 @@ impl Config {
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
+    }
+
+    /// `(key, message)` pairs located in this file, in file order.
+    fn errors(&self, errors: KeyErrors) -> ConfigErrors {
+        let mut list: Vec<ConfigError> = errors
+            .into_iter()
+            .map(|(key, message)| self.error(&key, message))
+            .collect();
+        // Unlocated errors last; the sort is stable, so one line's errors keep their order.
+        list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        if list.is_empty() {
+            // Every section that failed pushed its errors; this only guards the invariant.
+            list.push(ConfigError {
+                file: self.path.clone(),
+                key: None,
+                line: None,
+                message: "does not compile".into(),
+            });
+        }
+        ConfigErrors(list)
     }
 }
 
@@ -566,8 +673,10 @@ mod tests {
         let err = parse(
             "proxy: { listen: 127.0.0.1:0 }\nllm:\n  - host: a.test\n    provider: openai\n    deny_arguments: [{ tool: x, pattern: '(' }]\n",
         )
-        .and_then(|c| c.compile(CompileOptions { create_ca: false }).map(|_| c))
+        .unwrap()
+        .compile(CompileOptions { create_ca: false })
         .unwrap_err();
+        let err = err.first();
         assert_eq!(
             err.key.as_deref(),
             Some("llm[0].deny_arguments[0].pattern"),
@@ -606,13 +715,17 @@ mod tests {
             parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_buffer_bytes: 10\n").unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("limits.llm_buffer_bytes"), "{err}");
         let cfg = parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_keepalive_interval: 0s\n")
             .unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(
             err.key.as_deref(),
             Some("limits.llm_keepalive_interval"),
@@ -626,7 +739,9 @@ mod tests {
             .unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("admin.listen"));
         assert_eq!(err.line, Some(2));
     }
@@ -636,7 +751,9 @@ mod tests {
         let cfg = parse("proxy: { listen: 0.0.0.0:9080 }\n").unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("proxy.listen"));
         let cfg = parse("proxy: { listen: 0.0.0.0:9080, allow_unauthenticated: true }\n").unwrap();
         assert!(cfg.compile(CompileOptions { create_ca: false }).is_ok());
@@ -655,7 +772,9 @@ mod tests {
         .unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("proxy.auth.clients[0].token"));
         assert!(err.message.contains("WARDEN_TEST_ABSENT_TOKEN"));
         assert_eq!(err.line, Some(6), "{err}");
@@ -686,6 +805,96 @@ mod tests {
         assert_eq!(locate(list, "proxy.auth.clients[1].token"), Some(8));
         assert_eq!(locate(list, "proxy.auth.clients[1].name"), Some(6));
         assert_eq!(locate(list, "proxy.auth.clients[5].name"), Some(3));
+    }
+
+    fn compile_errors(text: &str) -> Vec<(String, Option<usize>)> {
+        parse(text)
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err()
+            .iter()
+            .map(|e| (e.key.clone().unwrap_or_default(), e.line))
+            .collect()
+    }
+
+    #[test]
+    fn compile_reports_every_error_in_file_order_with_key_and_line() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+limits:
+  cert_cache_entries: 0
+  idle_timeout: 0s
+credentials:
+  - host: a.test
+    header: 'bad header'
+    source: { type: static, value: s }
+headers:
+  - host: b.test
+    set: { 'bad name': x }
+llm:
+  - host: c.test
+    provider: openai
+    deny_tools: ['a[', 'b[']
+transforms:
+  - host: d.test
+    replace_body: [{ pattern: '(', with: x }]
+correlation:
+  session_header: 'a b'
+  targets: []
+network:
+  grants: [nosuch]
+";
+        let want: Vec<(String, Option<usize>)> = [
+            ("limits.cert_cache_entries", 4),
+            ("limits.idle_timeout", 5),
+            ("credentials[0].header", 8),
+            ("headers[0].set", 12),
+            ("llm[0].deny_tools[0]", 16),
+            ("llm[0].deny_tools[1]", 16),
+            ("transforms[0].replace_body[0].pattern", 19),
+            ("correlation.session_header", 21),
+            ("correlation.targets", 22),
+            ("network.grants", 24),
+        ]
+        .into_iter()
+        .map(|(k, l)| (k.to_string(), Some(l)))
+        .collect();
+        assert_eq!(compile_errors(text), want);
+    }
+
+    #[test]
+    fn every_client_error_is_reported_and_a_bad_credential_does_not_hide_its_grant() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+  auth:
+    clients:
+      - name: a
+        token: { type: env, var: WARDEN_TEST_ABSENT_TOKEN_2 }
+      - name: b
+        token: { type: static, value: t }
+        headers: [{ host: x.test, remove: ['bad name'] }]
+credentials:
+  - host: api.test
+    grant: api
+    format: nope
+    source: { type: static, value: s }
+network:
+  grants: [api]
+";
+        // `network.grants: [api]` resolves although credentials[0] is bad, so no error there.
+        assert_eq!(
+            compile_errors(text),
+            [
+                ("proxy.auth.clients[0].token".to_string(), Some(6)),
+                (
+                    "proxy.auth.clients[1].headers[0].remove".to_string(),
+                    Some(9)
+                ),
+                ("credentials[0].format".to_string(), Some(13)),
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use warden::{CompileOptions, Config};
+use warden::{CompileOptions, Config, ConfigErrors};
 
 // Proxying allocates and frees small buffers on every worker all the time; mimalloc's
 // thread-local heaps keep that off glibc's arena locks.
@@ -52,7 +52,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("warden: {e:#}");
+            match e.downcast_ref::<ConfigErrors>() {
+                Some(errors) => errors.iter().for_each(|e| eprintln!("warden: {e}")),
+                None => eprintln!("warden: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
