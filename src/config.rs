@@ -333,7 +333,10 @@ impl Config {
 
     /// Parses YAML text; relative paths in it resolve against `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let file: FileConfig = serde_yaml::from_str(text).map_err(|e| from_yaml_error(&e))?;
+        let file: FileConfig = serde_yaml::from_str(text).map_err(|e| from_yaml_error(&e, text))?;
+        // Maps with free keys (`network.resolve`, `headers[].set`) keep the last of two equal
+        // keys without a word; YAML forbids them, so refuse them as struct fields are.
+        serde_yaml::from_str::<serde_yaml::Value>(text).map_err(|e| from_yaml_error(&e, text))?;
         if file.version != 1 {
             return Err(ConfigError {
                 file: None,
@@ -554,7 +557,7 @@ impl Config {
     }
 }
 
-fn from_yaml_error(e: &serde_yaml::Error) -> ConfigError {
+fn from_yaml_error(e: &serde_yaml::Error, text: &str) -> ConfigError {
     // serde_yaml's message already carries the key path ("tls.intercept: ...") and the
     // position; keep the message and expose the line separately.
     let full = e.to_string();
@@ -567,12 +570,97 @@ fn from_yaml_error(e: &serde_yaml::Error) -> ConfigError {
         Some((k, rest)) if !k.is_empty() && !k.contains(' ') => (Some(k.to_string()), rest),
         _ => (None, full),
     };
+    let mut line = e.location().map(|l| l.line());
+    // serde_yaml places a mapping's own errors at the mapping's first key (line 1 for the
+    // top level), which for a duplicate is the wrong line: point at the repeated key.
+    if let (Some(dup), Some(at)) = (duplicated_key(message), e.location()) {
+        line = repeated_key_line(text, at.line(), at.column(), dup).or(line);
+    }
     ConfigError {
         file: None,
         key,
-        line: e.location().map(|l| l.line()),
-        message: message.to_string(),
+        line,
+        message: humanize(message),
     }
+}
+
+/// The key a serde "duplicate" message names: "duplicate field `proxy`" (a struct) or
+/// `duplicate entry with key "a.test"` (a map).
+fn duplicated_key(message: &str) -> Option<&str> {
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        return rest.split_once('`').map(|(k, _)| k);
+    }
+    let rest = message.strip_prefix("duplicate entry with key \"")?;
+    rest.split_once('"').map(|(k, _)| k)
+}
+
+/// The line of the second `key` of the block mapping whose first key sits at `line`:`column`
+/// (1-based); `None` for flow mappings or when it is not found.
+fn repeated_key_line(text: &str, line: usize, column: usize, key: &str) -> Option<usize> {
+    let col = column.checked_sub(1)?;
+    let mut seen = 0;
+    for (i, raw) in text.lines().enumerate().skip(line.checked_sub(1)?) {
+        let indent = raw.chars().take_while(|c| *c == ' ').count();
+        let body = raw.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let entry: String = if i + 1 == line {
+            // The first key may follow a list marker (`- host: ...`).
+            raw.chars().skip(col).collect()
+        } else if indent < col {
+            break;
+        } else if indent > col || body.starts_with("- ") {
+            continue;
+        } else {
+            body.to_string()
+        };
+        let this = entry
+            .split_once(':')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
+        if this == Some(key) {
+            seen += 1;
+            if seen == 2 {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+/// serde's wording for a bad scalar, in the words of the config: no Rust type names, and a
+/// duration comes with an example.
+fn humanize(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number (negative allowed)"),
+        ("expected i32", "expected a whole number (negative allowed)"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        (
+            "expected a duration",
+            "expected a duration such as 10s or 500ms",
+        ),
+    ];
+    // An out-of-range integer is shown "as u128"; the number alone says enough.
+    let mut out = message.replace(" as u128", "").replace(" as i128", "");
+    for (rust, words) in WORDS {
+        let mut from = 0;
+        while let Some(at) = out[from..].find(rust).map(|i| i + from) {
+            let end = at + rust.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                from = end;
+                continue;
+            }
+            out.replace_range(at..end, words);
+            from = at + words.len();
+        }
+    }
+    out
 }
 
 /// Finds the line of a dotted key (`tls.ca_key`, `proxy.auth.clients[1].token`) in
@@ -894,6 +982,77 @@ network:
                 ),
                 ("credentials[0].format".to_string(), Some(13)),
             ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported_at_the_repeated_key() {
+        let cases = [
+            // The top level: serde_yaml alone says line 1, where the mapping starts.
+            (
+                "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 3s\nproxy:\n  listen: 127.0.0.1:1\n",
+                5,
+            ),
+            (
+                "# head\n\nproxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 3s\n  # c\n  idle_timeout: 4s\n",
+                8,
+            ),
+            (
+                "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - host: a.test\n    source: { type: static, value: s }\n    host: b.test\n",
+                5,
+            ),
+            // Free-form maps kept the last value silently before.
+            (
+                "proxy: { listen: 127.0.0.1:0 }\nnetwork:\n  resolve:\n    a.test: 127.0.0.1\n    b.test: 127.0.0.1\n    a.test: 127.0.0.2\n",
+                6,
+            ),
+        ];
+        for (text, line) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, Some(line), "{err}");
+            assert!(err.message.contains("duplicate"), "{err}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_durations_are_described_in_words() {
+        let cases = [
+            (
+                "limits: { cert_cache_entries: lots }",
+                "expected a whole number",
+            ),
+            (
+                "limits: { cert_cache_entries: -3 }",
+                "expected a whole number",
+            ),
+            (
+                "limits: { max_request_header_bytes: 99999999999999999999999 }",
+                "integer `99999999999999999999999`, expected a whole number",
+            ),
+            (
+                "log: { body_capture_bytes: 1.5 }",
+                "expected a whole number",
+            ),
+            ("version: x", "expected a whole number"),
+            (
+                "limits: { idle_timeout: 10 }",
+                "expected a duration such as 10s or 500ms",
+            ),
+            (
+                "limits: { shutdown_grace: soon }",
+                "expected a duration such as 10s or 500ms",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("proxy: {{ listen: 127.0.0.1:0 }}\n{extra}\n")).unwrap_err();
+            assert!(err.message.contains(want), "{extra}: {err}");
+            for rust in ["usize", "u32", "u64", "u128"] {
+                assert!(!err.message.contains(rust), "{extra}: {err}");
+            }
+        }
+        assert_eq!(
+            humanize("expected u16, expected u8s, expected a duration"),
+            "expected a whole number from 0 to 65535, expected u8s, expected a duration such as 10s or 500ms"
         );
     }
 

@@ -230,6 +230,37 @@ fn check_reports_every_error_in_one_run() {
 }
 
 #[test]
+fn check_puts_a_duplicate_top_level_key_on_its_own_line() {
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlog:\n  level: info\nproxy:\n  listen: 127.0.0.1:1\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("w.yaml:5: duplicate field `proxy`"), "{out}");
+}
+
+#[test]
+fn check_words_numbers_and_durations_for_people() {
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  cert_cache_entries: many\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("expected a whole number"), "{out}");
+    assert!(!out.contains("usize"), "{out}");
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 30\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("w.yaml:4: limits.idle_timeout:")
+            && out.contains("expected a duration such as 10s or 500ms"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_reload_with_several_errors_logs_each_and_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.yaml");
