@@ -7,7 +7,8 @@ use crate::auth::{AuthConfig, Client, Clients};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
-use crate::policy::{NetworkConfig, NetworkPolicy};
+use crate::policy::{HostPattern, NetworkConfig, NetworkPolicy};
+use crate::secret::SecretSource;
 use crate::substitution::{SubstitutionConfig, Substitutions};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
@@ -557,6 +558,88 @@ impl Config {
     }
 }
 
+/// What `warden check` reports besides errors, each located like a [`ConfigError`]. Nothing
+/// in it holds a secret value: sources are named by variable or path, never by content.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// What will fail at request time as things stand: secret sources that cannot be read
+    /// now. Not errors, because sources are read live and may appear later; `check --strict`
+    /// makes them errors.
+    pub warnings: Vec<ConfigError>,
+    /// What works as written but may surprise.
+    pub notes: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Looks for what `compile` accepts but will fail or surprise later: reads every secret
+    /// source that requests read live (credentials and substitutions, top level and per
+    /// client). Client tokens are not here:
+    /// they are read by `compile`, which refuses an unreadable one.
+    pub fn findings(&self) -> Findings {
+        let mut findings = Findings {
+            warnings: self.unreadable_sources(),
+            notes: Vec::new(),
+        };
+        for list in [&mut findings.warnings, &mut findings.notes] {
+            list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        }
+        findings
+    }
+
+    fn unreadable_sources(&self) -> Vec<ConfigError> {
+        let f = &self.file;
+        let mut sources: Vec<(String, &SecretSource, &HostPattern)> = Vec::new();
+        fn add<'a>(
+            sources: &mut Vec<(String, &'a SecretSource, &'a HostPattern)>,
+            prefix: &str,
+            credentials: &'a [CredentialConfig],
+            substitutions: &'a [SubstitutionConfig],
+        ) {
+            for (i, c) in credentials.iter().enumerate() {
+                sources.push((
+                    format!("{prefix}credentials[{i}].source"),
+                    &c.source,
+                    &c.host,
+                ));
+            }
+            for (i, s) in substitutions.iter().enumerate() {
+                sources.push((
+                    format!("{prefix}substitutions[{i}].source"),
+                    &s.source,
+                    &s.host,
+                ));
+            }
+        }
+        add(&mut sources, "", &f.credentials, &f.substitutions);
+        for (j, c) in f
+            .proxy
+            .auth
+            .iter()
+            .flat_map(|a| a.clients.iter().enumerate())
+        {
+            add(
+                &mut sources,
+                &format!("proxy.auth.clients[{j}]."),
+                c.credentials.as_deref().unwrap_or_default(),
+                c.substitutions.as_deref().unwrap_or_default(),
+            );
+        }
+        sources
+            .into_iter()
+            .filter_map(|(key, source, host)| {
+                // SecretError names the variable or file, never what was read.
+                let why = source.read(&self.base_dir).err()?;
+                Some(self.error(
+                    &key,
+                    format!(
+                        "cannot be read now ({why}); requests to `{host}` will fail with 502 credential_unavailable until it can"
+                    ),
+                ))
+            })
+            .collect()
+    }
+}
+
 fn from_yaml_error(e: &serde_yaml::Error, text: &str) -> ConfigError {
     // serde_yaml's message already carries the key path ("tls.intercept: ...") and the
     // position; keep the message and expose the line separately.
@@ -1054,6 +1137,56 @@ network:
             humanize("expected u16, expected u8s, expected a duration"),
             "expected a whole number from 0 to 65535, expected u8s, expected a duration such as 10s or 500ms"
         );
+    }
+
+    #[test]
+    fn unreadable_sources_are_warnings_that_name_key_and_line_but_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("present"), "FILE-CANARY\n").unwrap();
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+  auth:
+    clients:
+      - name: a
+        token: { type: static, value: TOKEN-CANARY }
+        substitutions:
+          - host: s.test
+            placeholder: WARDEN_SUB_1
+            source: { type: file, path: absent-file }
+credentials:
+  - host: ok.test
+    source: { type: static, value: STATIC-CANARY }
+  - host: api.test
+    source: { type: env, var: WARDEN_TEST_UNSET_SOURCE_VAR }
+  - host: f.test
+    source: { type: file, path: present }
+  - host: e.test
+    source: { type: static, value: '' }
+";
+        let cfg = Config::parse(text, dir.path()).unwrap();
+        // Sources are read live: an unreadable one does not stop the config from compiling.
+        cfg.compile(CompileOptions { create_ca: false }).unwrap();
+        let findings = cfg.findings();
+        let got: Vec<(&str, Option<usize>)> = findings
+            .warnings
+            .iter()
+            .map(|w| (w.key.as_deref().unwrap_or_default(), w.line))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("proxy.auth.clients[0].substitutions[0].source", Some(10)),
+                ("credentials[1].source", Some(15)),
+                ("credentials[3].source", Some(19)),
+            ]
+        );
+        let shown = format!("{findings:?}");
+        assert!(shown.contains("WARDEN_TEST_UNSET_SOURCE_VAR"), "{shown}");
+        assert!(shown.contains("absent-file"), "{shown}");
+        assert!(shown.contains("credential_unavailable"), "{shown}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(findings.notes.is_empty(), "{shown}");
     }
 
     #[test]

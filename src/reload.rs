@@ -35,14 +35,17 @@ pub fn reload_from(path: &Path, shared: &Shared) -> Result<u64, ConfigErrors> {
             }
             snap.proxy_listen = old.proxy_listen;
             snap.admin_listen = old.admin_listen;
-            Ok(snap)
+            Ok((snap, cfg.findings().warnings))
         });
     match compiled {
-        Ok(snap) => {
+        Ok((snap, warnings)) => {
             shared.snapshot.store(Arc::new(snap));
             let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
             shared.metrics.reloaded(true, generation);
             log::info!("config_reloaded generation={generation}");
+            for w in warnings {
+                log::warn!("config warning: {w}");
+            }
             Ok(generation)
         }
         Err(e) => {

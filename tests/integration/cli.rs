@@ -224,6 +224,7 @@ fn check_reports_every_error_in_one_run() {
         "w.yaml:8: llm[0].deny_tools[0]:",
         "w.yaml:11: transforms[0].replace_body[0].pattern:",
         "w.yaml:13: network.grants:",
+        "4 errors",
     ] {
         assert!(out.contains(want), "{want} missing in:\n{out}");
     }
@@ -257,6 +258,71 @@ fn check_words_numbers_and_durations_for_people() {
         out.contains("w.yaml:4: limits.idle_timeout:")
             && out.contains("expected a duration such as 10s or 500ms"),
         "{out}"
+    );
+}
+
+/// A credential from an unset variable next to one whose static value is a canary.
+fn unreadable_source_yaml() -> String {
+    format!(
+        "proxy:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: canary.test\n    source: {{ type: static, value: CLI-CANARY-7731 }}\n  - host: api.example.test\n    source: {{ type: env, var: {UNSET} }}\n"
+    )
+}
+
+#[test]
+fn check_warns_about_an_unreadable_source_and_strict_makes_it_an_error() {
+    let yaml = unreadable_source_yaml();
+    let (code, out) = check(&yaml, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "sources are read live, so only a warning:\n{out}"
+    );
+    for want in [
+        "warden: warning: ",
+        "w.yaml:7: credentials[1].source: cannot be read now",
+        UNSET,
+        "credential_unavailable",
+        "ok, 1 warning",
+    ] {
+        assert!(out.contains(want), "{want} missing in:\n{out}");
+    }
+    let (code, strict) = check(&yaml, &["--strict"]);
+    assert_eq!(code, Some(1), "{strict}");
+    assert!(strict.contains("credentials[1].source"), "{strict}");
+    assert!(strict.contains("--strict"), "{strict}");
+    assert!(!strict.contains(": ok"), "{strict}");
+    for text in [&out, &strict] {
+        assert!(
+            !text.contains("CLI-CANARY-7731"),
+            "a secret value leaked:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn run_logs_an_unreadable_source_once_at_start_without_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(&file, unreadable_source_yaml()).unwrap();
+    let mut w = Running::start(&file);
+    w.wait_for("warden listening");
+    let warnings: Vec<&String> = w
+        .seen
+        .iter()
+        .filter(|l| l.contains("credentials[1].source"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", w.seen);
+    assert!(
+        warnings[0].contains("\"level\":\"warn\"")
+            && warnings[0].contains("w.yaml:7")
+            && warnings[0].contains(UNSET),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        !w.seen.iter().any(|l| l.contains("CLI-CANARY-7731")),
+        "{:?}",
+        w.seen
     );
 }
 
