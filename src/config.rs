@@ -3,7 +3,7 @@
 //! ProxyHttp phases read once per request (`new_ctx`). `compile()` is where files are read and
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
-use crate::auth::{AuthConfig, Client, Clients};
+use crate::auth::{AuthConfig, Client, ClientConfig, Clients};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
@@ -566,19 +566,20 @@ pub struct Findings {
     /// now. Not errors, because sources are read live and may appear later; `check --strict`
     /// makes them errors.
     pub warnings: Vec<ConfigError>,
-    /// What works as written but may surprise.
+    /// What works as written but may surprise: an entry whose host has no port (80 and 443
+    /// only) while the allow list names that host only on other ports.
     pub notes: Vec<ConfigError>,
 }
 
 impl Config {
     /// Looks for what `compile` accepts but will fail or surprise later: reads every secret
     /// source that requests read live (credentials and substitutions, top level and per
-    /// client). Client tokens are not here:
+    /// client) and compares portless entries with the allow list. Client tokens are not here:
     /// they are read by `compile`, which refuses an unreadable one.
     pub fn findings(&self) -> Findings {
         let mut findings = Findings {
             warnings: self.unreadable_sources(),
-            notes: Vec::new(),
+            notes: self.port_notes(),
         };
         for list in [&mut findings.warnings, &mut findings.notes] {
             list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -635,6 +636,182 @@ impl Config {
                         "cannot be read now ({why}); requests to `{host}` will fail with 502 credential_unavailable until it can"
                     ),
                 ))
+            })
+            .collect()
+    }
+
+    fn port_notes(&self) -> Vec<ConfigError> {
+        let f = &self.file;
+        let top = HostEntries::of(f);
+        let mut notes = Vec::new();
+        self.note_ports(&top.all(), "network.allow", &f.network.allow, &mut notes);
+        for (j, c) in f
+            .proxy
+            .auth
+            .iter()
+            .flat_map(|a| a.clients.iter().enumerate())
+        {
+            let own = HostEntries::of_client(&format!("proxy.auth.clients[{j}]."), c);
+            match &c.network {
+                // The client's allow list governs the top-level sections it inherits too.
+                Some(n) => self.note_ports(
+                    &own.over(&top),
+                    &format!("proxy.auth.clients[{j}].network.allow"),
+                    &n.allow,
+                    &mut notes,
+                ),
+                None => self.note_ports(&own.all(), "network.allow", &f.network.allow, &mut notes),
+            }
+        }
+        notes
+    }
+
+    /// A note for each entry without a port whose host `allow` (at `allow_key`) names only on
+    /// ports other than 80 and 443.
+    fn note_ports(
+        &self,
+        entries: &[(String, &HostPattern)],
+        allow_key: &str,
+        allow: &[HostPattern],
+        notes: &mut Vec<ConfigError>,
+    ) {
+        for (key, pattern) in entries.iter().filter(|(_, p)| p.port().is_none()) {
+            let same: Vec<(usize, &HostPattern)> = allow
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.same_hosts(pattern))
+                .collect();
+            let covered = same
+                .iter()
+                .any(|(_, a)| matches!(a.port(), None | Some(80) | Some(443)));
+            let Some(port) = same
+                .first()
+                .and_then(|(_, a)| a.port())
+                .filter(|_| !covered)
+            else {
+                continue;
+            };
+            let named: Vec<String> = same
+                .iter()
+                .map(|(i, a)| {
+                    let k = format!("{allow_key}[{i}]");
+                    match locate(&self.text, &k) {
+                        Some(line) => format!("{k} `{a}` (line {line})"),
+                        None => format!("{k} `{a}`"),
+                    }
+                })
+                .collect();
+            notes.push(self.error(
+                key,
+                format!(
+                    "`{pattern}` has no port, so it means ports 80 and 443 only, but the host is allowed only as {}; write `{pattern}:{port}` if this entry is meant for that port",
+                    named.join(" and ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Host patterns with their config keys (`credentials[0].host`).
+type KeyedHosts<'a> = Vec<(String, &'a HostPattern)>;
+
+/// The host patterns of the per-destination sections, by section, with their keys.
+struct HostEntries<'a> {
+    sections: Vec<Section<'a>>,
+}
+
+/// One section's hosts with their keys; `None` when the section is absent.
+type Section<'a> = (&'static str, Option<KeyedHosts<'a>>);
+
+impl<'a> HostEntries<'a> {
+    fn section<T: 'a>(
+        prefix: &str,
+        name: &'static str,
+        entries: Option<&'a [T]>,
+        host: impl Fn(&'a T) -> &'a HostPattern,
+    ) -> Section<'a> {
+        let keyed = entries.map(|e| {
+            e.iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{prefix}{name}[{i}].host"), host(t)))
+                .collect()
+        });
+        (name, keyed)
+    }
+
+    /// The per-destination sections, at the top level or in a client (`prefix`).
+    fn common(
+        prefix: &str,
+        credentials: Option<&'a [CredentialConfig]>,
+        substitutions: Option<&'a [SubstitutionConfig]>,
+        headers: Option<&'a [HeaderRuleConfig]>,
+        llm: Option<&'a [crate::llm::LlmConfig]>,
+        correlation: Option<&'a CorrelationConfig>,
+    ) -> Vec<Section<'a>> {
+        vec![
+            Self::section(prefix, "credentials", credentials, |c| &c.host),
+            Self::section(prefix, "substitutions", substitutions, |s| &s.host),
+            Self::section(prefix, "headers", headers, |h| &h.host),
+            Self::section(prefix, "llm", llm, |l| &l.host),
+            Self::section(
+                &format!("{prefix}correlation."),
+                "targets",
+                correlation.map(|c| c.targets.as_slice()),
+                |t| &t.host,
+            ),
+        ]
+    }
+
+    /// Every section of the top level.
+    fn of(f: &'a FileConfig) -> Self {
+        let mut sections = Self::common(
+            "",
+            Some(&f.credentials),
+            Some(&f.substitutions),
+            Some(&f.headers),
+            Some(&f.llm),
+            f.correlation.as_ref(),
+        );
+        sections.push(Self::section("", "transforms", Some(&f.transforms), |t| {
+            &t.host
+        }));
+        let passthrough = f.tls.passthrough.iter().enumerate();
+        let passthrough = passthrough.map(|(i, p)| (format!("tls.passthrough[{i}]"), p));
+        sections.push(("tls.passthrough", Some(passthrough.collect())));
+        HostEntries { sections }
+    }
+
+    /// The sections a client has of its own (`None` where it inherits the top level's).
+    fn of_client(prefix: &str, c: &'a ClientConfig) -> Self {
+        HostEntries {
+            sections: Self::common(
+                prefix,
+                c.credentials.as_deref(),
+                c.substitutions.as_deref(),
+                c.headers.as_deref(),
+                c.llm.as_deref(),
+                c.correlation.as_ref(),
+            ),
+        }
+    }
+
+    fn all(&self) -> KeyedHosts<'a> {
+        self.sections
+            .iter()
+            .flat_map(|(_, e)| e.iter().flatten().cloned())
+            .collect()
+    }
+
+    /// What is in force for a client: its own sections, and `top`'s where it has none.
+    fn over(&self, top: &HostEntries<'a>) -> KeyedHosts<'a> {
+        top.sections
+            .iter()
+            .flat_map(|(name, inherited)| {
+                let own = self.sections.iter().find(|(n, _)| n == name);
+                match own {
+                    Some((_, Some(own))) => own.clone(),
+                    _ => inherited.clone().unwrap_or_default(),
+                }
             })
             .collect()
     }
@@ -1187,6 +1364,81 @@ credentials:
         assert!(shown.contains("credential_unavailable"), "{shown}");
         assert!(!shown.contains("CANARY"), "{shown}");
         assert!(findings.notes.is_empty(), "{shown}");
+    }
+
+    #[test]
+    fn a_portless_entry_gets_a_note_when_its_host_is_allowed_only_on_other_ports() {
+        let notes = |allow: &str, entry_host: &str| -> Vec<String> {
+            let text = format!(
+                "proxy:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: '{entry_host}'\n    source: {{ type: static, value: s }}\nnetwork:\n  policy: strict\n  allow:\n    - other.test\n    - {allow}\n"
+            );
+            parse(&text)
+                .unwrap()
+                .findings()
+                .notes
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let got = notes("api.test:8443", "api.test");
+        assert_eq!(got.len(), 1, "{got:?}");
+        for part in [
+            "line 4: credentials[0].host:",
+            "network.allow[1] `api.test:8443` (line 10)",
+            "80 and 443",
+            "api.test:8443",
+        ] {
+            assert!(got[0].contains(part), "{part} in {}", got[0]);
+        }
+        let none: &[(&str, &str)] = &[
+            ("api.test", "api.test"),
+            ("'api.test:443'", "api.test"),
+            ("api.test:8443", "api.test:8443"),
+            ("api.test:8443", "other.test"),
+            ("'*.api.test:8443'", "api.test"),
+        ];
+        for (allow, host) in none {
+            assert_eq!(notes(allow, host), Vec::<String>::new(), "{allow} {host}");
+        }
+    }
+
+    #[test]
+    fn a_client_network_section_is_compared_with_the_entries_in_force_for_it() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+  auth:
+    clients:
+      - name: a
+        token: { type: static, value: t }
+        network: { policy: strict, allow: ['llm.test:8443'] }
+      - name: b
+        token: { type: static, value: t }
+        headers: [{ host: h.test, remove: [x-a] }]
+llm:
+  - { host: llm.test, provider: openai }
+network:
+  allow: ['h.test:9443']
+";
+        let notes: Vec<(String, Option<usize>)> = parse(text)
+            .unwrap()
+            .findings()
+            .notes
+            .iter()
+            .map(|n| (n.key.clone().unwrap_or_default(), n.line))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                // Client b's own header rule under the top-level allow list.
+                (
+                    "proxy.auth.clients[1].headers[0].host".to_string(),
+                    Some(10)
+                ),
+                // Client a inherits the top-level llm entry under its own allow list.
+                ("llm[0].host".to_string(), Some(12)),
+            ]
+        );
     }
 
     #[test]

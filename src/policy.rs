@@ -40,6 +40,16 @@ enum PatternKind {
 }
 
 impl HostPattern {
+    /// The port written after the host, if any (none means 80 and 443).
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// True when both patterns name the same hosts, whatever their ports.
+    pub fn same_hosts(&self, other: &HostPattern) -> bool {
+        self.kind == other.kind
+    }
+
     /// True when `dest` is named by this pattern.
     pub fn matches(&self, dest: &Authority) -> bool {
         let port_ok = match self.port {

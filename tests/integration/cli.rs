@@ -300,6 +300,23 @@ fn check_warns_about_an_unreadable_source_and_strict_makes_it_an_error() {
 }
 
 #[test]
+fn check_notes_a_portless_entry_whose_host_is_allowed_only_on_another_port() {
+    let yaml = "proxy:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: api.example.test\n    source: { type: static, value: s }\nnetwork:\n  policy: strict\n  allow:\n    - api.example.test:8443\n";
+    for extra in [&[][..], &["--strict"][..]] {
+        let (code, out) = check(yaml, extra);
+        assert_eq!(code, Some(0), "a note is not a warning ({extra:?}):\n{out}");
+        for want in [
+            "note: ",
+            "w.yaml:4: credentials[0].host:",
+            "network.allow[0] `api.example.test:8443` (line 9)",
+            "80 and 443",
+        ] {
+            assert!(out.contains(want), "{want} missing in:\n{out}");
+        }
+    }
+}
+
+#[test]
 fn run_logs_an_unreadable_source_once_at_start_without_secret_values() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.yaml");
