@@ -4,6 +4,7 @@
 //! by the front door on CONNECT and by `request_filter` on plain requests; requests inside an
 //! intercepted tunnel keep the CONNECT's identity.
 
+use crate::config::{keep, KeyErrors};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
@@ -84,63 +85,87 @@ pub struct Clients {
 impl AuthConfig {
     /// Reads every token and compiles per-client sections (`top_credentials`: the top-level
     /// credentials, for a client network section whose grants name them). Errors carry the
-    /// config key.
+    /// config key; every client's are reported.
     pub fn compile(
         &self,
         base_dir: &Path,
         top_credentials: &Credentials,
         previous: Option<&Clients>,
-    ) -> Result<Clients, (String, String)> {
+    ) -> Result<Clients, KeyErrors> {
+        let mut errors = Vec::new();
         let mut names = HashSet::new();
         let mut clients = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
             let key = |field: &str| format!("proxy.auth.clients[{i}].{field}");
+            // Each section is compiled even when another failed, so all errors show at once.
+            let before = errors.len();
             if c.name.is_empty() || c.name.contains(':') || c.name.len() > 64 {
-                return Err((
+                errors.push((
                     key("name"),
                     "a client name is 1-64 characters without ':'".into(),
                 ));
-            }
-            if !names.insert(c.name.clone()) {
-                return Err((key("name"), format!("client `{}` is listed twice", c.name)));
+            } else if !names.insert(c.name.clone()) {
+                errors.push((key("name"), format!("client `{}` is listed twice", c.name)));
             }
             let token = c
                 .token
                 .read(base_dir)
-                .map_err(|e| (key("token"), e.to_string()))?;
-            let credentials = match &c.credentials {
-                Some(entries) => Some(credentials::compile(
+                .map_err(|e| errors.push((key("token"), e.to_string())))
+                .ok();
+            let credentials = c.credentials.as_ref().map(|entries| {
+                let (credentials, e) = credentials::compile_lenient(
                     entries,
                     &format!("proxy.auth.clients[{i}].credentials"),
                     base_dir,
-                )?),
-                None => None,
-            };
-            let headers = match &c.headers {
-                Some(entries) => Some(crate::headers::compile(
-                    entries,
-                    &format!("proxy.auth.clients[{i}].headers"),
-                )?),
-                None => None,
-            };
-            let substitutions = match &c.substitutions {
-                Some(entries) => Some(crate::substitution::compile(
-                    entries,
-                    &format!("proxy.auth.clients[{i}].substitutions"),
-                    base_dir,
-                )?),
-                None => None,
-            };
-            let llm = match &c.llm {
-                Some(entries) => Some(crate::llm::compile(
-                    entries,
-                    &format!("proxy.auth.clients[{i}].llm"),
-                )?),
-                None => None,
-            };
-            let mut correlation = match &c.correlation {
-                Some(cc) => Some(cc.compile(&format!("proxy.auth.clients[{i}].correlation"))?),
-                None => None,
+                );
+                errors.extend(e);
+                credentials
+            });
+            let headers = c.headers.as_ref().and_then(|entries| {
+                keep(
+                    crate::headers::compile(entries, &format!("proxy.auth.clients[{i}].headers")),
+                    &mut errors,
+                )
+            });
+            let substitutions = c.substitutions.as_ref().and_then(|entries| {
+                keep(
+                    crate::substitution::compile(
+                        entries,
+                        &format!("proxy.auth.clients[{i}].substitutions"),
+                        base_dir,
+                    ),
+                    &mut errors,
+                )
+            });
+            let llm = c.llm.as_ref().and_then(|entries| {
+                keep(
+                    crate::llm::compile(entries, &format!("proxy.auth.clients[{i}].llm")),
+                    &mut errors,
+                )
+            });
+            let mut correlation = c.correlation.as_ref().and_then(|cc| {
+                keep(
+                    cc.compile(&format!("proxy.auth.clients[{i}].correlation")),
+                    &mut errors,
+                )
+            });
+            let network = c.network.as_ref().and_then(|n| {
+                let compiled = n
+                    .compile(credentials.as_ref().unwrap_or(top_credentials))
+                    .map_err(|e| {
+                        e.into_iter()
+                            .map(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))
+                            .collect()
+                    });
+                keep(compiled, &mut errors)
+            });
+            if errors.len() > before {
+                continue;
+            }
+            // With no new error, every section that is present compiled: the `None`s are
+            // sections the client does not have.
+            let Some(token) = token else {
+                continue;
             };
             // A reload keeps the client's correlation session.
             if let (Some(new), Some(old)) = (
@@ -151,13 +176,6 @@ impl AuthConfig {
             ) {
                 new.continue_from(old);
             }
-            let network = match &c.network {
-                Some(n) => Some(
-                    n.compile(credentials.as_ref().unwrap_or(top_credentials))
-                        .map_err(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))?,
-                ),
-                None => None,
-            };
             clients.push(Arc::new(Client {
                 name: Arc::from(c.name.as_str()),
                 token,
@@ -169,13 +187,17 @@ impl AuthConfig {
                 llm,
             }));
         }
-        if clients.is_empty() {
-            return Err((
+        if self.clients.is_empty() {
+            errors.push((
                 "proxy.auth.clients".into(),
                 "lists no client; remove proxy.auth to run without authentication".into(),
             ));
         }
-        Ok(Clients { clients })
+        if errors.is_empty() {
+            Ok(Clients { clients })
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -298,7 +320,8 @@ mod tests {
         .unwrap();
         let (key, msg) = cfg
             .compile(Path::new("."), &Credentials::default(), None)
-            .unwrap_err();
+            .unwrap_err()
+            .remove(0);
         assert_eq!(key, "proxy.auth.clients[0].token");
         assert!(msg.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{msg}");
         let cfg: AuthConfig = serde_yaml::from_str(
@@ -307,7 +330,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             cfg.compile(Path::new("."), &Credentials::default(), None)
-                .unwrap_err()
+                .unwrap_err()[0]
                 .0,
             "proxy.auth.clients[1].name"
         );
@@ -317,7 +340,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             cfg.compile(Path::new("."), &Credentials::default(), None)
-                .unwrap_err()
+                .unwrap_err()[0]
                 .0,
             "proxy.auth.clients[0].llm[0].deny_tools[0]"
         );

@@ -3,11 +3,12 @@
 //! ProxyHttp phases read once per request (`new_ctx`). `compile()` is where files are read and
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
-use crate::auth::{AuthConfig, Client, Clients};
+use crate::auth::{AuthConfig, Client, ClientConfig, Clients};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
-use crate::policy::{NetworkConfig, NetworkPolicy};
+use crate::policy::{HostPattern, NetworkConfig, NetworkPolicy};
+use crate::secret::SecretSource;
 use crate::substitution::{SubstitutionConfig, Substitutions};
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
@@ -50,6 +51,59 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Every error `compile` found, in file order; never empty. Displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The first error in file order.
+    pub fn first(&self) -> &ConfigError {
+        // Built only from a non-empty list (see `Config::errors` and `From<ConfigError>`).
+        &self.0[0]
+    }
+
+    /// Every error, in file order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A section's compile errors: `(dotted key, message)` pairs, every one found, in the order
+/// found. [`Config::compile`] locates them in the file.
+pub type KeyErrors = Vec<(String, String)>;
+
+/// The value of `result`, or `None` with its errors moved into `errors`: how a compile step
+/// keeps going past a bad section to report the rest.
+pub(crate) fn keep<T>(result: Result<T, KeyErrors>, errors: &mut KeyErrors) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    }
+}
 
 /// The file as written (the CONFIG.md shape).
 #[derive(Debug, Deserialize)]
@@ -304,7 +358,10 @@ impl Config {
 
     /// Parses YAML text; relative paths in it resolve against `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let file: FileConfig = serde_yaml::from_str(text).map_err(|e| from_yaml_error(&e))?;
+        let file: FileConfig = serde_yaml::from_str(text).map_err(|e| from_yaml_error(&e, text))?;
+        // Maps with free keys (`network.resolve`, `headers[].set`) keep the last of two equal
+        // keys without a word; YAML forbids them, so refuse them as struct fields are.
+        serde_yaml::from_str::<serde_yaml::Value>(text).map_err(|e| from_yaml_error(&e, text))?;
         if file.version != 1 {
             return Err(ConfigError {
                 file: None,
@@ -345,37 +402,40 @@ impl Config {
 
     /// Validates everything, reads the CA (creating it if allowed and absent) and the upstream
     /// trust file, and returns the runtime snapshot.
-    pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigError> {
+    pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigErrors> {
         self.compile_over(opts, None)
     }
 
     /// [`Config::compile`] for a reload: what should outlive the old snapshot carries over —
     /// the CA and its leaf cache when the CA certificate is unchanged, and correlation
-    /// sessions (id and numbering) configured the same way.
+    /// sessions (id and numbering) configured the same way. Every section is compiled even
+    /// when an earlier one failed, so the error lists everything wrong with the file.
     pub fn compile_over(
         &self,
         opts: CompileOptions,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigError> {
+    ) -> Result<Snapshot, ConfigErrors> {
         let f = &self.file;
+        let mut errors: KeyErrors = Vec::new();
+        let mut fail = |key: &str, message: &str| errors.push((key.into(), message.into()));
         // Port 0 asks for an ephemeral port each, so two of them never collide.
         if f.admin.listen == Some(f.proxy.listen) && f.proxy.listen.port() != 0 {
-            return Err(self.error("admin.listen", "must differ from proxy.listen"));
+            fail("admin.listen", "must differ from proxy.listen");
         }
         if f.limits.cert_cache_entries == 0 {
-            return Err(self.error("limits.cert_cache_entries", "must be at least 1"));
+            fail("limits.cert_cache_entries", "must be at least 1");
         }
         if f.limits.llm_buffer_bytes < 1024 {
-            return Err(self.error("limits.llm_buffer_bytes", "must be at least 1024"));
+            fail("limits.llm_buffer_bytes", "must be at least 1024");
         }
         if f.limits.max_request_header_bytes < 1024 {
-            return Err(self.error("limits.max_request_header_bytes", "must be at least 1024"));
+            fail("limits.max_request_header_bytes", "must be at least 1024");
         }
         if f.limits.max_response_header_bytes < 1024 {
-            return Err(self.error("limits.max_response_header_bytes", "must be at least 1024"));
+            fail("limits.max_response_header_bytes", "must be at least 1024");
         }
         if f.proxy.backlog == 0 {
-            return Err(self.error("proxy.backlog", "must be at least 1"));
+            fail("proxy.backlog", "must be at least 1");
         }
         for (key, d) in [
             (
@@ -401,72 +461,103 @@ impl Config {
             ),
         ] {
             if d.is_zero() {
-                return Err(self.error(key, "must be longer than zero"));
+                fail(key, "must be longer than zero");
             }
         }
         if f.proxy.auth.is_none()
             && !f.proxy.listen.ip().is_loopback()
             && !f.proxy.allow_unauthenticated
         {
-            return Err(self.error(
+            fail(
                 "proxy.listen",
                 "listens beyond loopback without proxy.auth; configure clients, or set proxy.allow_unauthenticated: true",
-            ));
+            );
         }
-        let credentials =
-            crate::credentials::compile(&f.credentials, "credentials", &self.base_dir)
-                .map_err(|(key, msg)| self.error(&key, msg))?;
-        let headers = crate::headers::compile(&f.headers, "headers")
-            .map_err(|(key, msg)| self.error(&key, msg))?;
-        let substitutions =
-            crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir)
-                .map_err(|(key, msg)| self.error(&key, msg))?;
-        let llm = crate::llm::compile(&f.llm, "llm").map_err(|(key, msg)| self.error(&key, msg))?;
-        let transforms = crate::transform::compile(&f.transforms, "transforms")
-            .map_err(|(key, msg)| self.error(&key, msg))?;
+        // Bad entries are reported but the rest still load, so `network.grants` and the
+        // clients' sections are checked against every credential without spurious errors.
+        let (credentials, credential_errors) =
+            crate::credentials::compile_lenient(&f.credentials, "credentials", &self.base_dir);
+        errors.extend(credential_errors);
+        let headers = keep(crate::headers::compile(&f.headers, "headers"), &mut errors);
+        let substitutions = keep(
+            crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir),
+            &mut errors,
+        );
+        let llm = keep(crate::llm::compile(&f.llm, "llm"), &mut errors);
+        let transforms = keep(
+            crate::transform::compile(&f.transforms, "transforms"),
+            &mut errors,
+        );
         let mut correlation = match &f.correlation {
-            Some(c) => Some(
-                c.compile("correlation")
-                    .map_err(|(key, msg)| self.error(&key, msg))?,
-            ),
-            None => None,
+            Some(c) => keep(c.compile("correlation"), &mut errors).map(Some),
+            None => Some(None),
         };
-        if let (Some(new), Some(old)) = (
+        if let (Some(Some(new)), Some(old)) = (
             correlation.as_mut(),
             previous.and_then(|p| p.correlation.as_ref()),
         ) {
             new.continue_from(old);
         }
         let auth = match &f.proxy.auth {
-            Some(a) => Some(
+            Some(a) => keep(
                 a.compile(
                     &self.base_dir,
                     &credentials,
                     previous.and_then(|p| p.auth.as_ref()),
-                )
-                .map_err(|(key, msg)| self.error(&key, msg))?,
-            ),
-            None => None,
+                ),
+                &mut errors,
+            )
+            .map(Some),
+            None => Some(None),
         };
-        let network = f
-            .network
-            .compile(&credentials)
-            .map_err(|(key, msg)| self.error(&key, msg))?;
+        let network = keep(f.network.compile(&credentials), &mut errors);
         let ca = CertAuthority::load_or_create(
             &self.resolve_path(&f.tls.ca_cert),
             &self.resolve_path(&f.tls.ca_key),
             opts.create_ca,
             f.limits.cert_cache_entries,
         )
-        .map_err(|e| self.error(e.key(), e.to_string()))?;
-        let ca = match previous {
-            Some(prev) if prev.tls.ca.cert_pem() == ca.cert_pem() => prev.tls.ca.clone(),
-            _ => Arc::new(ca),
+        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .ok();
+        let tls = match ca {
+            Some(ca) => {
+                let ca = match previous {
+                    Some(prev) if prev.tls.ca.cert_pem() == ca.cert_pem() => prev.tls.ca.clone(),
+                    _ => Arc::new(ca),
+                };
+                f.tls.compile(ca, |p| self.resolve_path(p)).map(Some)
+            }
+            // Without a CA there is no policy to build, but the trust file is still checked.
+            None => f.tls.upstream_roots(|p| self.resolve_path(p)).map(|_| None),
+        }
+        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .ok()
+        .flatten();
+        let (
+            Some(tls),
+            Some(network),
+            Some(auth),
+            Some(headers),
+            Some(correlation),
+            Some(substitutions),
+            Some(llm),
+            Some(transforms),
+        ) = (
+            tls,
+            network,
+            auth,
+            headers,
+            correlation,
+            substitutions,
+            llm,
+            transforms,
+        )
+        else {
+            return Err(self.errors(errors));
         };
-        let tls = f
-            .tls
-            .compile(ca, |p| self.resolve_path(p))
-            .map_err(|e| self.error(e.key(), e.to_string()))?;
+        if !errors.is_empty() {
+            return Err(self.errors(errors));
+        }
         Ok(Snapshot {
             proxy_listen: f.proxy.listen,
             proxy_backlog: f.proxy.backlog,
@@ -484,9 +575,288 @@ impl Config {
             limits: f.limits.clone(),
         })
     }
+
+    /// `(key, message)` pairs located in this file, in file order.
+    fn errors(&self, errors: KeyErrors) -> ConfigErrors {
+        let mut list: Vec<ConfigError> = errors
+            .into_iter()
+            .map(|(key, message)| self.error(&key, message))
+            .collect();
+        // Unlocated errors last; the sort is stable, so one line's errors keep their order.
+        list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        if list.is_empty() {
+            // Every section that failed pushed its errors; this only guards the invariant.
+            list.push(ConfigError {
+                file: self.path.clone(),
+                key: None,
+                line: None,
+                message: "does not compile".into(),
+            });
+        }
+        ConfigErrors(list)
+    }
 }
 
-fn from_yaml_error(e: &serde_yaml::Error) -> ConfigError {
+/// What `warden check` reports besides errors, each located like a [`ConfigError`]. Nothing
+/// in it holds a secret value: sources are named by variable or path, never by content.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// What will fail at request time as things stand: secret sources that cannot be read
+    /// now. Not errors, because sources are read live and may appear later; `check --strict`
+    /// makes them errors.
+    pub warnings: Vec<ConfigError>,
+    /// What works as written but may surprise: an entry whose host has no port (80 and 443
+    /// only) while the allow list names that host only on other ports.
+    pub notes: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Looks for what `compile` accepts but will fail or surprise later: reads every secret
+    /// source that requests read live (credentials and substitutions, top level and per
+    /// client) and compares portless entries with the allow list. Client tokens are not here:
+    /// they are read by `compile`, which refuses an unreadable one.
+    pub fn findings(&self) -> Findings {
+        let mut findings = Findings {
+            warnings: self.unreadable_sources(),
+            notes: self.port_notes(),
+        };
+        for list in [&mut findings.warnings, &mut findings.notes] {
+            list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        }
+        findings
+    }
+
+    fn unreadable_sources(&self) -> Vec<ConfigError> {
+        let f = &self.file;
+        let mut sources: Vec<(String, &SecretSource, &HostPattern)> = Vec::new();
+        fn add<'a>(
+            sources: &mut Vec<(String, &'a SecretSource, &'a HostPattern)>,
+            prefix: &str,
+            credentials: &'a [CredentialConfig],
+            substitutions: &'a [SubstitutionConfig],
+        ) {
+            for (i, c) in credentials.iter().enumerate() {
+                sources.push((
+                    format!("{prefix}credentials[{i}].source"),
+                    &c.source,
+                    &c.host,
+                ));
+            }
+            for (i, s) in substitutions.iter().enumerate() {
+                sources.push((
+                    format!("{prefix}substitutions[{i}].source"),
+                    &s.source,
+                    &s.host,
+                ));
+            }
+        }
+        add(&mut sources, "", &f.credentials, &f.substitutions);
+        for (j, c) in f
+            .proxy
+            .auth
+            .iter()
+            .flat_map(|a| a.clients.iter().enumerate())
+        {
+            add(
+                &mut sources,
+                &format!("proxy.auth.clients[{j}]."),
+                c.credentials.as_deref().unwrap_or_default(),
+                c.substitutions.as_deref().unwrap_or_default(),
+            );
+        }
+        sources
+            .into_iter()
+            .filter_map(|(key, source, host)| {
+                // SecretError names the variable or file, never what was read.
+                let why = source.read(&self.base_dir).err()?;
+                Some(self.error(
+                    &key,
+                    format!(
+                        "cannot be read now ({why}); requests to `{host}` will fail with 502 credential_unavailable until it can"
+                    ),
+                ))
+            })
+            .collect()
+    }
+
+    fn port_notes(&self) -> Vec<ConfigError> {
+        let f = &self.file;
+        let top = HostEntries::of(f);
+        let mut notes = Vec::new();
+        self.note_ports(&top.all(), "network.allow", &f.network.allow, &mut notes);
+        for (j, c) in f
+            .proxy
+            .auth
+            .iter()
+            .flat_map(|a| a.clients.iter().enumerate())
+        {
+            let own = HostEntries::of_client(&format!("proxy.auth.clients[{j}]."), c);
+            match &c.network {
+                // The client's allow list governs the top-level sections it inherits too.
+                Some(n) => self.note_ports(
+                    &own.over(&top),
+                    &format!("proxy.auth.clients[{j}].network.allow"),
+                    &n.allow,
+                    &mut notes,
+                ),
+                None => self.note_ports(&own.all(), "network.allow", &f.network.allow, &mut notes),
+            }
+        }
+        notes
+    }
+
+    /// A note for each entry without a port whose host `allow` (at `allow_key`) names only on
+    /// ports other than 80 and 443.
+    fn note_ports(
+        &self,
+        entries: &[(String, &HostPattern)],
+        allow_key: &str,
+        allow: &[HostPattern],
+        notes: &mut Vec<ConfigError>,
+    ) {
+        for (key, pattern) in entries.iter().filter(|(_, p)| p.port().is_none()) {
+            let same: Vec<(usize, &HostPattern)> = allow
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.same_hosts(pattern))
+                .collect();
+            let covered = same
+                .iter()
+                .any(|(_, a)| matches!(a.port(), None | Some(80) | Some(443)));
+            let Some(port) = same
+                .first()
+                .and_then(|(_, a)| a.port())
+                .filter(|_| !covered)
+            else {
+                continue;
+            };
+            let named: Vec<String> = same
+                .iter()
+                .map(|(i, a)| {
+                    let k = format!("{allow_key}[{i}]");
+                    match locate(&self.text, &k) {
+                        Some(line) => format!("{k} `{a}` (line {line})"),
+                        None => format!("{k} `{a}`"),
+                    }
+                })
+                .collect();
+            notes.push(self.error(
+                key,
+                format!(
+                    "`{pattern}` has no port, so it means ports 80 and 443 only, but the host is allowed only as {}; write `{pattern}:{port}` if this entry is meant for that port",
+                    named.join(" and ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Host patterns with their config keys (`credentials[0].host`).
+type KeyedHosts<'a> = Vec<(String, &'a HostPattern)>;
+
+/// The host patterns of the per-destination sections, by section, with their keys.
+struct HostEntries<'a> {
+    sections: Vec<Section<'a>>,
+}
+
+/// One section's hosts with their keys; `None` when the section is absent.
+type Section<'a> = (&'static str, Option<KeyedHosts<'a>>);
+
+impl<'a> HostEntries<'a> {
+    fn section<T: 'a>(
+        prefix: &str,
+        name: &'static str,
+        entries: Option<&'a [T]>,
+        host: impl Fn(&'a T) -> &'a HostPattern,
+    ) -> Section<'a> {
+        let keyed = entries.map(|e| {
+            e.iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{prefix}{name}[{i}].host"), host(t)))
+                .collect()
+        });
+        (name, keyed)
+    }
+
+    /// The per-destination sections, at the top level or in a client (`prefix`).
+    fn common(
+        prefix: &str,
+        credentials: Option<&'a [CredentialConfig]>,
+        substitutions: Option<&'a [SubstitutionConfig]>,
+        headers: Option<&'a [HeaderRuleConfig]>,
+        llm: Option<&'a [crate::llm::LlmConfig]>,
+        correlation: Option<&'a CorrelationConfig>,
+    ) -> Vec<Section<'a>> {
+        vec![
+            Self::section(prefix, "credentials", credentials, |c| &c.host),
+            Self::section(prefix, "substitutions", substitutions, |s| &s.host),
+            Self::section(prefix, "headers", headers, |h| &h.host),
+            Self::section(prefix, "llm", llm, |l| &l.host),
+            Self::section(
+                &format!("{prefix}correlation."),
+                "targets",
+                correlation.map(|c| c.targets.as_slice()),
+                |t| &t.host,
+            ),
+        ]
+    }
+
+    /// Every section of the top level.
+    fn of(f: &'a FileConfig) -> Self {
+        let mut sections = Self::common(
+            "",
+            Some(&f.credentials),
+            Some(&f.substitutions),
+            Some(&f.headers),
+            Some(&f.llm),
+            f.correlation.as_ref(),
+        );
+        sections.push(Self::section("", "transforms", Some(&f.transforms), |t| {
+            &t.host
+        }));
+        let passthrough = f.tls.passthrough.iter().enumerate();
+        let passthrough = passthrough.map(|(i, p)| (format!("tls.passthrough[{i}]"), p));
+        sections.push(("tls.passthrough", Some(passthrough.collect())));
+        HostEntries { sections }
+    }
+
+    /// The sections a client has of its own (`None` where it inherits the top level's).
+    fn of_client(prefix: &str, c: &'a ClientConfig) -> Self {
+        HostEntries {
+            sections: Self::common(
+                prefix,
+                c.credentials.as_deref(),
+                c.substitutions.as_deref(),
+                c.headers.as_deref(),
+                c.llm.as_deref(),
+                c.correlation.as_ref(),
+            ),
+        }
+    }
+
+    fn all(&self) -> KeyedHosts<'a> {
+        self.sections
+            .iter()
+            .flat_map(|(_, e)| e.iter().flatten().cloned())
+            .collect()
+    }
+
+    /// What is in force for a client: its own sections, and `top`'s where it has none.
+    fn over(&self, top: &HostEntries<'a>) -> KeyedHosts<'a> {
+        top.sections
+            .iter()
+            .flat_map(|(name, inherited)| {
+                let own = self.sections.iter().find(|(n, _)| n == name);
+                match own {
+                    Some((_, Some(own))) => own.clone(),
+                    _ => inherited.clone().unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn from_yaml_error(e: &serde_yaml::Error, text: &str) -> ConfigError {
     // serde_yaml's message already carries the key path ("tls.intercept: ...") and the
     // position; keep the message and expose the line separately.
     let full = e.to_string();
@@ -499,12 +869,97 @@ fn from_yaml_error(e: &serde_yaml::Error) -> ConfigError {
         Some((k, rest)) if !k.is_empty() && !k.contains(' ') => (Some(k.to_string()), rest),
         _ => (None, full),
     };
+    let mut line = e.location().map(|l| l.line());
+    // serde_yaml places a mapping's own errors at the mapping's first key (line 1 for the
+    // top level), which for a duplicate is the wrong line: point at the repeated key.
+    if let (Some(dup), Some(at)) = (duplicated_key(message), e.location()) {
+        line = repeated_key_line(text, at.line(), at.column(), dup).or(line);
+    }
     ConfigError {
         file: None,
         key,
-        line: e.location().map(|l| l.line()),
-        message: message.to_string(),
+        line,
+        message: humanize(message),
     }
+}
+
+/// The key a serde "duplicate" message names: "duplicate field `proxy`" (a struct) or
+/// `duplicate entry with key "a.test"` (a map).
+fn duplicated_key(message: &str) -> Option<&str> {
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        return rest.split_once('`').map(|(k, _)| k);
+    }
+    let rest = message.strip_prefix("duplicate entry with key \"")?;
+    rest.split_once('"').map(|(k, _)| k)
+}
+
+/// The line of the second `key` of the block mapping whose first key sits at `line`:`column`
+/// (1-based); `None` for flow mappings or when it is not found.
+fn repeated_key_line(text: &str, line: usize, column: usize, key: &str) -> Option<usize> {
+    let col = column.checked_sub(1)?;
+    let mut seen = 0;
+    for (i, raw) in text.lines().enumerate().skip(line.checked_sub(1)?) {
+        let indent = raw.chars().take_while(|c| *c == ' ').count();
+        let body = raw.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let entry: String = if i + 1 == line {
+            // The first key may follow a list marker (`- host: ...`).
+            raw.chars().skip(col).collect()
+        } else if indent < col {
+            break;
+        } else if indent > col || body.starts_with("- ") {
+            continue;
+        } else {
+            body.to_string()
+        };
+        let this = entry
+            .split_once(':')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
+        if this == Some(key) {
+            seen += 1;
+            if seen == 2 {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+/// serde's wording for a bad scalar, in the words of the config: no Rust type names, and a
+/// duration comes with an example.
+fn humanize(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number (negative allowed)"),
+        ("expected i32", "expected a whole number (negative allowed)"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        (
+            "expected a duration",
+            "expected a duration such as 10s or 500ms",
+        ),
+    ];
+    // An out-of-range integer is shown "as u128"; the number alone says enough.
+    let mut out = message.replace(" as u128", "").replace(" as i128", "");
+    for (rust, words) in WORDS {
+        let mut from = 0;
+        while let Some(at) = out[from..].find(rust).map(|i| i + from) {
+            let end = at + rust.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                from = end;
+                continue;
+            }
+            out.replace_range(at..end, words);
+            from = at + words.len();
+        }
+    }
+    out
 }
 
 /// Finds the line of a dotted key (`tls.ca_key`, `proxy.auth.clients[1].token`) in
@@ -605,8 +1060,10 @@ mod tests {
         let err = parse(
             "proxy: { listen: 127.0.0.1:0 }\nllm:\n  - host: a.test\n    provider: openai\n    deny_arguments: [{ tool: x, pattern: '(' }]\n",
         )
-        .and_then(|c| c.compile(CompileOptions { create_ca: false }).map(|_| c))
+        .unwrap()
+        .compile(CompileOptions { create_ca: false })
         .unwrap_err();
+        let err = err.first();
         assert_eq!(
             err.key.as_deref(),
             Some("llm[0].deny_arguments[0].pattern"),
@@ -645,13 +1102,17 @@ mod tests {
             parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_buffer_bytes: 10\n").unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("limits.llm_buffer_bytes"), "{err}");
         let cfg = parse("proxy: { listen: 127.0.0.1:0 }\nlimits:\n  llm_keepalive_interval: 0s\n")
             .unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(
             err.key.as_deref(),
             Some("limits.llm_keepalive_interval"),
@@ -665,7 +1126,9 @@ mod tests {
             .unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("admin.listen"));
         assert_eq!(err.line, Some(2));
     }
@@ -675,7 +1138,9 @@ mod tests {
         let cfg = parse("proxy: { listen: 0.0.0.0:9080 }\n").unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("proxy.listen"));
         let cfg = parse("proxy: { listen: 0.0.0.0:9080, allow_unauthenticated: true }\n").unwrap();
         assert!(cfg.compile(CompileOptions { create_ca: false }).is_ok());
@@ -694,7 +1159,9 @@ mod tests {
         .unwrap();
         let err = cfg
             .compile(CompileOptions { create_ca: false })
-            .unwrap_err();
+            .unwrap_err()
+            .first()
+            .clone();
         assert_eq!(err.key.as_deref(), Some("proxy.auth.clients[0].token"));
         assert!(err.message.contains("WARDEN_TEST_ABSENT_TOKEN"));
         assert_eq!(err.line, Some(6), "{err}");
@@ -725,6 +1192,292 @@ mod tests {
         assert_eq!(locate(list, "proxy.auth.clients[1].token"), Some(8));
         assert_eq!(locate(list, "proxy.auth.clients[1].name"), Some(6));
         assert_eq!(locate(list, "proxy.auth.clients[5].name"), Some(3));
+    }
+
+    fn compile_errors(text: &str) -> Vec<(String, Option<usize>)> {
+        parse(text)
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap_err()
+            .iter()
+            .map(|e| (e.key.clone().unwrap_or_default(), e.line))
+            .collect()
+    }
+
+    #[test]
+    fn compile_reports_every_error_in_file_order_with_key_and_line() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+limits:
+  cert_cache_entries: 0
+  idle_timeout: 0s
+credentials:
+  - host: a.test
+    header: 'bad header'
+    source: { type: static, value: s }
+headers:
+  - host: b.test
+    set: { 'bad name': x }
+llm:
+  - host: c.test
+    provider: openai
+    deny_tools: ['a[', 'b[']
+transforms:
+  - host: d.test
+    replace_body: [{ pattern: '(', with: x }]
+correlation:
+  session_header: 'a b'
+  targets: []
+network:
+  grants: [nosuch]
+";
+        let want: Vec<(String, Option<usize>)> = [
+            ("limits.cert_cache_entries", 4),
+            ("limits.idle_timeout", 5),
+            ("credentials[0].header", 8),
+            ("headers[0].set", 12),
+            ("llm[0].deny_tools[0]", 16),
+            ("llm[0].deny_tools[1]", 16),
+            ("transforms[0].replace_body[0].pattern", 19),
+            ("correlation.session_header", 21),
+            ("correlation.targets", 22),
+            ("network.grants", 24),
+        ]
+        .into_iter()
+        .map(|(k, l)| (k.to_string(), Some(l)))
+        .collect();
+        assert_eq!(compile_errors(text), want);
+    }
+
+    #[test]
+    fn every_client_error_is_reported_and_a_bad_credential_does_not_hide_its_grant() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+  auth:
+    clients:
+      - name: a
+        token: { type: env, var: WARDEN_TEST_ABSENT_TOKEN_2 }
+      - name: b
+        token: { type: static, value: t }
+        headers: [{ host: x.test, remove: ['bad name'] }]
+credentials:
+  - host: api.test
+    grant: api
+    format: nope
+    source: { type: static, value: s }
+network:
+  grants: [api]
+";
+        // `network.grants: [api]` resolves although credentials[0] is bad, so no error there.
+        assert_eq!(
+            compile_errors(text),
+            [
+                ("proxy.auth.clients[0].token".to_string(), Some(6)),
+                (
+                    "proxy.auth.clients[1].headers[0].remove".to_string(),
+                    Some(9)
+                ),
+                ("credentials[0].format".to_string(), Some(13)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported_at_the_repeated_key() {
+        let cases = [
+            // The top level: serde_yaml alone says line 1, where the mapping starts.
+            (
+                "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 3s\nproxy:\n  listen: 127.0.0.1:1\n",
+                5,
+            ),
+            (
+                "# head\n\nproxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 3s\n  # c\n  idle_timeout: 4s\n",
+                8,
+            ),
+            (
+                "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - host: a.test\n    source: { type: static, value: s }\n    host: b.test\n",
+                5,
+            ),
+            // Free-form maps kept the last value silently before.
+            (
+                "proxy: { listen: 127.0.0.1:0 }\nnetwork:\n  resolve:\n    a.test: 127.0.0.1\n    b.test: 127.0.0.1\n    a.test: 127.0.0.2\n",
+                6,
+            ),
+        ];
+        for (text, line) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, Some(line), "{err}");
+            assert!(err.message.contains("duplicate"), "{err}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_durations_are_described_in_words() {
+        let cases = [
+            (
+                "limits: { cert_cache_entries: lots }",
+                "expected a whole number",
+            ),
+            (
+                "limits: { cert_cache_entries: -3 }",
+                "expected a whole number",
+            ),
+            (
+                "limits: { max_request_header_bytes: 99999999999999999999999 }",
+                "integer `99999999999999999999999`, expected a whole number",
+            ),
+            (
+                "log: { body_capture_bytes: 1.5 }",
+                "expected a whole number",
+            ),
+            ("version: x", "expected a whole number"),
+            (
+                "limits: { idle_timeout: 10 }",
+                "expected a duration such as 10s or 500ms",
+            ),
+            (
+                "limits: { shutdown_grace: soon }",
+                "expected a duration such as 10s or 500ms",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("proxy: {{ listen: 127.0.0.1:0 }}\n{extra}\n")).unwrap_err();
+            assert!(err.message.contains(want), "{extra}: {err}");
+            for rust in ["usize", "u32", "u64", "u128"] {
+                assert!(!err.message.contains(rust), "{extra}: {err}");
+            }
+        }
+        assert_eq!(
+            humanize("expected u16, expected u8s, expected a duration"),
+            "expected a whole number from 0 to 65535, expected u8s, expected a duration such as 10s or 500ms"
+        );
+    }
+
+    #[test]
+    fn unreadable_sources_are_warnings_that_name_key_and_line_but_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("present"), "FILE-CANARY\n").unwrap();
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+  auth:
+    clients:
+      - name: a
+        token: { type: static, value: TOKEN-CANARY }
+        substitutions:
+          - host: s.test
+            placeholder: WARDEN_SUB_1
+            source: { type: file, path: absent-file }
+credentials:
+  - host: ok.test
+    source: { type: static, value: STATIC-CANARY }
+  - host: api.test
+    source: { type: env, var: WARDEN_TEST_UNSET_SOURCE_VAR }
+  - host: f.test
+    source: { type: file, path: present }
+  - host: e.test
+    source: { type: static, value: '' }
+";
+        let cfg = Config::parse(text, dir.path()).unwrap();
+        // Sources are read live: an unreadable one does not stop the config from compiling.
+        cfg.compile(CompileOptions { create_ca: false }).unwrap();
+        let findings = cfg.findings();
+        let got: Vec<(&str, Option<usize>)> = findings
+            .warnings
+            .iter()
+            .map(|w| (w.key.as_deref().unwrap_or_default(), w.line))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("proxy.auth.clients[0].substitutions[0].source", Some(10)),
+                ("credentials[1].source", Some(15)),
+                ("credentials[3].source", Some(19)),
+            ]
+        );
+        let shown = format!("{findings:?}");
+        assert!(shown.contains("WARDEN_TEST_UNSET_SOURCE_VAR"), "{shown}");
+        assert!(shown.contains("absent-file"), "{shown}");
+        assert!(shown.contains("credential_unavailable"), "{shown}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(findings.notes.is_empty(), "{shown}");
+    }
+
+    #[test]
+    fn a_portless_entry_gets_a_note_when_its_host_is_allowed_only_on_other_ports() {
+        let notes = |allow: &str, entry_host: &str| -> Vec<String> {
+            let text = format!(
+                "proxy:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: '{entry_host}'\n    source: {{ type: static, value: s }}\nnetwork:\n  policy: strict\n  allow:\n    - other.test\n    - {allow}\n"
+            );
+            parse(&text)
+                .unwrap()
+                .findings()
+                .notes
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let got = notes("api.test:8443", "api.test");
+        assert_eq!(got.len(), 1, "{got:?}");
+        for part in [
+            "line 4: credentials[0].host:",
+            "network.allow[1] `api.test:8443` (line 10)",
+            "80 and 443",
+            "api.test:8443",
+        ] {
+            assert!(got[0].contains(part), "{part} in {}", got[0]);
+        }
+        let none: &[(&str, &str)] = &[
+            ("api.test", "api.test"),
+            ("'api.test:443'", "api.test"),
+            ("api.test:8443", "api.test:8443"),
+            ("api.test:8443", "other.test"),
+            ("'*.api.test:8443'", "api.test"),
+        ];
+        for (allow, host) in none {
+            assert_eq!(notes(allow, host), Vec::<String>::new(), "{allow} {host}");
+        }
+    }
+
+    #[test]
+    fn a_client_network_section_is_compared_with_the_entries_in_force_for_it() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+  auth:
+    clients:
+      - name: a
+        token: { type: static, value: t }
+        network: { policy: strict, allow: ['llm.test:8443'] }
+      - name: b
+        token: { type: static, value: t }
+        headers: [{ host: h.test, remove: [x-a] }]
+llm:
+  - { host: llm.test, provider: openai }
+network:
+  allow: ['h.test:9443']
+";
+        let notes: Vec<(String, Option<usize>)> = parse(text)
+            .unwrap()
+            .findings()
+            .notes
+            .iter()
+            .map(|n| (n.key.clone().unwrap_or_default(), n.line))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                // Client b's own header rule under the top-level allow list.
+                (
+                    "proxy.auth.clients[1].headers[0].host".to_string(),
+                    Some(10)
+                ),
+                // Client a inherits the top-level llm entry under its own allow list.
+                ("llm[0].host".to_string(), Some(12)),
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! consume one too — and the same number is set by `upstream_request_filter` and written in the
 //! canonical line (`seq`). Numbers are unique and dense under concurrency.
 
+use crate::config::KeyErrors;
 use crate::policy::{normalize_path, HostPattern, PathGlob};
 use crate::target::Authority;
 use http::header::{HeaderName, HeaderValue};
@@ -70,32 +71,43 @@ struct SessionState {
 }
 
 impl CorrelationConfig {
-    /// Compiles the section under config key `key`.
-    pub fn compile(&self, key: &str) -> Result<Correlation, (String, String)> {
-        let header = |field: &str, v: &str| {
-            HeaderName::from_bytes(v.as_bytes()).map_err(|_| {
-                (
-                    format!("{key}.{field}"),
-                    format!("`{v}` is not a header name"),
-                )
-            })
+    /// Compiles the section under config key `key`; every bad field is reported.
+    pub fn compile(&self, key: &str) -> Result<Correlation, KeyErrors> {
+        let mut errors = Vec::new();
+        let mut header = |field: &str, v: &str| {
+            HeaderName::from_bytes(v.as_bytes())
+                .map_err(|_| {
+                    errors.push((
+                        format!("{key}.{field}"),
+                        format!("`{v}` is not a header name"),
+                    ))
+                })
+                .ok()
         };
+        let session_header = header("session_header", &self.session_header);
+        let sequence_header = header("sequence_header", &self.sequence_header);
         let id = if self.session_id == "auto" {
             uuid::Uuid::new_v4().to_string()
         } else {
             self.session_id.clone()
         };
-        let session = HeaderValue::from_str(&id)
-            .ok()
-            .filter(|_| !id.is_empty())
-            .ok_or_else(|| {
-                (
-                    format!("{key}.session_id"),
-                    "is not a valid header value".to_string(),
-                )
-            })?;
+        let session = HeaderValue::from_str(&id).ok().filter(|_| !id.is_empty());
+        if session.is_none() {
+            errors.push((
+                format!("{key}.session_id"),
+                "is not a valid header value".to_string(),
+            ));
+        }
         if self.targets.is_empty() {
-            return Err((format!("{key}.targets"), "lists no target".into()));
+            errors.push((format!("{key}.targets"), "lists no target".into()));
+        }
+        let (Some(session), Some(session_header), Some(sequence_header)) =
+            (session, session_header, sequence_header)
+        else {
+            return Err(errors);
+        };
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(Correlation {
             session_config: self.session_id.clone(),
@@ -103,8 +115,8 @@ impl CorrelationConfig {
                 session,
                 next: AtomicU64::new(1),
             }),
-            session_header: header("session_header", &self.session_header)?,
-            sequence_header: header("sequence_header", &self.sequence_header)?,
+            session_header,
+            sequence_header,
             targets: self
                 .targets
                 .iter()
@@ -226,8 +238,9 @@ mod tests {
             serde_yaml::from_str::<CorrelationConfig>(y)
                 .unwrap()
                 .compile("correlation")
-                .unwrap_err()
+                .unwrap_err()[0]
                 .0
+                .clone()
         };
         assert_eq!(bad("targets: []"), "correlation.targets");
         assert_eq!(

@@ -4,6 +4,7 @@
 //! reads its secret — failing the request closed when it cannot be read. `upstream_request_filter`
 //! then sets the header, overwriting whatever the client sent.
 
+use crate::config::KeyErrors;
 use crate::policy::HostPattern;
 use crate::secret::{Secret, SecretError, SecretSource};
 use crate::target::{Authority, Scheme};
@@ -68,22 +69,41 @@ pub struct Unavailable {
     pub cause: String,
 }
 
-/// Compiles `entries`; `key` is the config key they sit under (for error messages).
+/// Compiles `entries`; `key` is the config key they sit under (for error messages). Every
+/// bad field of every entry is reported.
 pub fn compile(
     entries: &[CredentialConfig],
     key: &str,
     base_dir: &Path,
-) -> Result<Credentials, (String, String)> {
+) -> Result<Credentials, KeyErrors> {
+    let (credentials, errors) = compile_lenient(entries, key, base_dir);
+    if errors.is_empty() {
+        Ok(credentials)
+    } else {
+        Err(errors)
+    }
+}
+
+/// [`compile`] that also returns the credentials when some entries are bad: a bad field is
+/// reported and replaced by its default, so the sections that look credentials up by grant
+/// (`network.grants`) are checked in the same run without spurious errors of their own.
+pub(crate) fn compile_lenient(
+    entries: &[CredentialConfig],
+    key: &str,
+    base_dir: &Path,
+) -> (Credentials, KeyErrors) {
+    let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, c) in entries.iter().enumerate() {
         let at = |field: &str| format!("{key}[{i}].{field}");
         let header_name = c.header.as_deref().unwrap_or("authorization");
-        let header = HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
-            (
+        let header = HeaderName::from_bytes(header_name.as_bytes()).unwrap_or_else(|_| {
+            errors.push((
                 at("header"),
                 format!("`{header_name}` is not a header name"),
-            )
-        })?;
+            ));
+            http::header::AUTHORIZATION
+        });
         let format = c.format.clone().unwrap_or_else(|| {
             if header == http::header::AUTHORIZATION {
                 "Bearer {secret}".into()
@@ -91,20 +111,26 @@ pub fn compile(
                 "{secret}".into()
             }
         });
-        let (prefix, suffix) = format
+        let (prefix, suffix) = match format
             .split_once("{secret}")
             .filter(|(_, rest)| !rest.contains("{secret}"))
-            .ok_or_else(|| {
-                (
+        {
+            Some((prefix, suffix)) => {
+                if HeaderValue::from_str(&format!("{prefix}x{suffix}")).is_err() {
+                    errors.push((at("format"), "is not a valid header value".into()));
+                }
+                (prefix, suffix)
+            }
+            None => {
+                errors.push((
                     at("format"),
                     "must contain {secret} exactly once".to_string(),
-                )
-            })?;
-        if HeaderValue::from_str(&format!("{prefix}x{suffix}")).is_err() {
-            return Err((at("format"), "is not a valid header value".into()));
-        }
+                ));
+                ("", "")
+            }
+        };
         if c.grant.as_deref().is_some_and(str::is_empty) {
-            return Err((at("grant"), "must not be empty".into()));
+            errors.push((at("grant"), "must not be empty".into()));
         }
         list.push(Credential {
             host: c.host.clone(),
@@ -116,7 +142,7 @@ pub fn compile(
             allow_plaintext: c.allow_plaintext,
         });
     }
-    Ok(Credentials { list })
+    (Credentials { list }, errors)
 }
 
 impl Credentials {
@@ -341,20 +367,43 @@ mod tests {
             let entries: Vec<CredentialConfig> = serde_yaml::from_str(yaml).unwrap();
             compile(&entries, "credentials", Path::new("."))
                 .unwrap_err()
-                .0
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             bad("- { host: a.test, header: 'bad header', source: { type: static, value: s } }"),
-            "credentials[0].header"
+            ["credentials[0].header"]
         );
         assert_eq!(
             bad("- { host: a.test, format: 'no placeholder', source: { type: static, value: s } }"),
-            "credentials[0].format"
+            ["credentials[0].format"]
         );
         assert_eq!(
             bad("- { host: a.test, format: '{secret}{secret}', source: { type: static, value: s } }"),
-            "credentials[0].format"
+            ["credentials[0].format"]
         );
+    }
+
+    #[test]
+    fn every_bad_field_of_every_entry_is_reported() {
+        let entries: Vec<CredentialConfig> = serde_yaml::from_str(
+            "- { host: a.test, header: 'bad header', format: nope, source: { type: static, value: s } }\n- { host: b.test, source: { type: static, value: s } }\n- { host: c.test, grant: '', source: { type: static, value: s } }\n",
+        )
+        .unwrap();
+        let errors = compile(&entries, "credentials", Path::new(".")).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "credentials[0].header",
+                "credentials[0].format",
+                "credentials[2].grant"
+            ]
+        );
+        // The grant lookup still sees every entry, so `network.grants` is checked alongside.
+        let (lenient, _) = compile_lenient(&entries, "credentials", Path::new("."));
+        assert_eq!(lenient.list.len(), 3);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! upstream request. Called by `upstream_request_filter`, before credential injection so a
 //! credential always has the last word on its own header.
 
+use crate::config::KeyErrors;
 use crate::policy::HostPattern;
 use crate::target::Authority;
 use http::header::{HeaderName, HeaderValue};
@@ -38,56 +39,75 @@ pub struct HeaderRules {
     list: Vec<HeaderRule>,
 }
 
-/// Compiles `entries` under config key `key`; names and values are checked here, once.
-pub fn compile(entries: &[HeaderRuleConfig], key: &str) -> Result<HeaderRules, (String, String)> {
+/// Compiles `entries` under config key `key`; names and values are checked here, once, and
+/// every bad one is reported.
+pub fn compile(entries: &[HeaderRuleConfig], key: &str) -> Result<HeaderRules, KeyErrors> {
+    let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let (set, remove) =
-            set_and_remove(&e.set, &e.remove, &format!("{key}[{i}]"), "set", "remove")?;
-        list.push(HeaderRule {
-            host: e.host.clone(),
-            set,
-            remove,
-        });
+        match set_and_remove(&e.set, &e.remove, &format!("{key}[{i}]"), "set", "remove") {
+            Ok((set, remove)) => list.push(HeaderRule {
+                host: e.host.clone(),
+                set,
+                remove,
+            }),
+            Err(e) => errors.extend(e),
+        }
     }
-    Ok(HeaderRules { list })
+    if errors.is_empty() {
+        Ok(HeaderRules { list })
+    } else {
+        Err(errors)
+    }
 }
 
 /// Headers to set (name, value) and names to remove, checked.
 pub(crate) type SetAndRemove = (Vec<(HeaderName, HeaderValue)>, Vec<HeaderName>);
 
 /// Header lists to set and to remove, as written under `entry.set_field` and
-/// `entry.remove_field`, checked once; errors name the key. Shared with `transforms`.
+/// `entry.remove_field`, checked once; errors name the key, all of them. Shared with
+/// `transforms`.
 pub(crate) fn set_and_remove(
     set: &BTreeMap<String, String>,
     remove: &[String],
     entry: &str,
     set_field: &str,
     remove_field: &str,
-) -> Result<SetAndRemove, (String, String)> {
-    let name = |field: &str, n: &str| {
-        HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-            (
+) -> Result<SetAndRemove, KeyErrors> {
+    let mut errors = Vec::new();
+    let name = |field: &str, n: &str, errors: &mut KeyErrors| {
+        let parsed = HeaderName::from_bytes(n.as_bytes()).ok();
+        if parsed.is_none() {
+            errors.push((
                 format!("{entry}.{field}"),
                 format!("`{n}` is not a header name"),
-            )
-        })
+            ));
+        }
+        parsed
     };
     let mut pairs = Vec::new();
-    for (n, v) in set {
-        let value = HeaderValue::from_str(v).map_err(|_| {
-            (
-                format!("{entry}.{set_field}.{n}"),
+    for (written, v) in set {
+        let n = name(set_field, written, &mut errors);
+        let value = HeaderValue::from_str(v).ok();
+        if value.is_none() {
+            errors.push((
+                format!("{entry}.{set_field}.{written}"),
                 "is not a valid header value".to_string(),
-            )
-        })?;
-        pairs.push((name(set_field, n)?, value));
+            ));
+        }
+        if let (Some(n), Some(v)) = (n, value) {
+            pairs.push((n, v));
+        }
     }
-    let names = remove
+    let names: Vec<HeaderName> = remove
         .iter()
-        .map(|n| name(remove_field, n))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((pairs, names))
+        .filter_map(|n| name(remove_field, n, &mut errors))
+        .collect();
+    if errors.is_empty() {
+        Ok((pairs, names))
+    } else {
+        Err(errors)
+    }
 }
 
 impl HeaderRules {
@@ -122,11 +142,11 @@ mod tests {
         assert!(!rules.has_for(&other));
         let bad: Vec<HeaderRuleConfig> =
             serde_yaml::from_str("- { host: a.test, set: { 'bad name': x } }").unwrap();
-        assert_eq!(compile(&bad, "headers").unwrap_err().0, "headers[0].set");
+        assert_eq!(compile(&bad, "headers").unwrap_err()[0].0, "headers[0].set");
         let bad: Vec<HeaderRuleConfig> =
             serde_yaml::from_str("- { host: a.test, set: { x-a: \"line\\nbreak\" } }").unwrap();
         assert_eq!(
-            compile(&bad, "headers").unwrap_err().0,
+            compile(&bad, "headers").unwrap_err()[0].0,
             "headers[0].set.x-a"
         );
     }

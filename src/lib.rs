@@ -43,5 +43,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod transform;
 
-pub use config::{CompileOptions, Config, ConfigError, Snapshot};
+pub use config::{CompileOptions, Config, ConfigError, ConfigErrors, Findings, Snapshot};
 pub use server::{start, Running, StartError};

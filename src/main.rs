@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use warden::{CompileOptions, Config};
+use warden::{CompileOptions, Config, ConfigErrors};
 
 // Proxying allocates and frees small buffers on every worker all the time; mimalloc's
 // thread-local heaps keep that off glibc's arena locks.
@@ -28,11 +28,15 @@ enum Command {
         #[arg(short, long, default_value = "conf/warden.yaml")]
         config: PathBuf,
     },
-    /// Validate a config file (exit 1 with the key and line on error).
+    /// Validate a config file: every error with its key and line (exit 1), then warnings
+    /// (what will fail at request time, such as an unset secret variable) and notes.
     Check {
         /// Config file.
         #[arg(short, long, default_value = "conf/warden.yaml")]
         config: PathBuf,
+        /// Treat warnings as errors (exit 1). Notes never fail the check.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the CA certificate path and the environment a client needs.
     Ca {
@@ -46,23 +50,62 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, strict } => check(&config, strict),
         Command::Ca { config } => ca(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("warden: {e:#}");
+            match e.downcast_ref::<ConfigErrors>() {
+                Some(errors) => errors.iter().for_each(|e| eprintln!("warden: {e}")),
+                None => eprintln!("warden: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<()> {
+fn check(path: &Path, strict: bool) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
-    cfg.compile(CompileOptions { create_ca: false })?;
-    println!("{}: ok", path.display());
+    let compiled = cfg.compile(CompileOptions { create_ca: false });
+    // Errors first, then what will fail later and what may surprise, all in one run.
+    if let Err(errors) = &compiled {
+        errors.iter().for_each(|e| eprintln!("warden: {e}"));
+    }
+    let findings = cfg.findings();
+    for w in &findings.warnings {
+        eprintln!("warden: warning: {w}");
+    }
+    for n in &findings.notes {
+        eprintln!("warden: note: {n}");
+    }
+    if let Err(errors) = compiled {
+        anyhow::bail!(
+            "{}: {}",
+            path.display(),
+            count(errors.iter().count(), "error")
+        );
+    }
+    if strict && !findings.warnings.is_empty() {
+        anyhow::bail!(
+            "{}: {} (--strict makes them errors)",
+            path.display(),
+            count(findings.warnings.len(), "warning")
+        );
+    }
+    match findings.warnings.len() {
+        0 => println!("{}: ok", path.display()),
+        n => println!("{}: ok, {}", path.display(), count(n, "warning")),
+    }
     Ok(())
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn ca(path: &Path) -> anyhow::Result<()> {
@@ -100,6 +143,11 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let snap = cfg.compile(CompileOptions { create_ca: true })?;
     warden::telemetry::init_logger(snap.log);
+    // Sources are read per request, so an unreadable one does not stop the start; say so
+    // once here rather than only in the 502s that follow.
+    for w in cfg.findings().warnings {
+        log::warn!("config warning: {w}");
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

@@ -5,6 +5,7 @@
 //! checked address returned for dialling. Called by the front door (CONNECT decisions, blind
 //! tunnels), `request_filter` (host decisions) and `upstream_peer` (checked resolution).
 
+use crate::config::KeyErrors;
 use crate::credentials::Credentials;
 use crate::reason::Reason;
 use crate::target::{parse_host, split_authority, Authority, Host};
@@ -39,6 +40,16 @@ enum PatternKind {
 }
 
 impl HostPattern {
+    /// The port written after the host, if any (none means 80 and 443).
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// True when both patterns name the same hosts, whatever their ports.
+    pub fn same_hosts(&self, other: &HostPattern) -> bool {
+        self.kind == other.kind
+    }
+
     /// True when `dest` is named by this pattern.
     pub fn matches(&self, dest: &Authority) -> bool {
         let port_ok = match self.port {
@@ -200,18 +211,19 @@ pub enum RulesCase {
 }
 
 impl NetworkConfig {
-    /// Compiles the section against the credentials in force (for `grants`); fails naming the
-    /// `resolve` entry that is not a host name or the grant no credential carries.
-    pub fn compile(&self, credentials: &Credentials) -> Result<NetworkPolicy, (String, String)> {
+    /// Compiles the section against the credentials in force (for `grants`); fails naming
+    /// every `resolve` entry that is not a host name and every grant no credential carries.
+    pub fn compile(&self, credentials: &Credentials) -> Result<NetworkPolicy, KeyErrors> {
+        let mut errors = Vec::new();
         let mut allow = self.allow.clone();
         for grant in &self.grants {
-            let hosts = credentials.grant_hosts(grant).ok_or_else(|| {
-                (
+            match credentials.grant_hosts(grant) {
+                Some(hosts) => allow.extend(hosts),
+                None => errors.push((
                     "network.grants".to_string(),
                     format!("no credential has grant `{grant}`"),
-                )
-            })?;
-            allow.extend(hosts);
+                )),
+            }
         }
         let mut overrides = HashMap::new();
         for (name, ip) in &self.resolve {
@@ -219,13 +231,14 @@ impl NetworkConfig {
                 Ok(Host::Name(n)) => {
                     overrides.insert(n, *ip);
                 }
-                _ => {
-                    return Err((
-                        format!("network.resolve.{name}"),
-                        format!("`{name}` is not a host name"),
-                    ))
-                }
+                _ => errors.push((
+                    format!("network.resolve.{name}"),
+                    format!("`{name}` is not a host name"),
+                )),
             }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(NetworkPolicy {
             kind: self.policy,
@@ -1637,9 +1650,28 @@ mod tests {
             p.decide_host(&dest("gitlab.com:443")),
             HostDecision::Deny { .. }
         ));
-        let cfg: NetworkConfig = serde_yaml::from_str("grants: [gitlab]").unwrap();
-        let (key, msg) = cfg.compile(&creds).unwrap_err();
-        assert_eq!(key, "network.grants");
-        assert!(msg.contains("gitlab"));
+        let cfg: NetworkConfig = serde_yaml::from_str(
+            "grants: [gitlab, github, bitbucket]\nresolve: { 'a b': 127.0.0.1 }",
+        )
+        .unwrap();
+        let errors = cfg.compile(&creds).unwrap_err();
+        let found: Vec<(&str, bool)> = errors
+            .iter()
+            .map(|(key, msg)| {
+                (
+                    key.as_str(),
+                    msg.contains("gitlab") || msg.contains("bitbucket") || msg.contains("a b"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("network.grants", true),
+                ("network.grants", true),
+                ("network.resolve.a b", true)
+            ],
+            "every unknown grant and bad resolve name: {errors:?}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! it is and flagged in the log. Secrets are read in `request_filter` after policy (admission),
 //! applied by `upstream_request_filter` and `request_body_filter`.
 
+use crate::config::KeyErrors;
 use crate::credentials::{LiveSource, Unavailable};
 use crate::policy::HostPattern;
 use crate::scrub::Replacer;
@@ -84,24 +85,25 @@ impl Active {
     }
 }
 
-/// Compiles `entries` under config key `key`.
+/// Compiles `entries` under config key `key`; every bad entry is reported.
 pub fn compile(
     entries: &[SubstitutionConfig],
     key: &str,
     base_dir: &Path,
-) -> Result<Substitutions, (String, String)> {
+) -> Result<Substitutions, KeyErrors> {
+    let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let p = &e.placeholder;
         if p.len() < 6 || !p.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err((
+            errors.push((
                 format!("{key}[{i}].placeholder"),
                 "must be at least 6 visible ASCII characters, so it cannot match by accident"
                     .into(),
             ));
         }
         if e.places.is_empty() {
-            return Err((format!("{key}[{i}].in"), "names no place".into()));
+            errors.push((format!("{key}[{i}].in"), "names no place".into()));
         }
         list.push(Substitution {
             host: e.host.clone(),
@@ -111,7 +113,11 @@ pub fn compile(
             allow_plaintext: e.allow_plaintext,
         });
     }
-    Ok(Substitutions { list })
+    if errors.is_empty() {
+        Ok(Substitutions { list })
+    } else {
+        Err(errors)
+    }
 }
 
 impl Substitutions {
@@ -291,15 +297,27 @@ mod tests {
         assert!(a[0].applies(Place::Body));
         let bad = |y: &str| {
             let e: Vec<SubstitutionConfig> = serde_yaml::from_str(y).unwrap();
-            compile(&e, "substitutions", Path::new(".")).unwrap_err().0
+            compile(&e, "substitutions", Path::new("."))
+                .unwrap_err()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             bad("- { host: a.test, placeholder: abc, source: { type: static, value: v } }"),
-            "substitutions[0].placeholder"
+            ["substitutions[0].placeholder"]
         );
         assert_eq!(
             bad("- { host: a.test, placeholder: WARDEN_X1, in: [], source: { type: static, value: v } }"),
-            "substitutions[0].in"
+            ["substitutions[0].in"]
+        );
+        assert_eq!(
+            bad("- { host: a.test, placeholder: abc, in: [], source: { type: static, value: v } }\n- { host: b.test, placeholder: xyz, source: { type: static, value: v } }"),
+            [
+                "substitutions[0].placeholder",
+                "substitutions[0].in",
+                "substitutions[1].placeholder"
+            ]
         );
     }
 

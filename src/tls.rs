@@ -408,34 +408,40 @@ impl TlsConfig {
         ca: Arc<CertAuthority>,
         resolve: impl Fn(&Path) -> PathBuf,
     ) -> Result<TlsPolicy, TlsError> {
-        let upstream_roots = match &self.upstream_ca_file {
-            None => None,
-            Some(p) => {
-                let path = resolve(p);
-                let pem = std::fs::read(&path).map_err(|source| TlsError::Io {
-                    path: path.clone(),
-                    key: "tls.upstream_ca_file",
-                    source,
-                })?;
-                let extra = X509::stack_from_pem(&pem)
-                    .ok()
-                    .filter(|certs| !certs.is_empty())
-                    .ok_or_else(|| TlsError::BadPem {
-                        path: path.clone(),
-                        key: "tls.upstream_ca_file",
-                        what: "contains no PEM certificate".into(),
-                    })?;
-                let mut roots = system_roots();
-                roots.extend(extra);
-                Some(Arc::new(roots.into_boxed_slice()))
-            }
-        };
         Ok(TlsPolicy {
             intercept: self.intercept,
             passthrough: self.passthrough.clone(),
             ca,
-            upstream_roots,
+            upstream_roots: self.upstream_roots(resolve)?,
         })
+    }
+
+    /// The upstream trust list: the system roots plus `upstream_ca_file`, or `None` without
+    /// one. Also called on its own when the CA failed, so both errors show in one run.
+    pub fn upstream_roots(
+        &self,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<Option<Arc<Box<[X509]>>>, TlsError> {
+        let Some(p) = &self.upstream_ca_file else {
+            return Ok(None);
+        };
+        let path = resolve(p);
+        let pem = std::fs::read(&path).map_err(|source| TlsError::Io {
+            path: path.clone(),
+            key: "tls.upstream_ca_file",
+            source,
+        })?;
+        let extra = X509::stack_from_pem(&pem)
+            .ok()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| TlsError::BadPem {
+                path: path.clone(),
+                key: "tls.upstream_ca_file",
+                what: "contains no PEM certificate".into(),
+            })?;
+        let mut roots = system_roots();
+        roots.extend(extra);
+        Ok(Some(Arc::new(roots.into_boxed_slice())))
     }
 }
 

@@ -3,6 +3,7 @@
 //! bounded carry-over window. Applied in `upstream_response_filter` (heads) and
 //! `response_body_filter` (bodies), and by the LLM exchange for the responses it writes.
 
+use crate::config::KeyErrors;
 use crate::policy::HostPattern;
 use crate::target::Authority;
 use bytes::{Bytes, BytesMut};
@@ -61,48 +62,48 @@ pub struct Transforms {
     list: Vec<Arc<Transform>>,
 }
 
-/// Compiles `entries` under config key `key`.
-pub fn compile(entries: &[TransformConfig], key: &str) -> Result<Transforms, (String, String)> {
+/// Compiles `entries` under config key `key`; every bad field is reported.
+pub fn compile(entries: &[TransformConfig], key: &str) -> Result<Transforms, KeyErrors> {
+    let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let (set_headers, remove_headers) = crate::headers::set_and_remove(
+        let headers = crate::headers::set_and_remove(
             &e.set_headers,
             &e.remove_headers,
             &format!("{key}[{i}]"),
             "set_headers",
             "remove_headers",
-        )?;
-        let replace_body = e
-            .replace_body
-            .iter()
-            .enumerate()
-            .map(|(j, r)| {
-                let re = regex::bytes::RegexBuilder::new(&r.pattern)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|err| {
-                        (
-                            format!("{key}[{i}].replace_body[{j}].pattern"),
-                            format!("is not a regex: {err}"),
-                        )
-                    })?;
-                if re.is_match(b"") {
-                    return Err((
-                        format!("{key}[{i}].replace_body[{j}].pattern"),
-                        "matches the empty string; it would insert text everywhere".to_string(),
-                    ));
-                }
-                Ok((re, r.with.clone().into_bytes()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        list.push(Arc::new(Transform {
-            host: e.host.clone(),
-            set_headers,
-            remove_headers,
-            replace_body,
-        }));
+        )
+        .map_err(|e| errors.extend(e));
+        let mut replace_body = Vec::new();
+        for (j, r) in e.replace_body.iter().enumerate() {
+            let at = format!("{key}[{i}].replace_body[{j}].pattern");
+            match regex::bytes::RegexBuilder::new(&r.pattern)
+                .size_limit(1 << 20)
+                .build()
+            {
+                Err(err) => errors.push((at, format!("is not a regex: {err}"))),
+                Ok(re) if re.is_match(b"") => errors.push((
+                    at,
+                    "matches the empty string; it would insert text everywhere".to_string(),
+                )),
+                Ok(re) => replace_body.push((re, r.with.clone().into_bytes())),
+            }
+        }
+        if let Ok((set_headers, remove_headers)) = headers {
+            list.push(Arc::new(Transform {
+                host: e.host.clone(),
+                set_headers,
+                remove_headers,
+                replace_body,
+            }));
+        }
     }
-    Ok(Transforms { list })
+    if errors.is_empty() {
+        Ok(Transforms { list })
+    } else {
+        Err(errors)
+    }
 }
 
 impl Transforms {
@@ -250,13 +251,13 @@ mod tests {
             serde_yaml::from_str("- { host: a.test, replace_body: [{ pattern: 'a*', with: b }] }")
                 .unwrap();
         assert_eq!(
-            compile(&bad, "transforms").unwrap_err().0,
+            compile(&bad, "transforms").unwrap_err()[0].0,
             "transforms[0].replace_body[0].pattern"
         );
         let bad: Vec<TransformConfig> =
             serde_yaml::from_str("- { host: a.test, remove_headers: ['bad name'] }").unwrap();
         assert_eq!(
-            compile(&bad, "transforms").unwrap_err().0,
+            compile(&bad, "transforms").unwrap_err()[0].0,
             "transforms[0].remove_headers"
         );
         assert!(is_text(Some(b"text/html; charset=utf-8")));

@@ -8,6 +8,7 @@ pub mod sse;
 pub mod stream;
 pub mod ws;
 
+use crate::config::KeyErrors;
 use crate::policy::HostPattern;
 use crate::reason::Reason;
 use crate::target::Authority;
@@ -157,66 +158,80 @@ fn glob(key: &str, pattern: &str) -> Result<GlobMatcher, (String, String)> {
         .map_err(|e| (key.to_string(), format!("`{pattern}` is not a glob: {e}")))
 }
 
+/// The `Ok` values of `results`, every `Err` moved into `errors`.
+fn keep_ok<T>(
+    results: impl IntoIterator<Item = Result<T, (String, String)>>,
+    errors: &mut KeyErrors,
+) -> Vec<T> {
+    results
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| errors.push(e)).ok())
+        .collect()
+}
+
 /// The compiled `llm` section: the first entry naming a destination applies.
 #[derive(Debug, Default)]
 pub struct LlmRules {
     list: Vec<Arc<LlmPolicy>>,
 }
 
-/// Compiles `entries` under config key `key`.
-pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, (String, String)> {
+/// Compiles `entries` under config key `key`; every bad glob and regex is reported.
+pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, KeyErrors> {
+    let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let k = |field: &str, j: usize| format!("{key}[{i}].{field}[{j}]");
-        let allow_models = match &e.allow_models {
-            Some(models) => Some(
+        let allow_models = e.allow_models.as_ref().map(|models| {
+            keep_ok(
                 models
                     .iter()
                     .enumerate()
-                    .map(|(j, m)| Ok((m.clone(), glob(&k("allow_models", j), m)?)))
-                    .collect::<Result<Vec<_>, (String, String)>>()?,
-            ),
-            None => None,
+                    .map(|(j, m)| Ok((m.clone(), glob(&k("allow_models", j), m)?))),
+                &mut errors,
+            )
+        });
+        let deny_tools = keep_ok(
+            e.deny_tools
+                .iter()
+                .enumerate()
+                .map(|(j, t)| Ok((t.clone(), glob(&k("deny_tools", j), t)?))),
+            &mut errors,
+        );
+        let allow_tools = if e.allow_tools.is_empty() {
+            None
+        } else {
+            let mut set = GlobSetBuilder::new();
+            for g in keep_ok(
+                e.allow_tools.iter().enumerate().map(|(j, t)| {
+                    Glob::new(t)
+                        .map_err(|err| (k("allow_tools", j), format!("`{t}` is not a glob: {err}")))
+                }),
+                &mut errors,
+            ) {
+                set.add(g);
+            }
+            set.build()
+                .map_err(|err| errors.push((format!("{key}[{i}].allow_tools"), err.to_string())))
+                .ok()
         };
-        let deny_tools = e
-            .deny_tools
-            .iter()
-            .enumerate()
-            .map(|(j, t)| Ok((t.clone(), glob(&k("deny_tools", j), t)?)))
-            .collect::<Result<Vec<_>, (String, String)>>()?;
-        let allow_tools =
-            if e.allow_tools.is_empty() {
-                None
-            } else {
-                let mut set = GlobSetBuilder::new();
-                for (j, t) in e.allow_tools.iter().enumerate() {
-                    set.add(Glob::new(t).map_err(|err| {
-                        (k("allow_tools", j), format!("`{t}` is not a glob: {err}"))
-                    })?);
-                }
-                Some(
-                    set.build()
-                        .map_err(|err| (format!("{key}[{i}].allow_tools"), err.to_string()))?,
-                )
-            };
-        let deny_arguments = e
-            .deny_arguments
-            .iter()
-            .enumerate()
-            .map(|(j, a)| {
-                let tool = glob(&format!("{}.tool", k("deny_arguments", j)), &a.tool)?;
-                let re = regex::RegexBuilder::new(&a.pattern)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|err| {
-                        (
-                            format!("{}.pattern", k("deny_arguments", j)),
-                            format!("is not a regex: {err}"),
-                        )
-                    })?;
-                Ok((tool, re))
-            })
-            .collect::<Result<Vec<_>, (String, String)>>()?;
+        let mut deny_arguments = Vec::new();
+        for (j, a) in e.deny_arguments.iter().enumerate() {
+            // Both halves are checked, so a bad tool glob does not hide a bad pattern.
+            let tool = glob(&format!("{}.tool", k("deny_arguments", j)), &a.tool)
+                .map_err(|e| errors.push(e));
+            let re = regex::RegexBuilder::new(&a.pattern)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|err| {
+                    errors.push((
+                        format!("{}.pattern", k("deny_arguments", j)),
+                        format!("is not a regex: {err}"),
+                    ))
+                });
+            if let (Ok(tool), Ok(re)) = (tool, re) {
+                deny_arguments.push((tool, re));
+            }
+        }
         list.push(Arc::new(LlmPolicy {
             host: e.host.clone(),
             key: format!("{key}[{i}]"),
@@ -228,7 +243,11 @@ pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, (String, St
             deny_arguments,
         }));
     }
-    Ok(LlmRules { list })
+    if errors.is_empty() {
+        Ok(LlmRules { list })
+    } else {
+        Err(errors)
+    }
 }
 
 impl LlmRules {
@@ -658,14 +677,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            compile(&entries, "llm").unwrap_err().0,
+            compile(&entries, "llm").unwrap_err()[0].0,
             "llm[0].deny_arguments[0].pattern"
         );
         let entries: Vec<LlmConfig> =
             serde_yaml::from_str("- { host: a.test, provider: openai, deny_tools: ['a[' ] }")
                 .unwrap();
         assert_eq!(
-            compile(&entries, "llm").unwrap_err().0,
+            compile(&entries, "llm").unwrap_err()[0].0,
             "llm[0].deny_tools[0]"
         );
         assert!(

@@ -1,13 +1,96 @@
 //! The `warden` binary: `check`, `ca`, start-up failures; and every bundled config compiles.
 
 use crate::common::*;
-use std::process::Command;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 
 fn warden(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
+        .env_remove(UNSET)
         .output()
         .expect("warden binary runs")
+}
+
+/// An environment variable no test sets: a secret source that cannot be read.
+const UNSET: &str = "WARDEN_CLI_TEST_UNSET_SECRET";
+
+/// `warden check -c <text in a fresh file> [extra]`: (exit code, stdout + stderr).
+fn check(text: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(&file, text).unwrap();
+    let mut args = vec!["check", "-c", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = warden(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// `warden run` as a child process, its stderr lines delivered as they are written.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(file: &std::path::Path) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["run", "-c", file.to_str().unwrap()])
+            .env_remove(UNSET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("warden binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a line containing `text`; every line read is kept in `seen`.
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {text:?}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -127,4 +210,163 @@ fn every_bundled_config_parses_and_compiles() {
         seen >= 3,
         "conf/warden.yaml, warden.example.yaml and bench.yaml"
     );
+}
+
+#[test]
+fn check_reports_every_error_in_one_run() {
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  cert_cache_entries: 0\nllm:\n  - host: a.test\n    provider: openai\n    deny_tools: ['a[']\ntransforms:\n  - host: b.test\n    replace_body: [{ pattern: '(', with: x }]\nnetwork:\n  grants: [nosuch]\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    for want in [
+        "w.yaml:4: limits.cert_cache_entries:",
+        "w.yaml:8: llm[0].deny_tools[0]:",
+        "w.yaml:11: transforms[0].replace_body[0].pattern:",
+        "w.yaml:13: network.grants:",
+        "4 errors",
+    ] {
+        assert!(out.contains(want), "{want} missing in:\n{out}");
+    }
+}
+
+#[test]
+fn check_puts_a_duplicate_top_level_key_on_its_own_line() {
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlog:\n  level: info\nproxy:\n  listen: 127.0.0.1:1\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("w.yaml:5: duplicate field `proxy`"), "{out}");
+}
+
+#[test]
+fn check_words_numbers_and_durations_for_people() {
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  cert_cache_entries: many\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("expected a whole number"), "{out}");
+    assert!(!out.contains("usize"), "{out}");
+    let (code, out) = check(
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 30\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("w.yaml:4: limits.idle_timeout:")
+            && out.contains("expected a duration such as 10s or 500ms"),
+        "{out}"
+    );
+}
+
+/// A credential from an unset variable next to one whose static value is a canary.
+fn unreadable_source_yaml() -> String {
+    format!(
+        "proxy:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: canary.test\n    source: {{ type: static, value: CLI-CANARY-7731 }}\n  - host: api.example.test\n    source: {{ type: env, var: {UNSET} }}\n"
+    )
+}
+
+#[test]
+fn check_warns_about_an_unreadable_source_and_strict_makes_it_an_error() {
+    let yaml = unreadable_source_yaml();
+    let (code, out) = check(&yaml, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "sources are read live, so only a warning:\n{out}"
+    );
+    for want in [
+        "warden: warning: ",
+        "w.yaml:7: credentials[1].source: cannot be read now",
+        UNSET,
+        "credential_unavailable",
+        "ok, 1 warning",
+    ] {
+        assert!(out.contains(want), "{want} missing in:\n{out}");
+    }
+    let (code, strict) = check(&yaml, &["--strict"]);
+    assert_eq!(code, Some(1), "{strict}");
+    assert!(strict.contains("credentials[1].source"), "{strict}");
+    assert!(strict.contains("--strict"), "{strict}");
+    assert!(!strict.contains(": ok"), "{strict}");
+    for text in [&out, &strict] {
+        assert!(
+            !text.contains("CLI-CANARY-7731"),
+            "a secret value leaked:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn check_notes_a_portless_entry_whose_host_is_allowed_only_on_another_port() {
+    let yaml = "proxy:\n  listen: 127.0.0.1:0\ncredentials:\n  - host: api.example.test\n    source: { type: static, value: s }\nnetwork:\n  policy: strict\n  allow:\n    - api.example.test:8443\n";
+    for extra in [&[][..], &["--strict"][..]] {
+        let (code, out) = check(yaml, extra);
+        assert_eq!(code, Some(0), "a note is not a warning ({extra:?}):\n{out}");
+        for want in [
+            "note: ",
+            "w.yaml:4: credentials[0].host:",
+            "network.allow[0] `api.example.test:8443` (line 9)",
+            "80 and 443",
+        ] {
+            assert!(out.contains(want), "{want} missing in:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn run_logs_an_unreadable_source_once_at_start_without_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(&file, unreadable_source_yaml()).unwrap();
+    let mut w = Running::start(&file);
+    w.wait_for("warden listening");
+    let warnings: Vec<&String> = w
+        .seen
+        .iter()
+        .filter(|l| l.contains("credentials[1].source"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", w.seen);
+    assert!(
+        warnings[0].contains("\"level\":\"warn\"")
+            && warnings[0].contains("w.yaml:7")
+            && warnings[0].contains(UNSET),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        !w.seen.iter().any(|l| l.contains("CLI-CANARY-7731")),
+        "{:?}",
+        w.seen
+    );
+}
+
+#[test]
+fn a_reload_with_several_errors_logs_each_and_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(&file, "proxy:\n  listen: 127.0.0.1:0\n").unwrap();
+    let mut w = Running::start(&file);
+    w.wait_for("warden listening");
+    std::fs::write(
+        &file,
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  cert_cache_entries: 0\nheaders:\n  - host: a.test\n    remove: ['bad name']\n",
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &w.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let first = w.wait_for("config reload failed (1 of 2)");
+    assert!(
+        first.contains("w.yaml:4: limits.cert_cache_entries"),
+        "{first}"
+    );
+    let second = w.wait_for("config reload failed (2 of 2)");
+    assert!(second.contains("w.yaml:7: headers[0].remove"), "{second}");
+    assert!(second.contains("generation 1 stays in force"), "{second}");
+    assert!(w.child.try_wait().unwrap().is_none(), "still running");
 }

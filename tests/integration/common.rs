@@ -225,7 +225,7 @@ impl TestWarden {
     }
 
     /// Rewrites the config file (atomically) and reloads it, as SIGHUP does.
-    pub fn reload(&self, yaml: &str) -> Result<u64, warden::ConfigError> {
+    pub fn reload(&self, yaml: &str) -> Result<u64, warden::ConfigErrors> {
         let path = self.dir.path().join("warden.yaml");
         let tmp = self.dir.path().join("warden.yaml.tmp");
         std::fs::write(&tmp, fill(yaml, &self.dir)).unwrap();

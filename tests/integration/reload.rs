@@ -63,7 +63,8 @@ async fn a_bad_reload_changes_nothing_and_names_the_key_and_line() {
         "allow_cidrs: [127.0.0.0/8]",
         "allow_cidrs: [127.0.0.0/8]\n  deny: ['*bad.test']",
     );
-    let err = w.reload(&bad).unwrap_err();
+    let errors = w.reload(&bad).unwrap_err();
+    let err = errors.first();
     assert_eq!(err.key.as_deref(), Some("network.deny"), "{err}");
     assert!(err.line.is_some(), "{err}");
     let client = w.client();
