@@ -556,3 +556,31 @@ async fn a_tls_handshake_that_stalls_inside_a_tunnel_is_cut_at_the_head_timeout(
         wait_log(|v| v["kind"] == "connect" && v["reason"] == "request_header_timeout").await;
     assert_eq!(line["host"], "origin.test");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_heads_at_once_are_all_cut_at_the_head_timeout() {
+    let w = quick().await;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let mut s = w.tcp().await;
+        s.write_all(format!("GET http://origin.test/{i} HTTP/1.1\r\nX-Slow: ").as_bytes())
+            .await
+            .unwrap();
+        clients.push(s);
+    }
+    let answers = futures_util::future::join_all(clients.into_iter().map(|mut s| async move {
+        let (head, _) = read_response(&mut s).await;
+        head
+    }))
+    .await;
+    for head in &answers {
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    }
+    // Every one within the bound, not each after its own per-read wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
