@@ -164,7 +164,7 @@ pub const ORIGIN_NAMES: &[&str] = &[
     "openai.test",
 ];
 
-fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {
+pub fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&c, &cert.cert_pem).unwrap();
