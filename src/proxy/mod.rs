@@ -645,7 +645,7 @@ impl ProxyHttp for Warden {
                 ctx.seq = a.seq;
                 ctx.would_deny = a.would_deny;
                 // Every secret warden adds is masked if the origin echoes it back, raw or
-                // encoded, and so is the header value it went in.
+                // encoded, and so is the base64 of the header value it went in.
                 let secrets: Vec<Vec<u8>> = a
                     .credential
                     .iter()
