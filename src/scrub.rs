@@ -743,6 +743,13 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_ending_a_chunk_in_its_own_first_byte_is_still_masked() {
+        // The final "a" could begin another "abca", so it is held; the secret ends there.
+        let (out, _) = run(mask("abca"), &["xabca", "y", ""]);
+        assert_eq!(out, "x[redy");
+    }
+
+    #[test]
     fn an_occurrence_ending_inside_a_tail_held_for_another_needle_is_still_found() {
         // "de" may begin "dexyz", so it is held; "abcde" ends there and must not leak.
         let (out, _) = run(
