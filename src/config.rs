@@ -291,6 +291,8 @@ pub struct Snapshot {
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
     pub limits: Limits,
+    /// The echoed-secret maskers built for this config's requests.
+    pub maskers: crate::scrub::Maskers,
 }
 
 impl Snapshot {
@@ -573,6 +575,7 @@ impl Config {
             transforms,
             log: f.log.compile(),
             limits: f.limits.clone(),
+            maskers: crate::scrub::Maskers::default(),
         })
     }
 

@@ -330,7 +330,7 @@ fn sensitive_values(req: &RequestHeader) -> Option<Replacer> {
         values.push(v.to_vec());
     }
     values.retain(|v| v.len() >= 4);
-    (!values.is_empty()).then(|| Replacer::masking(values))
+    (!values.is_empty()).then(|| Replacer::masking_verbatim(values))
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the proxy's own.
@@ -671,7 +671,8 @@ impl ProxyHttp for Warden {
                 ctx.client = a.client;
                 ctx.seq = a.seq;
                 ctx.would_deny = a.would_deny;
-                // Every secret warden adds is masked if the origin echoes it back.
+                // Every secret warden adds is masked if the origin echoes it back, raw or
+                // encoded, and so is the base64 of the header value it went in.
                 let secrets: Vec<Vec<u8>> = a
                     .credential
                     .iter()
@@ -679,8 +680,13 @@ impl ProxyHttp for Warden {
                     .chain(a.substitutions.iter().map(|s| &s.secret))
                     .map(|s| s.expose().as_bytes().to_vec())
                     .collect();
+                let values: Vec<Vec<u8>> = a
+                    .credential
+                    .iter()
+                    .map(|c| c.value.as_bytes().to_vec())
+                    .collect();
                 if !secrets.is_empty() {
-                    ctx.scrubber = Some(Replacer::masking(secrets));
+                    ctx.scrubber = Some(ctx.snap.maskers.masking(secrets, values));
                 }
                 if let Some(c) = a.credential {
                     ctx.grant = c.grant;

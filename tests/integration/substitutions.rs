@@ -115,3 +115,38 @@ async fn a_placeholder_sent_to_another_host_is_left_alone_and_flagged() {
         "placeholder_to_foreign_host"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_substituted_secret_echoed_encoded_is_masked_in_headers_body_and_log() {
+    use crate::credentials::{fetch_echo, leaked_forms, EncodingEcho};
+    let origin = EncodingEcho::start().await;
+    let w = TestWarden::start(&default_yaml(
+        "auto",
+        "",
+        &format!(
+            "substitutions:\n  - host: origin.test:{}\n    placeholder: {PLACEHOLDER}\n    source: {{ type: static, value: \"{SECRET}\" }}\nlog:\n  body_capture_bytes: 8192\n",
+            origin.addr.port()
+        ),
+    ))
+    .await;
+    let (headers, body, line) = fetch_echo(
+        &w,
+        &origin,
+        "subst-enc",
+        Some(&format!("Bearer {PLACEHOLDER}")),
+    )
+    .await;
+    assert_eq!(origin.sent.lock().unwrap().as_slice(), &[body.len()]);
+    assert!(body.lines().all(|l| l.contains("[redacted]")), "{body}");
+    assert_eq!(
+        line["response_body"].as_str(),
+        Some(body.as_str()),
+        "{line}"
+    );
+    let logged = line.to_string();
+    for form in leaked_forms(SECRET) {
+        assert!(!headers.contains(&form), "{form} in headers:\n{headers}");
+        assert!(!body.contains(&form), "{form} in body:\n{body}");
+        assert!(!logged.contains(&form), "{form} in the log line: {logged}");
+    }
+}
