@@ -1083,3 +1083,79 @@ pub fn sse_data(text: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+// ---------------------------------------------------------------- the binary
+
+/// The real binary (or a shell that execs it), started on port 0: its listen addresses come
+/// from its start-up line, and every later stderr line (the log) is kept for the test.
+pub struct Launched {
+    pub child: std::process::Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Launched {
+    /// Starts `cmd` with stderr piped and waits for warden's start-up line.
+    pub fn start(mut cmd: std::process::Command) -> Launched {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("warden starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let mut launched = Launched {
+            child,
+            proxy: unset,
+            admin: unset,
+            lines,
+            seen: Vec::new(),
+        };
+        let line = launched.wait_for(|l| l.contains("warden listening"));
+        let addr = |key: &str| -> SocketAddr {
+            line.split(&format!("{key}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.trim_end_matches('"').parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+        };
+        launched.proxy = addr("proxy");
+        launched.admin = addr("admin");
+        launched
+    }
+
+    /// Blocks until a stderr line matches (call it off the async workers, e.g. in
+    /// `block_in_place`), and returns it.
+    pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(WAIT)
+                .expect("the awaited line appeared");
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Every stderr line so far, including those not yet awaited.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}

@@ -366,87 +366,39 @@ async fn the_listen_backlog_follows_proxy_backlog() {
     assert_eq!(backlog_of(w.addr.port()), 77);
 }
 
-/// warden's binary under a low descriptor limit, its stderr lines collected.
-struct Starved {
-    child: std::process::Child,
-    proxy: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
+/// warden's binary under a low descriptor limit, killed when the test ends.
+struct Starved(Launched);
 
 impl Starved {
     fn start(config: &std::path::Path, fds: u32) -> Starved {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new("sh")
-            .args([
-                "-c",
-                &format!("ulimit -n {fds} && exec \"$0\" run -c \"$1\""),
-            ])
-            .arg(env!("CARGO_BIN_EXE_warden"))
-            .arg(config)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("warden starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let mut starved = Starved {
-            child,
-            proxy: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            lines,
-            seen: Vec::new(),
-        };
-        let line = starved.wait_for(|l| l.contains("warden listening"));
-        let addr = |key: &str| -> std::net::SocketAddr {
-            line.split(&format!("{key}="))
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.trim_end_matches('"').parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {line}"))
-        };
-        starved.proxy = addr("proxy");
-        starved.admin = addr("admin");
-        starved
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("ulimit -n {fds} && exec \"$0\" run -c \"$1\""),
+        ])
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .arg(config);
+        Starved(Launched::start(cmd))
     }
+}
 
-    /// Blocks (off the async workers' hot path: the lines come from a thread) until a line
-    /// matches.
-    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(WAIT)
-                .expect("the awaited line appeared");
-            self.seen.push(line.clone());
-            if pred(&line) {
-                return line;
-            }
-        }
+impl std::ops::Deref for Starved {
+    type Target = Launched;
+    fn deref(&self) -> &Launched {
+        &self.0
     }
+}
 
-    /// Every line so far, including those not yet awaited.
-    fn drain(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        &self.seen
+impl std::ops::DerefMut for Starved {
+    fn deref_mut(&mut self) -> &mut Launched {
+        &mut self.0
     }
 }
 
 impl Drop for Starved {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 }
 

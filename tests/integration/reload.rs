@@ -149,41 +149,13 @@ struct Binary {
 
 impl Binary {
     fn start(config: &std::path::Path) -> Binary {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["run", "-c"])
-            .arg(config)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("warden starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let line = loop {
-            let line = rx.recv_timeout(WAIT).expect("start-up line");
-            if line.contains("warden listening") {
-                break line;
-            }
-        };
-        let addr = |key: &str| -> std::net::SocketAddr {
-            line.split(&format!("{key}="))
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.trim_end_matches('"').parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {line}"))
-        };
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+        cmd.args(["run", "-c"]).arg(config);
+        let launched = Launched::start(cmd);
         Binary {
-            proxy: addr("proxy"),
-            admin: addr("admin"),
-            child,
+            proxy: launched.proxy,
+            admin: launched.admin,
+            child: launched.child,
         }
     }
 
