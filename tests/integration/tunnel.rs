@@ -86,3 +86,25 @@ async fn a_tunnel_to_a_closed_port_is_answered_502_not_200() {
     assert_eq!(line["kind"], "tunnel");
     assert_eq!(line["status"], 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_through_a_blind_tunnel_arrives_intact_and_is_counted() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = TestWarden::with("none", "").await;
+    let client = origin_trusting_client(&w);
+    let body = client
+        .get(format!("https://origin.test:{port}/bytes/{SIZE}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), SIZE);
+    assert!(body == pattern(SIZE), "the body arrived intact");
+    drop(client);
+    let line = wait_log(move |v| v["kind"] == "tunnel" && v["port"] == port).await;
+    assert!(line["bytes_out"].as_u64().unwrap() > SIZE as u64, "{line}");
+}
