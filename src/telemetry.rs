@@ -587,7 +587,7 @@ fn error_parts(e: &pingora_error::Error, previous: Option<&pingora_error::Error>
         push(e.etype.as_str(), " ");
     }
     if let Some(context) = &e.context {
-        push(&context.to_string(), ": ");
+        push(&withhold_raw_bytes(&context.to_string()), ": ");
     }
     if let Some(cause) = &e.cause {
         let cause = match cause.downcast_ref::<pingora_error::BError>() {
@@ -599,6 +599,16 @@ fn error_parts(e: &pingora_error::Error, previous: Option<&pingora_error::Error>
         }
     }
     out
+}
+
+/// A Pingora error context without the raw bytes some carry: a head that failed to parse is
+/// quoted after `buf:` (request or response), and it may hold credentials, cookies or a
+/// secret the origin echoed.
+fn withhold_raw_bytes(context: &str) -> Cow<'_, str> {
+    match context.find("buf:") {
+        Some(at) => Cow::Owned(format!("{}[raw bytes withheld]", &context[..at])),
+        None => Cow::Borrowed(context),
+    }
 }
 
 /// `path` with every query value replaced by `[redacted]`; parameter names are kept.
@@ -1134,6 +1144,16 @@ mod tests {
             error_text(&nested),
             "downstream ConnectError: dialing (cause: upstream WriteError: flushing body (cause: Broken pipe))"
         );
+    }
+
+    #[test]
+    fn error_text_withholds_the_raw_head_bytes_pingora_quotes() {
+        use pingora_error::{Error, ErrorType};
+        let head = "buf: HTTP/1.1 200 OK\\r\\nX-Echo: Bearer CANARY-err-5ecret\\r\\nbad line";
+        let e = Error::explain(ErrorType::InvalidHTTPHeader, head.to_string()).into_up();
+        let text = error_text(&e);
+        assert_eq!(text, "upstream InvalidHTTPHeader: [raw bytes withheld]");
+        assert!(!text.contains("CANARY"));
     }
 
     #[test]

@@ -536,3 +536,51 @@ async fn many_slow_heads_at_once_are_all_cut_at_the_head_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_upstream_head_echoing_the_credential_never_puts_it_in_the_log() {
+    const CANARY: &str = "CANARY-badhead-5ecret";
+    // The origin echoes the header it received inside a head that does not parse.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let head = read_head(&mut s).await;
+            let echoed = head
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                .unwrap_or("")
+                .to_string();
+            let resp = format!("HTTP/1.1 200 OK\r\nX-Echo: {echoed}\r\nnot a header\r\n\r\n");
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    let w = TestWarden::with(
+        "auto",
+        &format!(
+            "credentials:\n  - host: \"origin.test:{port}\"\n    allow_plaintext: true\n    source: {{ type: static, value: \"{CANARY}\" }}\n"
+        ),
+    )
+    .await;
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://origin.test:{port}/ HTTP/1.1\r\nX-Request-Id: bad-upstream-head\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let body = refusal(&mut s, 502, "upstream_error").await;
+    assert!(!body.to_string().contains(CANARY));
+    let line = log_for("bad-upstream-head").await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("InvalidHTTPHeader")),
+        "{line}"
+    );
+    for l in all_log_lines() {
+        assert!(!l.contains(CANARY), "secret in a log line: {l}");
+    }
+}
