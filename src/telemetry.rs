@@ -636,7 +636,8 @@ pub fn redact_query(path: &str) -> Cow<'_, str> {
 
 /// Installs the process logger (the binary calls this once): canonical lines are written as
 /// rendered; other records are wrapped in the same format. Pingora's own records are kept at
-/// warn and above, since the canonical line already covers each request.
+/// warn and above, since the canonical line already covers each request, and lose any raw
+/// head bytes they quote.
 pub fn init_logger(settings: LogSettings) {
     let format = settings.format;
     let _ = env_logger::Builder::new()
@@ -648,6 +649,12 @@ pub fn init_logger(settings: LogSettings) {
             }
             let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
             let msg = record.args().to_string();
+            // Pingora's own records quote unparsable heads the same way its errors do.
+            let msg = if record.target().starts_with("pingora") {
+                withhold_raw_bytes(&msg).into_owned()
+            } else {
+                msg
+            };
             match format {
                 LogFormat::Json => {
                     let line = serde_json::json!({
