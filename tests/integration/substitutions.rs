@@ -4,10 +4,11 @@
 use crate::common::*;
 use serde_json::Value;
 
-const SECRET: &str = "CANARY-subst/9+z";
-const PLACEHOLDER: &str = "WARDEN_EXAMPLE_TOKEN";
+pub(crate) const SECRET: &str = "CANARY-subst/9+z";
+pub(crate) const PLACEHOLDER: &str = "WARDEN_EXAMPLE_TOKEN";
 
-async fn warden(port: u16) -> TestWarden {
+/// warden with one substitution toward `origin.test:port`.
+pub(crate) async fn warden(port: u16) -> TestWarden {
     TestWarden::start(&default_yaml(
         "auto",
         "",
