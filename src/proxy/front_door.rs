@@ -108,11 +108,9 @@ impl FrontDoor {
         if !head.method.eq_ignore_ascii_case("CONNECT") {
             // Pre-check the first head with the rules request_filter applies, so requests that
             // Pingora's parser would answer with a bare 400 still get a reason and a log line.
-            let names: Vec<&[u8]> = head.names.iter().map(Vec::as_slice).collect();
             let hosts: Vec<&[u8]> = head.hosts.iter().map(Vec::as_slice).collect();
             let checked = check_head(
                 head.head_len,
-                &names,
                 &head.target,
                 &hosts,
                 None,

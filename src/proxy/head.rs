@@ -23,7 +23,6 @@ pub(super) struct Head {
     /// `HTTP/1.0` (0) or `HTTP/1.1` (1).
     pub version: u8,
     pub hosts: Vec<Vec<u8>>,
-    pub names: Vec<Vec<u8>>,
     pub proxy_auth: Vec<Vec<u8>>,
     pub content_length: Vec<Vec<u8>>,
     pub transfer_encoding: Vec<Vec<u8>>,
@@ -136,7 +135,6 @@ fn parse(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
                 target: target.as_bytes().to_vec(),
                 version,
                 hosts: Vec::new(),
-                names: Vec::with_capacity(req.headers.len()),
                 proxy_auth: Vec::new(),
                 content_length: Vec::new(),
                 transfer_encoding: Vec::new(),
@@ -159,7 +157,6 @@ fn parse(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
                 } else if name.eq_ignore_ascii_case("upgrade") {
                     head.upgrade = true;
                 }
-                head.names.push(name.as_bytes().to_vec());
             }
             head.request_id = super::request_id_from(request_id);
             Ok(Some(head))

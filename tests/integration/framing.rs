@@ -3,6 +3,7 @@
 //! stray byte after a body is the start of the next request there.
 
 use crate::common::*;
+use crate::substitutions::{warden as substitution_warden, PLACEHOLDER, SECRET};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -237,8 +238,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for RecordRead<'_, S> {
         r
     }
 }
-
-use crate::substitutions::{warden as substitution_warden, PLACEHOLDER, SECRET};
 
 /// A tunnel to the raw origin through warden, TLS verified against warden's CA.
 async fn tunnel(
