@@ -24,7 +24,7 @@ use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A TLS record of type handshake starts every ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -358,8 +358,10 @@ pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
     stream.flush().await
 }
 
-async fn write_refusal(
-    stream: &mut L4Stream,
+/// Writes warden's refusal for `reason` as raw HTTP/1.1 and closes the stream: for
+/// connections (or requests) that never reach the HTTP engine.
+pub(super) async fn write_refusal<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     reason: Reason,
     dest: Option<&Authority>,
     rule: Option<&str>,

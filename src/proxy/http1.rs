@@ -6,7 +6,7 @@
 //! read exactly that request's head and body and no further, so pipelined requests wait their
 //! turn and are answered in order instead of being dropped with the connection.
 
-use super::front_door::FrontDoor;
+use super::front_door::{write_refusal, FrontDoor};
 use super::head::{read_head, BodyFraming, Head, HeadError, Wait};
 use crate::reason::Reason;
 use crate::target::TunnelIdentity;
@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read ahead of Pingora at a time.
 const READ_AHEAD: usize = 4096;
@@ -150,12 +150,9 @@ impl FrontDoor {
         let request_id = head
             .map(|h| h.request_id.clone())
             .unwrap_or_else(|| super::request_id_from(None));
-        let host = peer.tunnel.as_ref().map(|t| t.authority.host.to_string());
-        let raw = super::raw_refusal(reason, host.as_deref(), None, &request_id);
-        // Best effort: the client may already be gone.
-        let _ = conn.inner.write_all(&raw).await;
-        let _ = conn.inner.flush().await;
-        Shutdown::shutdown(&mut *conn.inner).await;
+        let dest = peer.tunnel.as_ref().map(|t| &t.authority);
+        write_refusal(&mut conn.inner, reason, dest, None, &request_id).await;
+        let host = dest.map(|d| d.host.to_string());
         self.shared.metrics.refused(reason);
         let kind = if peer.tunnel.is_some() {
             Kind::Intercepted
