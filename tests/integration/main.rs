@@ -14,6 +14,7 @@ mod hardening;
 mod headers;
 mod hot_path;
 mod intercept;
+mod layout;
 mod llm;
 mod logs;
 mod metrics;
