@@ -9,7 +9,7 @@ use warden::credentials::Credentials;
 use warden::policy::{classify_addr, NetworkConfig};
 use warden::target::{classify_connect, classify_request, parse_authority, parse_host};
 use warden::telemetry::{CanonicalLog, Kind, LogFormat};
-use warden::tls::CertAuthority;
+use warden::tls::{CertAuthority, Leaves};
 
 fn heads(c: &mut Criterion) {
     let mut g = c.benchmark_group("front_door");
@@ -87,27 +87,24 @@ fn addresses(c: &mut Criterion) {
 fn leaves(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Arc::new(
-        CertAuthority::load_or_create(
-            &dir.path().join("ca.crt"),
-            &dir.path().join("ca.key"),
-            true,
-            10_000,
-        )
-        .expect("bench CA"),
+        CertAuthority::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), true)
+            .expect("bench CA"),
     );
+    let leaves = Leaves::new(10_000);
     let host = parse_host("api.example.com").expect("host");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(ca.leaf_for(&host, |_| {})).expect("first mint");
+    rt.block_on(leaves.leaf_for(&ca, &host, |_| {}))
+        .expect("first mint");
     let mut g = c.benchmark_group("leaf");
     g.throughput(Throughput::Elements(1));
     g.bench_function("mint_ecdsa_p256", |b| {
         b.iter(|| ca.mint_leaf(black_box(&host)))
     });
     g.bench_function("cache_hit", |b| {
-        b.iter(|| rt.block_on(ca.leaf_for(black_box(&host), |_| {})))
+        b.iter(|| rt.block_on(leaves.leaf_for(&ca, black_box(&host), |_| {})))
     });
     g.finish();
 }

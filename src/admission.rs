@@ -7,11 +7,17 @@
 
 use crate::auth::Client;
 use crate::config::Snapshot;
+use crate::correlation::Correlated;
+use crate::credentials::Unavailable;
+use crate::llm::LlmPolicy;
 use crate::policy::{Denial, Mode};
+use crate::profile::Profile;
 use crate::reason::Reason;
-use crate::secret::Secret;
+use crate::runtime::Runtime;
+use crate::scrub::Replacer;
 use crate::substitution::Active;
-use crate::target::{Authority, Target, TunnelIdentity};
+use crate::target::{check_head, Authority, Target, TunnelIdentity};
+use crate::transform::Transform;
 use http::header::{HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,19 +36,61 @@ pub struct ConnectAdmission {
     pub would_deny: Option<Reason>,
 }
 
-/// A request that may proceed.
+/// A request as admission sees it: plain facts read from its head, nothing of the session.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The request target as sent (absolute-form, or origin-form inside a tunnel).
+    pub raw_target: &'a [u8],
+    /// Every `Host` header value.
+    pub hosts: &'a [&'a [u8]],
+    /// Every `Proxy-Authorization` header value.
+    pub proxy_auth: &'a [&'a [u8]],
+    /// The raw head as read, for its size and for placeholders bound elsewhere.
+    pub raw: &'a [u8],
+    /// The intercepted tunnel the request came through, if any.
+    pub tunnel: Option<&'a TunnelIdentity>,
+    /// The request asks for an upgrade (WebSocket).
+    pub upgrade: bool,
+}
+
+/// Everything decided about an admitted request, from which every later phase works.
 #[derive(Debug)]
-pub struct RequestAdmission {
+pub struct RequestPlan {
+    /// Where it goes.
+    pub target: Target,
     /// The authenticated client, when auth is on.
     pub client: Option<Arc<Client>>,
+    /// The profile it runs under.
+    pub profile: Arc<Profile>,
     /// In report mode: what it would have been denied for.
     pub would_deny: Option<Reason>,
     /// The credential to set on the upstream request, already read.
     pub credential: Option<Injection>,
-    /// The correlation sequence number, when the request is a correlation target.
-    pub seq: Option<u64>,
+    /// The correlation sequence number and session, when the request is a correlation target.
+    pub seq: Option<Correlated>,
     /// Placeholder substitutions in force, secrets already read.
     pub substitutions: Vec<Active>,
+    /// Masks every secret warden adds, raw or encoded, should the origin echo it; `None`
+    /// when warden adds none.
+    pub scrub: Option<Replacer>,
+    /// The LLM entry for the destination, if it has one.
+    pub llm: Option<Arc<LlmPolicy>>,
+    /// Response transformers for the destination.
+    pub transforms: Vec<Arc<Transform>>,
+    /// A note for the log that did not stop the request.
+    pub alert: Option<&'static str>,
+}
+
+impl RequestPlan {
+    /// Whether the response must come uncompressed: scanned for an echoed secret, parsed for
+    /// LLM policy, or rewritten.
+    pub fn needs_identity(&self) -> bool {
+        self.scrub.is_some()
+            || self.llm.is_some()
+            || self.transforms.iter().any(|t| !t.replace_body.is_empty())
+    }
 }
 
 /// A credential header to set upstream.
@@ -54,8 +102,6 @@ pub struct Injection {
     pub value: HeaderValue,
     /// The credential's grant.
     pub grant: Option<String>,
-    /// The secret itself, for scrubbing responses that echo it.
-    pub secret: Secret,
 }
 
 /// Why a CONNECT or request is refused.
@@ -71,6 +117,8 @@ pub struct Refusal {
     pub client: Option<Arc<Client>>,
     /// The sequence number the request consumed, when it was a correlation target.
     pub seq: Option<u64>,
+    /// Where the request was going, once that was known.
+    pub target: Option<Box<Target>>,
 }
 
 impl Refusal {
@@ -81,6 +129,7 @@ impl Refusal {
             detail: None,
             client,
             seq: None,
+            target: None,
         }
     }
 
@@ -88,9 +137,7 @@ impl Refusal {
         Refusal {
             reason: denial.reason,
             rule: denial.rule,
-            detail: None,
-            client,
-            seq: None,
+            ..Refusal::new(denial.reason, client)
         }
     }
 }
@@ -128,20 +175,12 @@ pub fn admit_connect(
     dest: &Authority,
 ) -> Result<ConnectAdmission, Refusal> {
     let client = identify(snap, None, proxy_auth).map_err(|r| Refusal::new(r, None))?;
-    let c = client.as_deref();
-    let network = snap.network_for(c);
+    let profile = snap.profile(client.as_deref());
+    let network = &profile.network;
     let mut would_deny = network
         .authorize(dest, own)
         .map_err(|d| Refusal::denied(d, client.clone()))?;
-    let inspect = network.has_rules_for(dest)
-        || snap.credentials_for(c).has_for(dest)
-        || snap.headers_for(c).has_for(dest)
-        || snap
-            .correlation_for(c)
-            .is_some_and(|corr| corr.has_for(dest))
-        || snap.substitutions_for(c).has_for(dest)
-        || snap.llm_for(c).has_for(dest)
-        || !snap.transforms.for_dest(dest).is_empty();
+    let inspect = profile.inspects(dest);
     let intercept = snap.tls.intercepts(dest, inspect);
     if inspect && !intercept {
         let rule = "network.rules, credentials, headers, substitutions, correlation, llm or transforms apply to this host, but tls.intercept/passthrough tunnel it blind";
@@ -166,69 +205,98 @@ pub fn admit_connect(
     })
 }
 
-/// Admits one request to `target`: identity, a correlation number (allocated before policy, so
-/// a denied request consumes one too), host policy, L7 rules, and only then the credential
-/// read (an unreadable credential refuses with `credential_unavailable`).
+/// Admits one request and plans it: the head's size and target (bound to the tunnel inside
+/// one), identity, a correlation number (allocated before policy, so a denied request consumes
+/// one too), host policy, L7 rules, and only then the credential and substitution reads (an
+/// unreadable secret refuses with `credential_unavailable`).
 pub fn admit_request(
     snap: &Snapshot,
+    runtime: &Runtime,
     own: &[SocketAddr],
-    tunnel: Option<&TunnelIdentity>,
-    proxy_auth: &[&[u8]],
-    method: &str,
-    target: &Target,
-) -> Result<RequestAdmission, Refusal> {
-    let client = identify(snap, tunnel, proxy_auth).map_err(|r| Refusal::new(r, None))?;
-    let c = client.as_deref();
+    head: &RequestHead<'_>,
+) -> Result<RequestPlan, Refusal> {
+    let target = check_head(
+        head.raw.len(),
+        head.raw_target,
+        head.hosts,
+        head.tunnel,
+        snap.limits.max_request_header_bytes,
+    )
+    .map_err(|r| Refusal::new(r, None))?;
+    let client = identify(snap, head.tunnel, head.proxy_auth).map_err(|r| Refusal {
+        target: Some(Box::new(target.clone())),
+        ..Refusal::new(r, None)
+    })?;
+    let profile = snap.profile(client.as_deref()).clone();
     let dest = &target.authority;
-    let seq = snap
-        .correlation_for(c)
-        .and_then(|corr| corr.allocate(dest, &target.path));
-    let denied = |d: Denial| Refusal {
-        seq,
-        ..Refusal::denied(d, client.clone())
+    let seq = profile
+        .correlation
+        .as_ref()
+        .and_then(|corr| corr.allocate(&runtime.sessions, dest, &target.path));
+    let refused = |reason: Reason, rule: Option<String>, detail: Option<String>| Refusal {
+        reason,
+        rule,
+        detail,
+        client: client.clone(),
+        seq: seq.as_ref().map(|c| c.seq),
+        target: Some(Box::new(target.clone())),
     };
-    let network = snap.network_for(c);
+    let denied = |d: Denial| refused(d.reason, d.rule, None);
+    let network = &profile.network;
     let host = network.authorize(dest, own).map_err(denied)?;
     let rule = network
-        .decide_request(method, dest, &target.path)
+        .decide_request(head.method, dest, &target.path)
         .map_err(denied)?;
     // The credential is bound to the connection identity, never to the Host header.
-    let credential = match snap.credentials_for(c).for_request(dest, target.scheme) {
-        None => None,
-        Some(cred) => match cred.read() {
-            Ok((value, secret)) => Some(Injection {
-                header: cred.header.clone(),
-                value,
-                grant: cred.grant.clone(),
-                secret,
-            }),
-            Err(e) => {
-                return Err(Refusal {
-                    reason: Reason::CredentialUnavailable,
-                    rule: None,
-                    detail: Some(e.to_string()),
-                    client,
-                    seq,
-                })
-            }
-        },
-    };
-    let substitutions = snap
-        .substitutions_for(c)
-        .activate(dest, target.scheme)
-        .map_err(|e| Refusal {
-            reason: Reason::CredentialUnavailable,
-            rule: None,
-            detail: Some(e.to_string()),
-            client: client.clone(),
-            seq,
-        })?;
-    Ok(RequestAdmission {
+    let unavailable =
+        |e: Unavailable| refused(Reason::CredentialUnavailable, None, Some(e.to_string()));
+    let cred = profile.credentials.for_request(dest, target.scheme);
+    let read = cred
+        .map(|c| c.read(&runtime.sources))
+        .transpose()
+        .map_err(unavailable)?;
+    let substitutions = profile
+        .substitutions
+        .activate(&runtime.sources, dest, target.scheme)
+        .map_err(unavailable)?;
+    // Every secret warden adds is masked if the origin echoes it back, raw or encoded, and so
+    // is the base64 of the header value it went in.
+    let secrets: Vec<Vec<u8>> = read
+        .iter()
+        .map(|(_, secret)| secret)
+        .chain(substitutions.iter().map(|s| &s.secret))
+        .map(|s| s.expose().as_bytes().to_vec())
+        .collect();
+    let values: Vec<Vec<u8>> = read
+        .iter()
+        .map(|(value, _)| value.as_bytes().to_vec())
+        .collect();
+    let scrub = (!secrets.is_empty()).then(|| runtime.maskers.masking(secrets, values));
+    let credential = cred.zip(read).map(|(c, (value, _))| Injection {
+        header: c.header.clone(),
+        value,
+        grant: c.grant.clone(),
+    });
+    // A placeholder headed for a host it does not belong to is left alone, and flagged: the
+    // agent may be trying to exfiltrate, or is misconfigured.
+    let alert = profile
+        .substitutions
+        .foreign_placeholder_in(dest, head.raw)
+        .then_some("placeholder_to_foreign_host");
+    let llm = profile.llm.for_dest(dest).cloned();
+    let transforms = profile.transforms.for_dest(dest);
+    Ok(RequestPlan {
+        target,
         client,
+        profile,
         would_deny: host.or(rule),
         credential,
         seq,
         substitutions,
+        scrub,
+        llm,
+        transforms,
+        alert,
     })
 }
 
@@ -236,7 +304,6 @@ pub fn admit_request(
 mod tests {
     use super::*;
     use crate::config::{CompileOptions, Config};
-    use crate::target::Scheme;
     use std::path::Path;
 
     fn snap_with(intercept: &str, yaml: &str) -> Snapshot {
@@ -255,12 +322,37 @@ mod tests {
         snap_with("auto", yaml)
     }
 
-    fn target(s: &str, path: &str) -> Target {
-        Target {
-            scheme: Scheme::Https,
-            authority: crate::target::parse_authority(s.as_bytes(), None).unwrap(),
-            path: path.into(),
-        }
+    /// Admits `method` to `url`: absolute-form `http://` with `proxy_auth`, or `https://` as a
+    /// request inside client a's intercepted tunnel.
+    fn admit(
+        s: &Snapshot,
+        proxy_auth: &[&[u8]],
+        method: &str,
+        url: &str,
+    ) -> Result<RequestPlan, Refusal> {
+        let (tunnel, raw_target) = match url.strip_prefix("https://") {
+            Some(rest) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let tunnel = TunnelIdentity {
+                    authority: crate::target::parse_authority(authority.as_bytes(), Some(443))
+                        .unwrap(),
+                    client: Some("a".into()),
+                    sni: None,
+                };
+                (Some(tunnel), path)
+            }
+            None => (None, url),
+        };
+        let head = RequestHead {
+            method,
+            raw_target: raw_target.as_bytes(),
+            hosts: &[],
+            proxy_auth,
+            raw: b"",
+            tunnel: tunnel.as_ref(),
+            upgrade: false,
+        };
+        admit_request(s, &Runtime::default(), &[], &head)
     }
 
     const AUTH: &[&[u8]] = &[b"Bearer tok"];
@@ -268,10 +360,9 @@ mod tests {
     #[test]
     fn authentication_comes_before_policy() {
         let s = snap("network: { deny: [bad.test] }\n");
-        let r = admit_request(&s, &[], None, &[], "GET", &target("bad.test:443", "/")).unwrap_err();
+        let r = admit(&s, &[], "GET", "http://bad.test/").unwrap_err();
         assert_eq!(r.reason, Reason::AuthRequired);
-        let r =
-            admit_request(&s, &[], None, AUTH, "GET", &target("bad.test:443", "/")).unwrap_err();
+        let r = admit(&s, AUTH, "GET", "http://bad.test/").unwrap_err();
         assert_eq!(r.reason, Reason::PolicyDeniedHost);
         assert_eq!(r.client.as_deref().map(|c| &*c.name), Some("a"));
     }
@@ -281,10 +372,9 @@ mod tests {
         let s = snap(
             "network: { rules: ['deny DELETE api.test /**'] }\ncredentials:\n  - { host: api.test, source: { type: env, var: WARDEN_TEST_ADMISSION_UNSET } }\n",
         );
-        let t = target("api.test:443", "/x");
-        let r = admit_request(&s, &[], None, AUTH, "DELETE", &t).unwrap_err();
+        let r = admit(&s, &[], "DELETE", "https://api.test/x").unwrap_err();
         assert_eq!(r.reason, Reason::PolicyDeniedRule);
-        let r = admit_request(&s, &[], None, AUTH, "GET", &t).unwrap_err();
+        let r = admit(&s, &[], "GET", "https://api.test/x").unwrap_err();
         assert_eq!(r.reason, Reason::CredentialUnavailable);
         assert!(r.detail.unwrap().contains("WARDEN_TEST_ADMISSION_UNSET"));
     }
@@ -300,12 +390,11 @@ mod tests {
             .unwrap()
             .compile(CompileOptions { create_ca: false })
             .unwrap();
-        let t = target("api.test:443", "/ADMIN");
-        let r = admit_request(&s, &[], None, AUTH, "GET", &t).unwrap_err();
+        let r = admit(&s, AUTH, "GET", "http://api.test/ADMIN").unwrap_err();
         assert_eq!(r.reason, Reason::PolicyDeniedRule);
         // Client b has no network section of its own: the top-level one is case-sensitive.
-        assert!(admit_request(&s, &[], None, &[b"Bearer tok-b"], "GET", &t).is_ok());
-        let r = admit_request(&s, &[], None, AUTH, "GET", &target("api.test:443", "/a%00"));
+        assert!(admit(&s, &[b"Bearer tok-b"], "GET", "http://api.test/ADMIN").is_ok());
+        let r = admit(&s, AUTH, "GET", "http://api.test/a%00");
         assert_eq!(r.unwrap_err().reason, Reason::AmbiguousPath);
     }
 
@@ -327,5 +416,27 @@ mod tests {
         assert_eq!(a.would_deny, Some(Reason::PolicyDeniedRule));
         let missing = admit_connect(&auto, &[], &[], &dest).unwrap_err();
         assert_eq!(missing.reason, Reason::AuthRequired);
+    }
+
+    #[test]
+    fn a_clients_own_transforms_replace_the_top_level_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - {{ name: a, token: {{ type: static, value: tok }}, transforms: [{{ host: api.test, remove_headers: [server] }}] }}\n      - {{ name: b, token: {{ type: static, value: tok-b }} }}\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\ntransforms: [{{ host: api.test, set_headers: {{ x-top: '1' }} }}, {{ host: other.test, set_headers: {{ x-top: '1' }} }}]\n",
+            dir.path().display()
+        );
+        let s = Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap();
+        let a = admit(&s, AUTH, "GET", "http://api.test/").unwrap();
+        assert_eq!(a.transforms.len(), 1);
+        assert_eq!(a.transforms[0].remove_headers[0].as_str(), "server");
+        assert!(admit(&s, AUTH, "GET", "http://other.test/")
+            .unwrap()
+            .transforms
+            .is_empty());
+        let b = admit(&s, &[b"Bearer tok-b"], "GET", "http://api.test/").unwrap();
+        assert_eq!(b.transforms[0].set_headers[0].0.as_str(), "x-top");
     }
 }

@@ -5,13 +5,14 @@
 //! intercepted tunnel keep the CONNECT's identity.
 
 use crate::config::{keep, KeyErrors};
-use crate::correlation::{Correlation, CorrelationConfig};
-use crate::credentials::{self, CredentialConfig, Credentials};
-use crate::headers::{HeaderRuleConfig, HeaderRules};
-use crate::policy::{NetworkConfig, NetworkPolicy};
+use crate::correlation::CorrelationConfig;
+use crate::credentials::CredentialConfig;
+use crate::headers::HeaderRuleConfig;
+use crate::policy::NetworkConfig;
+use crate::profile::{Profile, ProfileConfig};
 use crate::reason::Reason;
 use crate::secret::{Secret, SecretSource};
-use crate::substitution::{SubstitutionConfig, Substitutions};
+use crate::substitution::SubstitutionConfig;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -54,6 +55,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `correlation` section for this client.
     #[serde(default)]
     pub correlation: Option<CorrelationConfig>,
+    /// Replaces the top-level `transforms` section for this client.
+    #[serde(default)]
+    pub transforms: Option<Vec<crate::transform::TransformConfig>>,
 }
 
 /// A configured client.
@@ -62,18 +66,8 @@ pub struct Client {
     /// Its name.
     pub name: Arc<str>,
     token: Secret,
-    /// Its own network policy, when it has one.
-    pub network: Option<NetworkPolicy>,
-    /// Its own credentials, when it has them.
-    pub credentials: Option<Credentials>,
-    /// Its own header rules, when it has them.
-    pub headers: Option<HeaderRules>,
-    /// Its own correlation section, when it has one.
-    pub correlation: Option<Correlation>,
-    /// Its own substitutions, when it has them.
-    pub substitutions: Option<Substitutions>,
-    /// Its own LLM policy, when it has one.
-    pub llm: Option<crate::llm::LlmRules>,
+    /// Its compiled policy: its own sections, the top-level ones for the rest.
+    pub profile: Arc<Profile>,
 }
 
 /// The compiled client list.
@@ -82,109 +76,70 @@ pub struct Clients {
     clients: Vec<Arc<Client>>,
 }
 
+impl ClientConfig {
+    /// The client's own sections, for [`crate::profile::compile`].
+    pub fn sections(&self) -> ProfileConfig<'_> {
+        ProfileConfig {
+            client: Some(&self.name),
+            network: self.network.as_ref(),
+            credentials: self.credentials.as_deref(),
+            headers: self.headers.as_deref(),
+            substitutions: self.substitutions.as_deref(),
+            llm: self.llm.as_deref(),
+            transforms: self.transforms.as_deref(),
+            correlation: self.correlation.as_ref().map(Some),
+        }
+    }
+}
+
 impl AuthConfig {
-    /// Reads every token and compiles per-client sections (`top_credentials`: the top-level
-    /// credentials, for a client network section whose grants name them). Errors carry the
-    /// config key; every client's are reported.
-    pub fn compile(
-        &self,
-        base_dir: &Path,
-        top_credentials: &Credentials,
-        previous: Option<&Clients>,
-    ) -> Result<Clients, KeyErrors> {
+    /// Reads every token and compiles each client's profile over `default` (the top-level
+    /// sections; a client without sections of its own shares it). Errors carry the config
+    /// key; every client's are reported.
+    pub fn compile(&self, base_dir: &Path, default: &Arc<Profile>) -> Result<Clients, KeyErrors> {
         let mut errors = Vec::new();
         let mut names = HashSet::new();
         let mut clients = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
-            let key = |field: &str| format!("proxy.auth.clients[{i}].{field}");
+            let key = format!("proxy.auth.clients[{i}]");
             // Each section is compiled even when another failed, so all errors show at once.
             let before = errors.len();
             if c.name.is_empty() || c.name.contains(':') || c.name.len() > 64 {
                 errors.push((
-                    key("name"),
+                    format!("{key}.name"),
                     "a client name is 1-64 characters without ':'".into(),
                 ));
             } else if !names.insert(c.name.clone()) {
-                errors.push((key("name"), format!("client `{}` is listed twice", c.name)));
+                errors.push((
+                    format!("{key}.name"),
+                    format!("client `{}` is listed twice", c.name),
+                ));
             }
             let token = c
                 .token
                 .read(base_dir)
-                .map_err(|e| errors.push((key("token"), e.to_string())))
+                .map_err(|e| errors.push((format!("{key}.token"), e.to_string())))
                 .ok();
-            let credentials = c.credentials.as_ref().map(|entries| {
-                let (credentials, e) = credentials::compile_lenient(
-                    entries,
-                    &format!("proxy.auth.clients[{i}].credentials"),
-                    base_dir,
-                );
-                errors.extend(e);
-                credentials
-            });
-            let headers = c.headers.as_ref().and_then(|entries| {
+            let sections = c.sections();
+            let profile = if sections.is_empty() {
+                Some(default.clone())
+            } else {
                 keep(
-                    crate::headers::compile(entries, &format!("proxy.auth.clients[{i}].headers")),
+                    crate::profile::compile(&sections, Some(default), &key, base_dir),
                     &mut errors,
                 )
-            });
-            let substitutions = c.substitutions.as_ref().and_then(|entries| {
-                keep(
-                    crate::substitution::compile(
-                        entries,
-                        &format!("proxy.auth.clients[{i}].substitutions"),
-                        base_dir,
-                    ),
-                    &mut errors,
-                )
-            });
-            let llm = c.llm.as_ref().and_then(|entries| {
-                keep(
-                    crate::llm::compile(entries, &format!("proxy.auth.clients[{i}].llm")),
-                    &mut errors,
-                )
-            });
-            let mut correlation = c.correlation.as_ref().and_then(|cc| {
-                keep(
-                    cc.compile(&format!("proxy.auth.clients[{i}].correlation")),
-                    &mut errors,
-                )
-            });
-            let network = c.network.as_ref().and_then(|n| {
-                let compiled = n
-                    .compile(credentials.as_ref().unwrap_or(top_credentials))
-                    .map_err(|e| {
-                        e.into_iter()
-                            .map(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))
-                            .collect()
-                    });
-                keep(compiled, &mut errors)
-            });
+                .map(Arc::new)
+            };
             if errors.len() > before {
                 continue;
             }
-            // With no new error, every section that is present compiled: the `None`s are
-            // sections the client does not have.
-            let Some(token) = token else {
+            let (Some(token), Some(profile)) = (token, profile) else {
                 continue;
             };
-            // A reload keeps the client's correlation session.
-            if let (Some(new), Some(old)) = (
-                correlation.as_mut(),
-                previous
-                    .and_then(|p| p.get(&c.name))
-                    .and_then(|old| old.correlation.as_ref()),
-            ) {
-                new.continue_from(old);
-            }
             clients.push(Arc::new(Client {
                 name: Arc::from(c.name.as_str()),
                 token,
-                network,
-                credentials,
-                headers,
-                correlation,
-                substitutions,
-                llm,
+                profile,
             }));
         }
         if self.clients.is_empty() {
@@ -242,6 +197,11 @@ impl Clients {
         found.ok_or(Reason::AuthInvalid)
     }
 
+    /// Every client, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.clients.iter()
+    }
+
     /// The client named `name`, if it is still configured.
     pub fn get(&self, name: &str) -> Option<&Arc<Client>> {
         self.clients.iter().find(|c| &*c.name == name)
@@ -252,13 +212,17 @@ impl Clients {
 mod tests {
     use super::*;
 
+    fn default_profile() -> Arc<Profile> {
+        let empty = ProfileConfig::default();
+        Arc::new(crate::profile::compile(&empty, None, "", Path::new(".")).unwrap())
+    }
+
     fn clients() -> Clients {
         let cfg: AuthConfig = serde_yaml::from_str(
             "clients:\n  - { name: a, token: { type: static, value: tok-a } }\n  - { name: b, token: { type: static, value: tok-b }, network: { policy: strict } }\n",
         )
         .unwrap();
-        cfg.compile(Path::new("."), &Credentials::default(), None)
-            .unwrap()
+        cfg.compile(Path::new("."), &default_profile()).unwrap()
     }
 
     fn basic(user_token: &str) -> Vec<u8> {
@@ -275,11 +239,12 @@ mod tests {
         assert_eq!(&*c.authenticate(&[&basic("a:tok-a")]).unwrap().name, "a");
         assert_eq!(&*c.authenticate(&[b"Bearer tok-b"]).unwrap().name, "b");
         assert_eq!(&*c.authenticate(&[b"bearer  tok-b "]).unwrap().name, "b");
-        assert!(c
-            .authenticate(&[b"Bearer tok-b"])
-            .unwrap()
-            .network
-            .is_some());
+        let b = c.authenticate(&[b"Bearer tok-b"]).unwrap();
+        let a = c.authenticate(&[b"Bearer tok-a"]).unwrap();
+        assert!(
+            !Arc::ptr_eq(&a.profile, &b.profile),
+            "b has its own network section"
+        );
     }
 
     #[test]
@@ -319,7 +284,7 @@ mod tests {
         )
         .unwrap();
         let (key, msg) = cfg
-            .compile(Path::new("."), &Credentials::default(), None)
+            .compile(Path::new("."), &default_profile())
             .unwrap_err()
             .remove(0);
         assert_eq!(key, "proxy.auth.clients[0].token");
@@ -329,9 +294,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            cfg.compile(Path::new("."), &Credentials::default(), None)
-                .unwrap_err()[0]
-                .0,
+            cfg.compile(Path::new("."), &default_profile()).unwrap_err()[0].0,
             "proxy.auth.clients[1].name"
         );
         let cfg: AuthConfig = serde_yaml::from_str(
@@ -339,9 +302,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            cfg.compile(Path::new("."), &Credentials::default(), None)
-                .unwrap_err()[0]
-                .0,
+            cfg.compile(Path::new("."), &default_profile()).unwrap_err()[0].0,
             "proxy.auth.clients[0].llm[0].deny_tools[0]"
         );
     }

@@ -5,11 +5,12 @@
 
 use crate::auth::{AuthConfig, Client, ClientConfig, Clients};
 use crate::correlation::{Correlation, CorrelationConfig};
-use crate::credentials::{CredentialConfig, Credentials};
-use crate::headers::{HeaderRuleConfig, HeaderRules};
-use crate::policy::{HostPattern, NetworkConfig, NetworkPolicy};
+use crate::credentials::CredentialConfig;
+use crate::headers::HeaderRuleConfig;
+use crate::policy::{HostPattern, NetworkConfig};
+use crate::profile::{Profile, ProfileConfig};
 use crate::secret::SecretSource;
-use crate::substitution::{SubstitutionConfig, Substitutions};
+use crate::substitution::SubstitutionConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
 use serde::Deserialize;
@@ -271,69 +272,29 @@ pub struct Snapshot {
     pub admin_listen: Option<SocketAddr>,
     /// Interception decisions, the CA, leaf cache and upstream trust.
     pub tls: TlsPolicy,
-    /// Network policy, the SSRF guard and resolution.
-    pub network: NetworkPolicy,
-    /// The clients, when `proxy.auth` is configured.
+    /// The clients, when `proxy.auth` is configured, each with its profile.
     pub auth: Option<Clients>,
-    /// Credentials injected per destination.
-    pub credentials: Credentials,
-    /// Header rules per destination.
-    pub headers: HeaderRules,
-    /// Session correlation, when configured.
-    pub correlation: Option<Correlation>,
-    /// Placeholder substitutions per destination.
-    pub substitutions: Substitutions,
-    /// LLM policy per API host.
-    pub llm: crate::llm::LlmRules,
-    /// Response transformers per destination.
-    pub transforms: crate::transform::Transforms,
+    /// The profile of every client without sections of its own (and of every request when
+    /// auth is off): the top-level sections.
+    pub profile: Arc<Profile>,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
     pub limits: Limits,
-    /// The echoed-secret maskers built for this config's requests.
-    pub maskers: crate::scrub::Maskers,
 }
 
 impl Snapshot {
-    /// The network policy for `client`: its own section if it has one, else the top-level one.
-    pub fn network_for<'a>(&'a self, client: Option<&'a Client>) -> &'a NetworkPolicy {
-        client
-            .and_then(|c| c.network.as_ref())
-            .unwrap_or(&self.network)
+    /// The profile `client` runs under: its own, or the default one.
+    pub fn profile<'a>(&'a self, client: Option<&'a Client>) -> &'a Arc<Profile> {
+        client.map_or(&self.profile, |c| &c.profile)
     }
 
-    /// The header rules for `client`: its own if it has them, else the top-level ones.
-    pub fn headers_for<'a>(&'a self, client: Option<&'a Client>) -> &'a HeaderRules {
-        client
-            .and_then(|c| c.headers.as_ref())
-            .unwrap_or(&self.headers)
-    }
-
-    /// The correlation section for `client`: its own if it has one, else the top-level one.
-    pub fn correlation_for<'a>(&'a self, client: Option<&'a Client>) -> Option<&'a Correlation> {
-        client
-            .and_then(|c| c.correlation.as_ref())
-            .or(self.correlation.as_ref())
-    }
-
-    /// The substitutions for `client`: its own if it has them, else the top-level ones.
-    pub fn substitutions_for<'a>(&'a self, client: Option<&'a Client>) -> &'a Substitutions {
-        client
-            .and_then(|c| c.substitutions.as_ref())
-            .unwrap_or(&self.substitutions)
-    }
-
-    /// The LLM policy for `client`: its own if it has one, else the top-level one.
-    pub fn llm_for<'a>(&'a self, client: Option<&'a Client>) -> &'a crate::llm::LlmRules {
-        client.and_then(|c| c.llm.as_ref()).unwrap_or(&self.llm)
-    }
-
-    /// The credentials for `client`: its own if it has them, else the top-level ones.
-    pub fn credentials_for<'a>(&'a self, client: Option<&'a Client>) -> &'a Credentials {
-        client
-            .and_then(|c| c.credentials.as_ref())
-            .unwrap_or(&self.credentials)
+    /// Every correlation section in force: the default profile's and the clients' own.
+    pub fn correlations(&self) -> impl Iterator<Item = &Correlation> {
+        let clients = self.auth.iter().flat_map(|a| a.iter());
+        std::iter::once(&self.profile)
+            .chain(clients.map(|c| &c.profile))
+            .filter_map(|p| p.correlation.as_deref())
     }
 }
 
@@ -403,20 +364,11 @@ impl Config {
     }
 
     /// Validates everything, reads the CA (creating it if allowed and absent) and the upstream
-    /// trust file, and returns the runtime snapshot.
+    /// trust file, and returns the runtime snapshot: pure data, so a reload compiles the same
+    /// way (what lives across reloads is in [`crate::runtime::Runtime`]). Every section is
+    /// compiled even when an earlier one failed, so the error lists everything wrong with the
+    /// file.
     pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigErrors> {
-        self.compile_over(opts, None)
-    }
-
-    /// [`Config::compile`] for a reload: what should outlive the old snapshot carries over —
-    /// the CA and its leaf cache when the CA certificate is unchanged, and correlation
-    /// sessions (id and numbering) configured the same way. Every section is compiled even
-    /// when an earlier one failed, so the error lists everything wrong with the file.
-    pub fn compile_over(
-        &self,
-        opts: CompileOptions,
-        previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigErrors> {
         let f = &self.file;
         let mut errors: KeyErrors = Vec::new();
         let mut fail = |key: &str, message: &str| errors.push((key.into(), message.into()));
@@ -475,86 +427,50 @@ impl Config {
                 "listens beyond loopback without proxy.auth; configure clients, or set proxy.allow_unauthenticated: true",
             );
         }
-        // Bad entries are reported but the rest still load, so `network.grants` and the
-        // clients' sections are checked against every credential without spurious errors.
-        let (credentials, credential_errors) =
-            crate::credentials::compile_lenient(&f.credentials, "credentials", &self.base_dir);
-        errors.extend(credential_errors);
-        let headers = keep(crate::headers::compile(&f.headers, "headers"), &mut errors);
-        let substitutions = keep(
-            crate::substitution::compile(&f.substitutions, "substitutions", &self.base_dir),
-            &mut errors,
-        );
-        let llm = keep(crate::llm::compile(&f.llm, "llm"), &mut errors);
-        let transforms = keep(
-            crate::transform::compile(&f.transforms, "transforms"),
-            &mut errors,
-        );
-        let mut correlation = match &f.correlation {
-            Some(c) => keep(c.compile("correlation"), &mut errors).map(Some),
-            None => Some(None),
+        let (profile, profile_errors) =
+            crate::profile::compile_lenient(&self.sections(), None, "", &self.base_dir);
+        errors.extend(profile_errors);
+        let profile = profile.map(Arc::new);
+        let auth = match (&f.proxy.auth, &profile) {
+            (Some(a), Some(default)) => {
+                keep(a.compile(&self.base_dir, default), &mut errors).map(Some)
+            }
+            (Some(a), None) => {
+                // The top level failed (its errors are listed): the clients are still checked,
+                // over the top-level credentials alone so their grants resolve, and their own
+                // errors are listed too.
+                let credentials = ProfileConfig {
+                    credentials: Some(&f.credentials),
+                    ..ProfileConfig::default()
+                };
+                let (fallback, _) =
+                    crate::profile::compile_lenient(&credentials, None, "", &self.base_dir);
+                if let Some(fallback) = fallback {
+                    let _ = keep(a.compile(&self.base_dir, &Arc::new(fallback)), &mut errors);
+                }
+                None
+            }
+            (None, _) => Some(None),
         };
-        if let (Some(Some(new)), Some(old)) = (
-            correlation.as_mut(),
-            previous.and_then(|p| p.correlation.as_ref()),
-        ) {
-            new.continue_from(old);
-        }
-        let auth = match &f.proxy.auth {
-            Some(a) => keep(
-                a.compile(
-                    &self.base_dir,
-                    &credentials,
-                    previous.and_then(|p| p.auth.as_ref()),
-                ),
-                &mut errors,
-            )
-            .map(Some),
-            None => Some(None),
-        };
-        let network = keep(f.network.compile(&credentials), &mut errors);
         let ca = CertAuthority::load_or_create(
             &self.resolve_path(&f.tls.ca_cert),
             &self.resolve_path(&f.tls.ca_key),
             opts.create_ca,
-            f.limits.cert_cache_entries,
         )
         .map_err(|e| errors.push((e.key().into(), e.to_string())))
         .ok();
         let tls = match ca {
-            Some(ca) => {
-                let ca = match previous {
-                    Some(prev) if prev.tls.ca.cert_pem() == ca.cert_pem() => prev.tls.ca.clone(),
-                    _ => Arc::new(ca),
-                };
-                f.tls.compile(ca, |p| self.resolve_path(p)).map(Some)
-            }
+            Some(ca) => f
+                .tls
+                .compile(Arc::new(ca), |p| self.resolve_path(p))
+                .map(Some),
             // Without a CA there is no policy to build, but the trust file is still checked.
             None => f.tls.upstream_roots(|p| self.resolve_path(p)).map(|_| None),
         }
         .map_err(|e| errors.push((e.key().into(), e.to_string())))
         .ok()
         .flatten();
-        let (
-            Some(tls),
-            Some(network),
-            Some(auth),
-            Some(headers),
-            Some(correlation),
-            Some(substitutions),
-            Some(llm),
-            Some(transforms),
-        ) = (
-            tls,
-            network,
-            auth,
-            headers,
-            correlation,
-            substitutions,
-            llm,
-            transforms,
-        )
-        else {
+        let (Some(tls), Some(auth), Some(profile)) = (tls, auth, profile) else {
             return Err(self.errors(errors));
         };
         if !errors.is_empty() {
@@ -565,18 +481,26 @@ impl Config {
             proxy_backlog: f.proxy.backlog,
             admin_listen: f.admin.listen,
             tls,
-            network,
             auth,
-            credentials,
-            headers,
-            correlation,
-            substitutions,
-            llm,
-            transforms,
+            profile,
             log: f.log.compile(),
             limits: f.limits.clone(),
-            maskers: crate::scrub::Maskers::default(),
         })
+    }
+
+    /// The top-level sections: the default profile, inherited by every client.
+    pub fn sections(&self) -> ProfileConfig<'_> {
+        let f = &self.file;
+        ProfileConfig {
+            client: None,
+            network: Some(&f.network),
+            credentials: Some(&f.credentials),
+            headers: Some(&f.headers),
+            substitutions: Some(&f.substitutions),
+            llm: Some(&f.llm),
+            transforms: Some(&f.transforms),
+            correlation: Some(f.correlation.as_ref()),
+        }
     }
 
     /// `(key, message)` pairs located in this file, in file order.

@@ -9,8 +9,9 @@ use crate::policy::{normalize_path, HostPattern, PathGlob};
 use crate::target::Authority;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// `correlation` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,27 +53,89 @@ pub struct TargetConfig {
     pub path: Option<PathGlob>,
 }
 
-/// The compiled section: headers, targets, and the session state.
+/// The compiled section: headers and targets, and which session it numbers in.
 #[derive(Debug)]
 pub struct Correlation {
-    /// `session_id` as written, to tell whether a reload keeps the session.
-    session_config: String,
-    state: Arc<SessionState>,
+    key: SessionKey,
+    /// The fixed session id; `None` for `auto`.
+    fixed: Option<HeaderValue>,
     session_header: HeaderName,
     sequence_header: HeaderName,
     targets: Vec<(HostPattern, Option<PathGlob>)>,
 }
 
-/// The session id and the next sequence number: per start, kept across reloads.
+/// Which session a section numbers in: its owner (a client with its own section, or the top
+/// level) and `session_id` as written. A reload that keeps both keeps the session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    owner: Option<Arc<str>>,
+    session_config: String,
+}
+
+/// The session id and the next sequence number of one session.
 #[derive(Debug)]
 struct SessionState {
     session: HeaderValue,
     next: AtomicU64,
 }
 
+/// A sequence number allocated to a request, and the session it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correlated {
+    /// The sequence number.
+    pub seq: u64,
+    /// The session id.
+    pub session: HeaderValue,
+}
+
+/// Every session in force: per start, kept across reloads (runtime state, not config).
+#[derive(Debug, Default)]
+pub struct Sessions {
+    states: RwLock<HashMap<SessionKey, Arc<SessionState>>>,
+}
+
+impl Sessions {
+    fn state(&self, c: &Correlation) -> Arc<SessionState> {
+        // A poisoned lock only means another request panicked holding it; the map is intact.
+        if let Some(s) = self
+            .states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.key)
+        {
+            return s.clone();
+        }
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        states
+            .entry(c.key.clone())
+            .or_insert_with(|| {
+                let session = c.fixed.clone().unwrap_or_else(|| {
+                    // A UUID is always a valid header value.
+                    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                        .unwrap_or(HeaderValue::from_static("auto"))
+                });
+                Arc::new(SessionState {
+                    session,
+                    next: AtomicU64::new(1),
+                })
+            })
+            .clone()
+    }
+
+    /// Ends every session no section in `keep` numbers in (after a reload).
+    pub fn retain<'a>(&self, keep: impl IntoIterator<Item = &'a Correlation>) {
+        let keep: Vec<&SessionKey> = keep.into_iter().map(|c| &c.key).collect();
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| keep.contains(&k));
+    }
+}
+
 impl CorrelationConfig {
-    /// Compiles the section under config key `key`; every bad field is reported.
-    pub fn compile(&self, key: &str) -> Result<Correlation, KeyErrors> {
+    /// Compiles the section under config key `key` for `owner` (the client whose own section
+    /// it is; `None` at the top level); every bad field is reported.
+    pub fn compile(&self, key: &str, owner: Option<&str>) -> Result<Correlation, KeyErrors> {
         let mut errors = Vec::new();
         let mut header = |field: &str, v: &str| {
             HeaderName::from_bytes(v.as_bytes())
@@ -86,12 +149,9 @@ impl CorrelationConfig {
         };
         let session_header = header("session_header", &self.session_header);
         let sequence_header = header("sequence_header", &self.sequence_header);
-        let id = if self.session_id == "auto" {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            self.session_id.clone()
-        };
-        let session = HeaderValue::from_str(&id).ok().filter(|_| !id.is_empty());
+        let id = &self.session_id;
+        let auto = id == "auto";
+        let session = HeaderValue::from_str(id).ok().filter(|_| !id.is_empty());
         if session.is_none() {
             errors.push((
                 format!("{key}.session_id"),
@@ -110,11 +170,11 @@ impl CorrelationConfig {
             return Err(errors);
         }
         Ok(Correlation {
-            session_config: self.session_id.clone(),
-            state: Arc::new(SessionState {
-                session,
-                next: AtomicU64::new(1),
-            }),
+            key: SessionKey {
+                owner: owner.map(Arc::from),
+                session_config: self.session_id.clone(),
+            },
+            fixed: (!auto).then_some(session),
             session_header,
             sequence_header,
             targets: self
@@ -127,9 +187,14 @@ impl CorrelationConfig {
 }
 
 impl Correlation {
-    /// The next sequence number if a request to `dest` with `path` is a target, else `None`
-    /// (and nothing is allocated).
-    pub fn allocate(&self, dest: &Authority, path: &str) -> Option<u64> {
+    /// The next sequence number in `sessions` if a request to `dest` with `path` is a
+    /// target, else `None` (and nothing is allocated).
+    pub fn allocate(
+        &self,
+        sessions: &Sessions,
+        dest: &Authority,
+        path: &str,
+    ) -> Option<Correlated> {
         if !self.has_for(dest) {
             return None;
         }
@@ -137,15 +202,14 @@ impl Correlation {
         let hit = self.targets.iter().any(|(host, glob)| {
             host.matches(dest) && glob.as_ref().is_none_or(|g| g.matches(&segments))
         });
-        hit.then(|| self.state.next.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Keeps `previous`'s session (id and numbering) when the session is configured the same
-    /// way: `auto` means one random id per start, not per reload.
-    pub fn continue_from(&mut self, previous: &Correlation) {
-        if self.session_config == previous.session_config {
-            self.state = previous.state.clone();
+        if !hit {
+            return None;
         }
+        let state = sessions.state(self);
+        Some(Correlated {
+            seq: state.next.fetch_add(1, Ordering::Relaxed),
+            session: state.session.clone(),
+        })
     }
 
     /// Whether a target names `dest` (its tunnels must be intercepted).
@@ -153,11 +217,11 @@ impl Correlation {
         self.targets.iter().any(|(host, _)| host.matches(dest))
     }
 
-    /// The two headers to set for sequence number `seq`, overwriting client values.
-    pub fn headers(&self, seq: u64) -> [(HeaderName, HeaderValue); 2] {
+    /// The two headers to set for an allocated number, overwriting client values.
+    pub fn headers(&self, c: &Correlated) -> [(HeaderName, HeaderValue); 2] {
         [
-            (self.session_header.clone(), self.state.session.clone()),
-            (self.sequence_header.clone(), HeaderValue::from(seq)),
+            (self.session_header.clone(), c.session.clone()),
+            (self.sequence_header.clone(), HeaderValue::from(c.seq)),
         ]
     }
 }
@@ -169,7 +233,7 @@ mod tests {
     fn corr(yaml: &str) -> Correlation {
         serde_yaml::from_str::<CorrelationConfig>(yaml)
             .unwrap()
-            .compile("correlation")
+            .compile("correlation", None)
             .unwrap()
     }
 
@@ -180,20 +244,18 @@ mod tests {
     #[test]
     fn only_targets_allocate_and_numbers_are_dense() {
         let c = corr("targets: [{ host: coder.test, path: /api/v2/aibridge/** }]");
-        assert_eq!(
-            c.allocate(&dest("other.test:443"), "/api/v2/aibridge/x"),
-            None
-        );
-        assert_eq!(c.allocate(&dest("coder.test:443"), "/api/v1"), None);
-        assert_eq!(
-            c.allocate(&dest("coder.test:443"), "/api/v2/aibridge/x"),
-            Some(1)
-        );
-        assert_eq!(
-            c.allocate(&dest("coder.test:443"), "/api/v2/aibridge"),
-            Some(2)
-        );
-        let [(sh, sv), (qh, qv)] = c.headers(7);
+        let s = Sessions::default();
+        let seq = |host: &str, path: &str| c.allocate(&s, &dest(host), path).map(|a| a.seq);
+        assert_eq!(seq("other.test:443", "/api/v2/aibridge/x"), None);
+        assert_eq!(seq("coder.test:443", "/api/v1"), None);
+        assert_eq!(seq("coder.test:443", "/api/v2/aibridge/x"), Some(1));
+        let second = c.allocate(&s, &dest("coder.test:443"), "/api/v2/aibridge");
+        assert_eq!(second.as_ref().map(|a| a.seq), Some(2));
+        let seven = Correlated {
+            seq: 7,
+            ..second.unwrap()
+        };
+        let [(sh, sv), (qh, qv)] = c.headers(&seven);
         assert_eq!(sh.as_str(), "x-warden-session-id");
         assert_eq!(sv.to_str().unwrap().len(), 36, "auto: a random UUID");
         assert_eq!(
@@ -207,8 +269,10 @@ mod tests {
         let c = corr(
             "session_id: run-42\nsession_header: X-Session\nsequence_header: X-Seq\ntargets: [{ host: '*.test' }]",
         );
-        assert_eq!(c.allocate(&dest("a.test:443"), "/anything"), Some(1));
-        let [(sh, sv), (qh, _)] = c.headers(1);
+        let s = Sessions::default();
+        let one = c.allocate(&s, &dest("a.test:443"), "/anything").unwrap();
+        assert_eq!(one.seq, 1);
+        let [(sh, sv), (qh, _)] = c.headers(&one);
         assert_eq!(
             (sh.as_str(), sv.to_str().unwrap(), qh.as_str()),
             ("x-session", "run-42", "x-seq")
@@ -217,19 +281,30 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_session_and_its_numbering() {
+        let s = Sessions::default();
         let old = corr("targets: [{ host: a.test }]");
-        assert_eq!(old.allocate(&dest("a.test:443"), "/"), Some(1));
-        let mut new = corr("targets: [{ host: '*.test' }]");
-        new.continue_from(&old);
-        assert_eq!(new.allocate(&dest("b.test:443"), "/"), Some(2));
-        assert_eq!(new.headers(2)[0].1, old.headers(2)[0].1, "same session id");
-        let mut fixed = corr("session_id: other\ntargets: [{ host: a.test }]");
-        fixed.continue_from(&old);
-        assert_eq!(
-            fixed.allocate(&dest("a.test:443"), "/"),
-            Some(1),
-            "a new session"
-        );
+        let first = old.allocate(&s, &dest("a.test:443"), "/").unwrap();
+        assert_eq!(first.seq, 1);
+        // The recompiled section, configured the same way, numbers on in the same session.
+        let new = corr("targets: [{ host: '*.test' }]");
+        s.retain([&new]);
+        let next = new.allocate(&s, &dest("b.test:443"), "/").unwrap();
+        assert_eq!((next.seq, &next.session), (2, &first.session));
+        let fixed = corr("session_id: other\ntargets: [{ host: a.test }]");
+        s.retain([&fixed]);
+        let other = fixed.allocate(&s, &dest("a.test:443"), "/").unwrap();
+        assert_eq!((other.seq, other.session.to_str().unwrap()), (1, "other"));
+        // Back to `auto`: the first session ended with the reload that dropped it.
+        s.retain([&new]);
+        let fresh = new.allocate(&s, &dest("a.test:443"), "/").unwrap();
+        assert_eq!(fresh.seq, 1);
+        assert_ne!(fresh.session, first.session);
+        // A client's own section is its own session, even configured like the top level's.
+        let own = serde_yaml::from_str::<CorrelationConfig>("targets: [{ host: a.test }]")
+            .unwrap()
+            .compile("correlation", Some("a"))
+            .unwrap();
+        assert_eq!(own.allocate(&s, &dest("a.test:443"), "/").unwrap().seq, 1);
     }
 
     #[test]
@@ -237,7 +312,7 @@ mod tests {
         let bad = |y: &str| {
             serde_yaml::from_str::<CorrelationConfig>(y)
                 .unwrap()
-                .compile("correlation")
+                .compile("correlation", None)
                 .unwrap_err()[0]
                 .0
                 .clone()

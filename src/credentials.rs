@@ -11,7 +11,6 @@ use crate::target::{Authority, Scheme};
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// One `credentials` entry as written.
@@ -175,13 +174,16 @@ impl Credentials {
 impl Credential {
     /// The header value to send and the secret in it (for scrubbing echoes), reading the
     /// secret now. Fails closed, naming the credential and its source but never a value.
-    pub fn read(&self) -> Result<(HeaderValue, Secret), Unavailable> {
+    pub fn read(&self, sources: &SourceCache) -> Result<(HeaderValue, Secret), Unavailable> {
         let unavailable = |cause: String| Unavailable {
             which: self.describe(),
             source_name: self.source.source.describe(),
             cause,
         };
-        let secret = self.source.read().map_err(|e| unavailable(e.to_string()))?;
+        let secret = self
+            .source
+            .read(sources)
+            .map_err(|e| unavailable(e.to_string()))?;
         let mut value = HeaderValue::from_str(&format!(
             "{}{}{}",
             self.prefix,
@@ -202,13 +204,30 @@ impl Credential {
     }
 }
 
-/// A secret source read at request time. File contents are cached and re-read when the file's
-/// modification time or size changes, so rotation needs no reload.
+/// A secret source read at request time. File contents are cached (in [`SourceCache`]) and
+/// re-read when the file's modification time or size changes, so rotation needs no reload.
 #[derive(Debug)]
 pub(crate) struct LiveSource {
     source: SecretSource,
     base_dir: PathBuf,
-    cached: Mutex<Option<(SystemTime, u64, Secret)>>,
+}
+
+/// File sources read so far, by path, with the stamp they were read at: runtime state, kept
+/// across reloads (a reload reads no unchanged file again).
+#[derive(Debug)]
+pub struct SourceCache {
+    files: quick_cache::sync::Cache<PathBuf, ((SystemTime, u64), Secret)>,
+}
+
+/// Files whose contents are cached (least recently used beyond this are read again).
+const SOURCE_CACHE_ENTRIES: usize = 4096;
+
+impl Default for SourceCache {
+    fn default() -> Self {
+        SourceCache {
+            files: quick_cache::sync::Cache::new(SOURCE_CACHE_ENTRIES),
+        }
+    }
 }
 
 impl LiveSource {
@@ -221,11 +240,10 @@ impl LiveSource {
         LiveSource {
             source,
             base_dir: base_dir.to_path_buf(),
-            cached: Mutex::new(None),
         }
     }
 
-    pub(crate) fn read(&self) -> Result<Secret, SecretError> {
+    pub(crate) fn read(&self, cache: &SourceCache) -> Result<Secret, SecretError> {
         let SecretSource::File { path } = &self.source else {
             return self.source.read(&self.base_dir);
         };
@@ -238,15 +256,13 @@ impl LiveSource {
             meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             meta.len(),
         );
-        // A poisoned lock only means another request panicked mid-update: re-read the file.
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((mtime, len, secret)) = cached.as_ref() {
-            if (*mtime, *len) == stamp {
-                return Ok(secret.clone());
+        if let Some((at, secret)) = cache.files.get(&path) {
+            if at == stamp {
+                return Ok(secret);
             }
         }
         let secret = self.source.read(&self.base_dir)?;
-        *cached = Some((stamp.0, stamp.1, secret.clone()));
+        cache.files.insert(path, (stamp, secret.clone()));
         Ok(secret)
     }
 }
@@ -254,6 +270,9 @@ impl LiveSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static SOURCES: std::sync::LazyLock<SourceCache> =
+        std::sync::LazyLock::new(SourceCache::default);
 
     fn creds(yaml: &str, dir: &Path) -> Credentials {
         let entries: Vec<CredentialConfig> = serde_yaml::from_str(yaml).unwrap();
@@ -272,17 +291,17 @@ mod tests {
         );
         let a = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
         assert_eq!(a.header, http::header::AUTHORIZATION);
-        assert_eq!(a.read().unwrap().0, "Bearer s3cr3t");
-        assert!(a.read().unwrap().0.is_sensitive());
+        assert_eq!(a.read(&SOURCES).unwrap().0, "Bearer s3cr3t");
+        assert!(a.read(&SOURCES).unwrap().0.is_sensitive());
         let b = c
             .for_request(&dest("other.test:443"), Scheme::Https)
             .unwrap();
         assert_eq!(
-            (b.header.as_str(), b.read().unwrap().0),
+            (b.header.as_str(), b.read(&SOURCES).unwrap().0),
             ("x-api-key", HeaderValue::from_static("k"))
         );
         let f = c.for_request(&dest("fmt.test:443"), Scheme::Https).unwrap();
-        assert_eq!(f.read().unwrap().0, "token=v;");
+        assert_eq!(f.read(&SOURCES).unwrap().0, "token=v;");
     }
 
     #[test]
@@ -319,7 +338,7 @@ mod tests {
         let err = c
             .for_request(&dest("api.test:443"), Scheme::Https)
             .unwrap()
-            .read()
+            .read(&SOURCES)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -337,11 +356,11 @@ mod tests {
             dir.path(),
         );
         let cred = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
-        assert_eq!(cred.read().unwrap().0, "Bearer first");
+        assert_eq!(cred.read(&SOURCES).unwrap().0, "Bearer first");
         std::fs::write(dir.path().join("tok"), "second-longer\n").unwrap();
-        assert_eq!(cred.read().unwrap().0, "Bearer second-longer");
+        assert_eq!(cred.read(&SOURCES).unwrap().0, "Bearer second-longer");
         std::fs::remove_file(dir.path().join("tok")).unwrap();
-        assert!(cred.read().is_err());
+        assert!(cred.read(&SOURCES).is_err());
     }
 
     #[test]
@@ -355,7 +374,7 @@ mod tests {
         let (value, secret) = c
             .for_request(&dest("b.test:443"), Scheme::Https)
             .unwrap()
-            .read()
+            .read(&SOURCES)
             .unwrap();
         let shown = format!("{c:?} {value:?} {secret:?}");
         assert!(!shown.contains("CANARY"), "{shown}");

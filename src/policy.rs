@@ -253,10 +253,7 @@ impl NetworkConfig {
                 .map(|r| r.folded(self.rules_case))
                 .collect(),
             rules_case: self.rules_case,
-            resolver: Resolver {
-                overrides,
-                ..Resolver::default()
-            },
+            resolver: Resolver { overrides },
         })
     }
 }
@@ -432,11 +429,12 @@ impl NetworkPolicy {
     /// [`Reason::PrivateAddress`]; [`Reason::DnsError`] when nothing resolved.
     pub async fn resolve_checked(
         &self,
+        dns: &DnsCache,
         dest: &Authority,
         timeout: Duration,
         own: &[SocketAddr],
     ) -> Result<SocketAddr, Reason> {
-        let answers = self.resolver.resolve_all(dest, timeout).await?;
+        let answers = self.resolver.resolve_all(dns, dest, timeout).await?;
         self.pick_checked(&answers, own)
     }
 
@@ -459,11 +457,6 @@ impl NetworkPolicy {
             }
         }
         Err(refused)
-    }
-
-    /// Name lookups sent to DNS since start (overrides and IP literals are not lookups).
-    pub fn dns_lookups(&self) -> u64 {
-        self.resolver.lookups.load(Ordering::Relaxed)
     }
 }
 
@@ -942,29 +935,43 @@ const DNS_CACHE_TTL: Duration = Duration::from_secs(10);
 const DNS_CACHE_ENTRIES: usize = 4096;
 
 /// Resolves destinations: IP literals as they are, `network.resolve` overrides, then DNS
-/// (answers cached for [`DNS_CACHE_TTL`]; concurrent lookups of one name share one query).
-#[derive(Debug)]
+/// (answers cached in a [`DnsCache`]).
+#[derive(Debug, Default)]
 pub struct Resolver {
     overrides: HashMap<String, IpAddr>,
+}
+
+/// Answers from the system resolver, cached for [`DNS_CACHE_TTL`]; concurrent lookups of one
+/// name share one query. Runtime state: kept across reloads, shared by every client's policy
+/// (an override is config and never reaches it).
+#[derive(Debug)]
+pub struct DnsCache {
     lookups: AtomicU64,
     answers: quick_cache::sync::Cache<String, (Vec<IpAddr>, std::time::Instant)>,
 }
 
-impl Default for Resolver {
+impl Default for DnsCache {
     fn default() -> Self {
-        Resolver {
-            overrides: HashMap::new(),
+        DnsCache {
             lookups: AtomicU64::new(0),
             answers: quick_cache::sync::Cache::new(DNS_CACHE_ENTRIES),
         }
     }
 }
 
+impl DnsCache {
+    /// Name lookups sent to DNS since start (overrides and IP literals are not lookups).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+}
+
 impl Resolver {
-    /// Every address for `dest`. DNS is bounded by `timeout`; no answer, an error or the
-    /// timeout all yield [`Reason::DnsError`].
+    /// Every address for `dest`, DNS answers from and into `dns`. DNS is bounded by
+    /// `timeout`; no answer, an error or the timeout all yield [`Reason::DnsError`].
     pub async fn resolve_all(
         &self,
+        dns: &DnsCache,
         dest: &Authority,
         timeout: Duration,
     ) -> Result<Vec<SocketAddr>, Reason> {
@@ -980,16 +987,16 @@ impl Resolver {
                 .map(|ip| SocketAddr::new(*ip, dest.port))
                 .collect()
         };
-        if let Some((ips, at)) = self.answers.get(name.as_str()) {
+        if let Some((ips, at)) = dns.answers.get(name.as_str()) {
             if at.elapsed() < DNS_CACHE_TTL {
                 return Ok(with_port(&ips));
             }
-            self.answers.remove(name.as_str());
+            dns.answers.remove(name.as_str());
         }
-        let (ips, _) = self
+        let (ips, _) = dns
             .answers
             .get_or_insert_async(name.as_str(), async {
-                self.lookups.fetch_add(1, Ordering::Relaxed);
+                dns.lookups.fetch_add(1, Ordering::Relaxed);
                 let lookup = tokio::net::lookup_host((name.as_str(), 0));
                 match tokio::time::timeout(timeout, lookup).await {
                     Ok(Ok(addrs)) => {
@@ -1066,27 +1073,28 @@ mod tests {
         .unwrap();
         let p = cfg.compile(&Credentials::default()).unwrap();
         let t = Duration::from_secs(1);
+        let dns = DnsCache::default();
         assert_eq!(
-            p.resolve_checked(&dest("api.example.test:443"), t, &[])
+            p.resolve_checked(&dns, &dest("api.example.test:443"), t, &[])
                 .await,
             Ok("127.0.0.9:443".parse().unwrap())
         );
         assert_eq!(
-            p.resolve_checked(&dest("127.0.0.2:80"), t, &[]).await,
+            p.resolve_checked(&dns, &dest("127.0.0.2:80"), t, &[]).await,
             Ok("127.0.0.2:80".parse().unwrap())
         );
-        assert_eq!(p.dns_lookups(), 0);
+        assert_eq!(dns.lookups(), 0);
         assert_eq!(
-            p.resolve_checked(&dest("no-such-host.invalid:80"), t, &[])
+            p.resolve_checked(&dns, &dest("no-such-host.invalid:80"), t, &[])
                 .await,
             Err(Reason::DnsError)
         );
-        assert_eq!(p.dns_lookups(), 1);
+        assert_eq!(dns.lookups(), 1);
         // Answers are reused: a second request for a name costs no query.
-        let first = p.resolve_checked(&dest("localhost:80"), t, &[]).await;
-        assert_eq!(p.dns_lookups(), 2);
-        let second = p.resolve_checked(&dest("localhost:81"), t, &[]).await;
-        assert_eq!(p.dns_lookups(), 2, "cached");
+        let first = p.resolve_checked(&dns, &dest("localhost:80"), t, &[]).await;
+        assert_eq!(dns.lookups(), 2);
+        let second = p.resolve_checked(&dns, &dest("localhost:81"), t, &[]).await;
+        assert_eq!(dns.lookups(), 2, "cached");
         assert_eq!(first.map(|a| a.ip()), second.map(|a| a.ip()));
     }
 
@@ -1250,22 +1258,37 @@ mod tests {
         ] {
             let p = policy(&format!("resolve: {{ meta.test: '{ip}' }}"));
             assert_eq!(
-                p.resolve_checked(&dest("meta.test:80"), Duration::from_secs(1), &[])
-                    .await,
+                p.resolve_checked(
+                    &DnsCache::default(),
+                    &dest("meta.test:80"),
+                    Duration::from_secs(1),
+                    &[]
+                )
+                .await,
                 Err(Reason::PrivateAddress),
                 "{ip}"
             );
         }
         let p = policy("resolve: { local.test: 127.0.0.2 }\nallow_cidrs: ['127.0.0.0/8']");
         assert_eq!(
-            p.resolve_checked(&dest("local.test:80"), Duration::from_secs(1), &[])
-                .await,
+            p.resolve_checked(
+                &DnsCache::default(),
+                &dest("local.test:80"),
+                Duration::from_secs(1),
+                &[]
+            )
+            .await,
             Ok("127.0.0.2:80".parse().unwrap())
         );
         // Embedded loopback is covered by a loopback exception too.
         let p = policy("resolve: { m.test: '::ffff:127.0.0.1' }\nallow_cidrs: ['127.0.0.0/8']");
         assert!(p
-            .resolve_checked(&dest("m.test:80"), Duration::from_secs(1), &[])
+            .resolve_checked(
+                &DnsCache::default(),
+                &dest("m.test:80"),
+                Duration::from_secs(1),
+                &[]
+            )
             .await
             .is_ok());
     }

@@ -17,7 +17,7 @@ pub fn reload_from(path: &Path, shared: &Shared) -> Result<u64, ConfigErrors> {
     let compiled = Config::load(path)
         .map_err(ConfigErrors::from)
         .and_then(|cfg| {
-            let mut snap = cfg.compile_over(CompileOptions { create_ca: true }, Some(&old))?;
+            let mut snap = cfg.compile(CompileOptions { create_ca: true })?;
             let changes = [
                 (
                     "proxy.listen",
@@ -39,7 +39,9 @@ pub fn reload_from(path: &Path, shared: &Shared) -> Result<u64, ConfigErrors> {
         });
     match compiled {
         Ok((snap, warnings)) => {
-            shared.snapshot.store(Arc::new(snap));
+            let snap = Arc::new(snap);
+            shared.snapshot.store(snap.clone());
+            shared.runtime.reloaded(&snap);
             let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
             shared.metrics.reloaded(true, generation);
             log::info!("config_reloaded generation={generation}");

@@ -73,7 +73,9 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         _ => None,
     };
 
+    let runtime = crate::runtime::Runtime::new(&snapshot);
     let shared = Arc::new(Shared {
+        runtime,
         snapshot: ArcSwap::from_pointee(snapshot),
         own_addrs: std::iter::once(proxy_addr).chain(admin_addr).collect(),
         metrics: crate::telemetry::Metrics::new(),

@@ -6,7 +6,7 @@
 //! applied by `upstream_request_filter` and `request_body_filter`.
 
 use crate::config::KeyErrors;
-use crate::credentials::{LiveSource, Unavailable};
+use crate::credentials::{LiveSource, SourceCache, Unavailable};
 use crate::policy::HostPattern;
 use crate::scrub::Replacer;
 use crate::secret::{Secret, SecretSource};
@@ -123,12 +123,17 @@ pub fn compile(
 impl Substitutions {
     /// Reads the secrets of every substitution for a request to `dest` over `scheme` (plain
     /// HTTP only with `allow_plaintext`). Fails closed on the first that cannot be read.
-    pub fn activate(&self, dest: &Authority, scheme: Scheme) -> Result<Vec<Active>, Unavailable> {
+    pub fn activate(
+        &self,
+        sources: &SourceCache,
+        dest: &Authority,
+        scheme: Scheme,
+    ) -> Result<Vec<Active>, Unavailable> {
         self.list
             .iter()
             .filter(|s| s.host.matches(dest) && (scheme == Scheme::Https || s.allow_plaintext))
             .map(|s| {
-                let secret = s.source.read().map_err(|e| Unavailable {
+                let secret = s.source.read(sources).map_err(|e| Unavailable {
                     which: format!("substitution {} for host {}", s.placeholder, s.host),
                     source_name: s.source.describe(),
                     cause: e.to_string(),
@@ -223,6 +228,9 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    static SOURCES: std::sync::LazyLock<SourceCache> =
+        std::sync::LazyLock::new(SourceCache::default);
+
     fn subs(yaml: &str) -> Substitutions {
         let entries: Vec<SubstitutionConfig> = serde_yaml::from_str(yaml).unwrap();
         compile(&entries, "substitutions", Path::new(".")).unwrap()
@@ -238,17 +246,17 @@ mod tests {
     fn only_the_named_host_over_tls() {
         let s = subs(ONE);
         assert_eq!(
-            s.activate(&dest("api.test:443"), Scheme::Https)
+            s.activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
                 .unwrap()
                 .len(),
             1
         );
         assert!(s
-            .activate(&dest("api.test:80"), Scheme::Http)
+            .activate(&SOURCES, &dest("api.test:80"), Scheme::Http)
             .unwrap()
             .is_empty());
         assert!(s
-            .activate(&dest("other.test:443"), Scheme::Https)
+            .activate(&SOURCES, &dest("other.test:443"), Scheme::Https)
             .unwrap()
             .is_empty());
         assert!(s.foreign_placeholder_in(&dest("other.test:443"), b"x WARDEN_TOKEN y"));
@@ -258,7 +266,9 @@ mod tests {
     #[test]
     fn headers_basic_auth_and_urls() {
         let s = subs(ONE);
-        let a = s.activate(&dest("api.test:443"), Scheme::Https).unwrap();
+        let a = s
+            .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
+            .unwrap();
         let h = header_replacer(&a).unwrap();
         assert_eq!(
             in_header(&h, b"token WARDEN_TOKEN").unwrap(),
@@ -291,7 +301,9 @@ mod tests {
     #[test]
     fn places_limit_where_it_applies_and_bad_entries_are_refused() {
         let s = subs("- { host: api.test, placeholder: WARDEN_TOKEN, in: [body], source: { type: static, value: v } }");
-        let a = s.activate(&dest("api.test:443"), Scheme::Https).unwrap();
+        let a = s
+            .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
+            .unwrap();
         assert!(header_replacer(&a).is_none());
         assert!(in_url(&a, Place::Query, "k=WARDEN_TOKEN").is_none());
         assert!(a[0].applies(Place::Body));
@@ -325,7 +337,7 @@ mod tests {
     fn an_unreadable_secret_fails_closed() {
         let s = subs("- { host: api.test, placeholder: WARDEN_TOKEN, source: { type: env, var: WARDEN_TEST_SUBST_UNSET } }");
         let err = s
-            .activate(&dest("api.test:443"), Scheme::Https)
+            .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
             .unwrap_err()
             .to_string();
         assert!(

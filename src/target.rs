@@ -315,6 +315,28 @@ fn origin_path(path_and_query: &[u8]) -> String {
     }
 }
 
+/// Validates one request head against the size limit and the tunnel's identity, then
+/// classifies where it goes. Shared by the front door (first head) and `request_filter` (every
+/// head). Framing (`Content-Length` with `Transfer-Encoding`, and the rest) was vetted when
+/// the head was read (`proxy::head::Head::vet`), before Pingora saw it.
+pub fn check_head(
+    head_len: usize,
+    raw_target: &[u8],
+    hosts: &[&[u8]],
+    tunnel: Option<&TunnelIdentity>,
+    max_header_bytes: usize,
+) -> Result<Target, Reason> {
+    if head_len > max_header_bytes {
+        return Err(Reason::HeadersTooLarge);
+    }
+    if let Some(t) = tunnel {
+        if !t.sni_matches() {
+            return Err(Reason::HostMismatch);
+        }
+    }
+    classify_request(raw_target, hosts, tunnel.map(|t| &t.authority))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 use crate::proxy::Shared;
 use crate::reason::Reason;
 use crate::scrub::Replacer;
-use crate::tls::CertAuthority;
+use crate::tls::Leaves;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
@@ -1018,10 +1018,10 @@ impl Metrics {
         family.with_label_values(&[reason.code()]).inc();
     }
 
-    /// The Prometheus text for a scrape, with the certificate figures read from `ca`.
-    pub fn render(&self, ca: &CertAuthority) -> Vec<u8> {
-        self.cert_cache_entries.set(ca.cached_leaves() as i64);
-        let minted = ca.mints();
+    /// The Prometheus text for a scrape, with the certificate figures read from `leaves`.
+    pub fn render(&self, leaves: &Leaves) -> Vec<u8> {
+        self.cert_cache_entries.set(leaves.cached() as i64);
+        let minted = leaves.mints();
         let seen = self.cert_mints.get();
         if minted > seen {
             self.cert_mints.inc_by(minted - seen);
@@ -1057,8 +1057,7 @@ impl Admin {
     }
 
     fn metrics_text(&self) -> Vec<u8> {
-        let snap = self.shared.snapshot.load();
-        self.shared.metrics.render(&snap.tls.ca)
+        self.shared.metrics.render(&self.shared.runtime.leaves)
     }
 }
 

@@ -149,13 +149,84 @@ impl Leaf {
     }
 }
 
-/// warden's CA: signs leaves for intercepted hosts and caches them.
+/// warden's CA: signs leaves for intercepted hosts ([`Leaves`] caches them).
 pub struct CertAuthority {
     issuer: Issuer<'static, KeyPair>,
     cert_path: PathBuf,
     cert_pem: String,
-    leaves: quick_cache::sync::Cache<String, Arc<Leaf>>,
+    /// SHA-256 of the certificate: which CA a cached leaf was signed by.
+    fingerprint: [u8; 32],
+}
+
+/// Leaves minted so far, by CA and host name: runtime state, kept across reloads (a reload
+/// with the same CA mints nothing again; leaves of a replaced CA are never served).
+pub struct Leaves {
+    cache: quick_cache::sync::Cache<([u8; 32], String), Arc<Leaf>>,
     mints: AtomicU64,
+}
+
+impl std::fmt::Debug for Leaves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaves")
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+impl Leaves {
+    /// A cache of at most `entries` leaves (`limits.cert_cache_entries`).
+    pub fn new(entries: usize) -> Self {
+        Leaves {
+            cache: quick_cache::sync::Cache::new(entries.max(1)),
+            mints: AtomicU64::new(0),
+        }
+    }
+
+    /// Leaves currently cached.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Leaves minted since start.
+    pub fn mints(&self) -> u64 {
+        self.mints.load(Ordering::Relaxed)
+    }
+
+    /// The leaf `ca` signs for `host`, from the cache or minted on the blocking pool
+    /// (`on_mint` is told how long a mint took). Concurrent callers for the same host wait
+    /// for one mint.
+    pub async fn leaf_for(
+        &self,
+        ca: &Arc<CertAuthority>,
+        host: &Host,
+        on_mint: impl FnOnce(Duration) + Send + 'static,
+    ) -> Result<Arc<Leaf>, TlsError> {
+        let key = (ca.fingerprint, host.as_str_unbracketed());
+        let now = SystemTime::now();
+        if let Some(leaf) = self.cache.get(&key) {
+            if leaf.fresh(now) {
+                return Ok(leaf);
+            }
+            self.cache.remove(&key);
+        }
+        let signer = Arc::clone(ca);
+        let host = host.clone();
+        let mints = &self.mints;
+        self.cache
+            .get_or_insert_async(&key, async move {
+                mints.fetch_add(1, Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let leaf = signer.mint_leaf(&host);
+                    on_mint(started.elapsed());
+                    leaf
+                })
+                .await
+                .map_err(|e| TlsError::Mint(e.to_string()))?
+                .map(Arc::new)
+            })
+            .await
+    }
 }
 
 impl std::fmt::Debug for CertAuthority {
@@ -163,7 +234,6 @@ impl std::fmt::Debug for CertAuthority {
         // Never print the key.
         f.debug_struct("CertAuthority")
             .field("cert_path", &self.cert_path)
-            .field("cached_leaves", &self.leaves.len())
             .finish()
     }
 }
@@ -177,7 +247,6 @@ impl CertAuthority {
         cert_path: &Path,
         key_path: &Path,
         create: bool,
-        cache_entries: usize,
     ) -> Result<CertAuthority, TlsError> {
         let (cert_pem, key_pem) = match (cert_path.exists(), key_path.exists()) {
             (true, true) => (
@@ -233,8 +302,11 @@ impl CertAuthority {
             issuer,
             cert_path: cert_path.into(),
             cert_pem,
-            leaves: quick_cache::sync::Cache::new(cache_entries),
-            mints: AtomicU64::new(0),
+            fingerprint: openssl::sha::sha256(
+                &x509
+                    .to_der()
+                    .map_err(|_| bad_cert("not a DER-encodable certificate".into()))?,
+            ),
         })
     }
 
@@ -246,48 +318,6 @@ impl CertAuthority {
     /// The CA certificate (PEM).
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
-    }
-
-    /// Leaves currently cached.
-    pub fn cached_leaves(&self) -> usize {
-        self.leaves.len()
-    }
-
-    /// Leaves minted since start.
-    pub fn mints(&self) -> u64 {
-        self.mints.load(Ordering::Relaxed)
-    }
-
-    /// The leaf for `host`, from the cache or minted on the blocking pool (`on_mint` is told
-    /// how long a mint took). Concurrent callers for the same host wait for one mint.
-    pub async fn leaf_for(
-        self: &Arc<Self>,
-        host: &Host,
-        on_mint: impl FnOnce(Duration) + Send + 'static,
-    ) -> Result<Arc<Leaf>, TlsError> {
-        let name = host.as_str_unbracketed();
-        let now = SystemTime::now();
-        if let Some(leaf) = self.leaves.get(&name) {
-            if leaf.fresh(now) {
-                return Ok(leaf);
-            }
-            self.leaves.remove(&name);
-        }
-        let ca = Arc::clone(self);
-        let host = host.clone();
-        self.leaves
-            .get_or_insert_async(&name, async move {
-                tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let leaf = ca.mint_leaf(&host);
-                    on_mint(started.elapsed());
-                    leaf
-                })
-                .await
-                .map_err(|e| TlsError::Mint(e.to_string()))?
-                .map(Arc::new)
-            })
-            .await
     }
 
     /// Mints a leaf for `host` signed by this CA. CPU-bound: call it off the async workers.
@@ -318,7 +348,6 @@ impl CertAuthority {
                 .map_err(|e| TlsError::Mint(e.to_string()))?,
             not_after,
         };
-        self.mints.fetch_add(1, Ordering::Relaxed);
         Ok(leaf)
     }
 }
@@ -525,16 +554,15 @@ impl TlsAccept for LeafCallbacks {
 mod tests {
     use super::*;
 
-    fn ca_in(dir: &Path, entries: usize) -> CertAuthority {
-        CertAuthority::load_or_create(&dir.join("ca.crt"), &dir.join("ca.key"), true, entries)
-            .unwrap()
+    fn ca_in(dir: &Path) -> CertAuthority {
+        CertAuthority::load_or_create(&dir.join("ca.crt"), &dir.join("ca.key"), true).unwrap()
     }
 
     #[test]
     fn creates_the_pair_with_a_private_key_file() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let ca = ca_in(dir.path(), 4);
+        let ca = ca_in(dir.path());
         let mode = std::fs::metadata(dir.path().join("ca.key"))
             .unwrap()
             .permissions()
@@ -542,7 +570,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
         // Loading again reads the same pair.
-        let again = ca_in(dir.path(), 4);
+        let again = ca_in(dir.path());
         assert_eq!(again.cert_pem(), ca.cert_pem());
     }
 
@@ -554,7 +582,6 @@ mod tests {
                 &dir.path().join("ca.crt"),
                 &dir.path().join("ca.key"),
                 true,
-                4,
             )
             .unwrap_err()
         };
@@ -573,13 +600,12 @@ mod tests {
     fn a_key_from_another_ca_is_refused() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        ca_in(a.path(), 1);
-        ca_in(b.path(), 1);
+        ca_in(a.path());
+        ca_in(b.path());
         let err = CertAuthority::load_or_create(
             &a.path().join("ca.crt"),
             &b.path().join("ca.key"),
             false,
-            1,
         )
         .unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
@@ -592,7 +618,6 @@ mod tests {
             &dir.path().join("ca.crt"),
             &dir.path().join("ca.key"),
             false,
-            1,
         )
         .unwrap();
         assert!(!dir.path().join("ca.key").exists());
@@ -602,7 +627,7 @@ mod tests {
     #[test]
     fn leaves_verify_against_the_ca_with_the_host_as_san() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = ca_in(dir.path(), 4);
+        let ca = ca_in(dir.path());
         let host = Host::Name("api.example.test".into());
         let leaf = ca.mint_leaf(&host).unwrap();
         let ca_cert = X509::from_pem(ca.cert_pem().as_bytes()).unwrap();
@@ -629,24 +654,35 @@ mod tests {
     #[tokio::test]
     async fn the_cache_is_bounded_and_single_flight() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(ca_in(dir.path(), 2));
+        let ca = Arc::new(ca_in(dir.path()));
+        let leaves = Arc::new(Leaves::new(2));
         let host = Host::Name("a.test".into());
         let joins: Vec<_> = (0..20)
             .map(|_| {
-                let ca = ca.clone();
-                let host = host.clone();
-                tokio::spawn(async move { ca.leaf_for(&host, |_| {}).await.map(|_| ()) })
+                let (ca, leaves, host) = (ca.clone(), leaves.clone(), host.clone());
+                tokio::spawn(async move { leaves.leaf_for(&ca, &host, |_| {}).await.map(|_| ()) })
             })
             .collect();
         for j in joins {
             j.await.unwrap().unwrap();
         }
-        assert_eq!(ca.mints(), 1);
+        assert_eq!(leaves.mints(), 1);
         for n in ["b.test", "c.test", "d.test"] {
-            ca.leaf_for(&Host::Name(n.into()), |_| {}).await.unwrap();
+            leaves
+                .leaf_for(&ca, &Host::Name(n.into()), |_| {})
+                .await
+                .unwrap();
         }
-        assert!(ca.cached_leaves() <= 2, "{} cached", ca.cached_leaves());
-        assert_eq!(ca.mints(), 4);
+        assert!(leaves.cached() <= 2, "{} cached", leaves.cached());
+        assert_eq!(leaves.mints(), 4);
+        // Another CA's leaf for a cached host is minted, never served from the cache.
+        let other = tempfile::tempdir().unwrap();
+        let other = Arc::new(ca_in(other.path()));
+        let d = Host::Name("d.test".into());
+        let mine = leaves.leaf_for(&ca, &d, |_| {}).await.unwrap();
+        let theirs = leaves.leaf_for(&other, &d, |_| {}).await.unwrap();
+        assert_eq!(leaves.mints(), 5);
+        assert!(!Arc::ptr_eq(&mine, &theirs));
     }
 
     #[test]
@@ -655,7 +691,7 @@ mod tests {
         let cfg: TlsConfig =
             serde_yaml::from_str("intercept: all\npassthrough: ['*.apple.com']").unwrap();
         let policy = cfg
-            .compile(Arc::new(ca_in(dir.path(), 1)), Path::to_path_buf)
+            .compile(Arc::new(ca_in(dir.path())), Path::to_path_buf)
             .unwrap();
         let dest = |s: &str| crate::target::parse_authority(s.as_bytes(), None).unwrap();
         assert!(policy.intercepts(&dest("api.test:443"), false));

@@ -7,10 +7,11 @@
 use super::head::{read_head, Head, HeadError, Wait};
 use super::http1::Peer;
 use super::tunnel;
-use super::{check_head, raw_refusal, request_id_from, Shared, Warden};
+use super::{raw_refusal, request_id_from, Shared, Warden};
 use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
 use crate::reason::Reason;
+use crate::target::check_head;
 use crate::target::{classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
 use crate::tls::{interception_acceptor, LeafCallbacks};
@@ -159,7 +160,7 @@ impl FrontDoor {
             client: admitted.client.as_ref().map(|c| c.name.clone()),
             ..event
         };
-        let network = snap.network_for(admitted.client.as_deref());
+        let network = &snap.profile(admitted.client.as_deref()).network;
         let would_deny = admitted.would_deny;
         let mut rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
         // The head's buffer is not needed for the tunnel's lifetime.
@@ -230,7 +231,7 @@ impl FrontDoor {
                 &dest,
                 &snap,
                 network,
-                own,
+                (&self.shared.runtime.dns, own),
                 &mut line,
             )
             .await
@@ -284,7 +285,8 @@ impl FrontDoor {
         };
         let mint_duration = self.shared.metrics.mint_duration.clone();
         let on_mint = move |d: Duration| mint_duration.observe(d.as_secs_f64());
-        let leaf = match snap.tls.ca.leaf_for(&dest.host, on_mint).await {
+        let leaves = &self.shared.runtime.leaves;
+        let leaf = match leaves.leaf_for(&snap.tls.ca, &dest.host, on_mint).await {
             Ok(leaf) => leaf,
             Err(e) => return fail(Reason::Internal, Some(e.to_string())),
         };

@@ -8,7 +8,8 @@
 //! (`fail_to_proxy`, `logging`), marked with their side (`into_up`/`into_down`) here, since
 //! Pingora's own loop that would mark them is not running.
 
-use super::{RequestCtx, Warden};
+use super::ctx::RequestCtx;
+use super::warden::Warden;
 use crate::llm::stream::{SsePolicy, KEEPALIVE};
 use crate::llm::{self, Api, Denial, LlmPolicy, Usage};
 use crate::reason::Reason;
@@ -92,23 +93,9 @@ fn header_str(resp: &ResponseHeader, name: header::HeaderName) -> Option<&str> {
 impl Warden {
     /// Notes a denial in the ctx (log, metrics); `report` turns it into `would_deny`.
     pub(super) fn note_denial(&self, ctx: &mut RequestCtx, d: &Denial, report: bool) {
-        if report {
-            ctx.would_deny.get_or_insert(d.reason);
-            if ctx.rule.is_none() {
-                ctx.rule = d.rule.clone();
-            }
-            if let Some(call) = ctx.llm.as_mut() {
-                call.outcome = "would_deny";
-            }
-            return;
+        if ctx.deny(d, report) {
+            self.shared.metrics.refused(d.reason);
         }
-        ctx.reason = Some(d.reason);
-        ctx.rule = d.rule.clone();
-        ctx.error = d.tool.as_ref().map(|t| format!("tool {t}"));
-        if let Some(call) = ctx.llm.as_mut() {
-            call.outcome = "denied";
-        }
-        self.shared.metrics.refused(d.reason);
     }
 
     /// Answers with the provider's own error shape, before any response head went out.
@@ -123,14 +110,14 @@ impl Warden {
         self.note_denial(ctx, d, false);
         let body = llm::error_body(provider, d);
         let status = d.reason.status();
-        ctx.status = Some(status);
+        ctx.line.status = Some(status);
         // warden's own refusal head (JSON, Proxy-Status, X-Request-Id, close), in the
         // provider's terms: SDKs must not retry, and a fully read request may keep the
         // connection.
-        let mut head = super::refusal_head(d.reason, &ctx.request_id, body.len())?;
+        let mut head = super::refusal_head(d.reason, ctx.request_id(), body.len())?;
         head.insert_header("x-should-retry", "false")?;
         if provider == llm::Provider::Anthropic {
-            head.insert_header("request-id", ctx.request_id.as_str())?;
+            head.insert_header("request-id", ctx.request_id())?;
         }
         if close {
             session.set_keepalive(None);
@@ -159,7 +146,7 @@ impl Warden {
     ) -> Result<bool> {
         let limit = ctx.snap.limits.llm_buffer_bytes;
         let provider = policy.provider;
-        ctx.llm = Some(LlmCall::new(policy.clone()));
+        ctx.flow.llm = Some(LlmCall::new(policy.clone()));
 
         // 1. The request body, bounded, before anything goes upstream. A client waiting for
         // `100 Continue` (curl does for larger bodies) gets it from warden: the origin sees the
@@ -183,7 +170,7 @@ impl Warden {
             .await
             .map_err(|e| e.into_down())?
         {
-            ctx.request_capture.record(&chunk);
+            ctx.flow.request_capture.record(&chunk);
             body.extend_from_slice(&chunk);
             if body.len() > limit {
                 complete = false;
@@ -203,7 +190,7 @@ impl Warden {
             self.note_denial(ctx, &d, true);
         } else {
             let facts = llm::inspect_request(&body);
-            if let Some(call) = ctx.llm.as_mut() {
+            if let Some(call) = ctx.flow.llm.as_mut() {
                 call.model = facts.model.clone();
             }
             if let Err(d) = policy.check_model(facts.model.as_deref()) {
@@ -220,13 +207,13 @@ impl Warden {
         self.upstream_request_filter(session, &mut req, ctx).await?;
         req.remove_header(&header::EXPECT);
         let mut first = body.freeze();
-        if let Some(r) = ctx.body_replacer.as_mut() {
+        if let Some(r) = ctx.flow.body_replacer.as_mut() {
             first = r.feed(&first, complete);
         }
         if complete {
             req.remove_header(&header::TRANSFER_ENCODING);
             req.insert_header(header::CONTENT_LENGTH, first.len().to_string())?;
-        } else if ctx.body_replacer.is_some() {
+        } else if ctx.flow.body_replacer.is_some() {
             req.remove_header(&header::CONTENT_LENGTH);
             req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
@@ -295,9 +282,9 @@ impl Warden {
                 .await
                 .map_err(|e| e.into_down())?
             {
-                ctx.request_capture.record(&chunk);
+                ctx.flow.request_capture.record(&chunk);
                 let end = session.is_body_done();
-                let chunk = match ctx.body_replacer.as_mut() {
+                let chunk = match ctx.flow.body_replacer.as_mut() {
                     Some(r) => r.feed(&chunk, end),
                     None => chunk,
                 };
@@ -325,7 +312,7 @@ impl Warden {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };
         let head_limit = ctx.snap.limits.max_response_header_bytes;
-        if super::response_head_len(&resp) > head_limit {
+        if super::edit::response_head_len(&resp) > head_limit {
             ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
             return Error::e_explain(
                 ErrorType::InvalidHTTPHeader,
@@ -360,7 +347,7 @@ impl Warden {
         }
         let mut head = resp;
         self.response_filter(session, &mut head, ctx).await?;
-        self.transform_head(&mut head, ctx)?;
+        super::edit::transform_head(&mut head, ctx)?;
 
         match mode {
             Body::Json => self.relay_json(session, ctx, up, head, policy, api).await,
@@ -379,7 +366,7 @@ impl Warden {
         mut head: ResponseHeader,
         ctx: &RequestCtx,
     ) -> Result<()> {
-        if ctx.body_rewriter.is_some() && head.headers.contains_key(header::CONTENT_LENGTH) {
+        if ctx.flow.body_rewriter.is_some() && head.headers.contains_key(header::CONTENT_LENGTH) {
             head.remove_header(&header::CONTENT_LENGTH);
             head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
@@ -398,7 +385,7 @@ impl Warden {
         loop {
             let chunk = up.read_response_body().await.map_err(|e| e.into_up())?;
             let end = chunk.is_none() || up.response_done();
-            let out = self.outgoing(ctx, chunk.unwrap_or_default(), end);
+            let out = super::edit::outgoing(ctx, chunk.unwrap_or_default(), end);
             session
                 .write_response_body(Some(out), end)
                 .await
@@ -443,7 +430,7 @@ impl Warden {
             match llm::inspect_json(api, &body) {
                 Some((calls, usage)) => {
                     let mut first = Ok(());
-                    if let Some(call) = ctx.llm.as_mut() {
+                    if let Some(call) = ctx.flow.llm.as_mut() {
                         call.usage = usage;
                         call.tools = calls.iter().map(|c| c.name.clone()).collect();
                     }
@@ -468,7 +455,7 @@ impl Warden {
         }
         self.write_head(session, head, ctx).await?;
         let end = !over;
-        let out = self.outgoing(ctx, body.freeze(), end);
+        let out = super::edit::outgoing(ctx, body.freeze(), end);
         session
             .write_response_body(Some(out), end)
             .await
@@ -498,7 +485,7 @@ impl Warden {
         // before a failed write (the client gone as the error event went out) is still the
         // outcome, not the write error after it.
         let events = &sse.events;
-        if let Some(call) = ctx.llm.as_mut() {
+        if let Some(call) = ctx.flow.llm.as_mut() {
             call.usage = events.usage;
             call.tools = events.tools.clone();
         }
@@ -519,7 +506,7 @@ impl Warden {
     ) -> Result<bool> {
         let interval = ctx.snap.limits.llm_keepalive_interval;
         // Keep-alives go between events; a body rewriter may be holding part of one.
-        let keepalives = ctx.body_rewriter.is_none();
+        let keepalives = ctx.flow.body_rewriter.is_none();
         let mut last_keepalive: Option<Instant> = None;
         loop {
             let holding = sse.events.holding_since().filter(|_| keepalives);
@@ -528,7 +515,7 @@ impl Warden {
             let end = chunk.is_none() || up.response_done();
             let out = sse.feed(chunk.as_deref().unwrap_or_default(), end);
             let done = end || sse.events.finished();
-            let out = self.outgoing(ctx, out, done);
+            let out = super::edit::outgoing(ctx, out, done);
             if !out.is_empty() || done {
                 session
                     .write_response_body(Some(out), done)
@@ -573,4 +560,101 @@ async fn read_with_keepalives(
             }
         }
     }
+}
+
+impl Warden {
+    /// After admission: an LLM API call runs its own exchange (`proxy::llm`); a Responses
+    /// WebSocket gets its model checked now and its frames checked after the 101.
+    pub(super) async fn route_llm(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let plan = ctx.plan()?;
+        let Some(policy) = plan.llm.clone() else {
+            return Ok(false);
+        };
+        let upgrade = session.is_upgrade_req();
+        let path = &plan.target.path;
+        let Some(api) = crate::llm::api_for(policy.provider, ctx.method(), path, upgrade) else {
+            return Ok(false);
+        };
+        if upgrade && api != crate::llm::Api::Responses {
+            return Ok(false);
+        }
+        if !upgrade {
+            return self.llm_exchange(session, ctx, policy, api).await;
+        }
+        let mut call = LlmCall::new(policy.clone());
+        call.model = query_param(path, "model");
+        let model = call.model.clone();
+        ctx.flow.llm = Some(call);
+        if let Some(model) = model {
+            if let Err(d) = policy.check_model(Some(&model)) {
+                if !policy.report {
+                    return self
+                        .refuse_llm(session, ctx, policy.provider, &d, true)
+                        .await;
+                }
+                self.note_denial(ctx, &d, true);
+            }
+        }
+        let limit = ctx.snap.limits.llm_buffer_bytes;
+        ctx.flow.ws_policy = Some(crate::llm::ws::WsPolicy::new(policy.clone(), limit));
+        ctx.flow.ws_client = Some(crate::llm::ws::ClientCheck::new(policy, limit));
+        Ok(false)
+    }
+
+    /// Client frames of a Responses WebSocket: a `response.create` naming a refused model is
+    /// not forwarded; the client gets the error events and a close 1008 instead. Anything the
+    /// client sends after a denial (its close reply) ends the connection.
+    pub(super) async fn ws_client_frames(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let chunk = body.take().unwrap_or_default();
+        let denied = ctx
+            .flow
+            .ws_policy
+            .as_ref()
+            .is_some_and(|w| w.events.finished());
+        if denied {
+            if chunk.is_empty() {
+                *body = Some(chunk);
+                return Ok(());
+            }
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "WebSocket closed after an llm policy denial",
+            );
+        }
+        let Some(check) = ctx.flow.ws_client.as_mut() else {
+            *body = Some(chunk);
+            return Ok(());
+        };
+        let (forward, denial) = check.feed(&chunk);
+        *body = Some(forward);
+        if let Some(d) = denial {
+            let mut out = bytes::BytesMut::new();
+            if let Some(ws) = ctx.flow.ws_policy.as_mut() {
+                ws.events.deny(d.clone(), &mut out);
+            }
+            self.note_denial(ctx, &d, false);
+            session
+                .write_response_body(Some(out.freeze()), false)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The first value of query parameter `name` in a path with query.
+fn query_param(path: &str, name: &str) -> Option<String> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| v.to_string())
+    })
 }

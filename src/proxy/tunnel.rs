@@ -4,7 +4,7 @@
 
 use super::front_door::established;
 use crate::config::Snapshot;
-use crate::policy::NetworkPolicy;
+use crate::policy::{DnsCache, NetworkPolicy};
 use crate::reason::Reason;
 use crate::target::Authority;
 use crate::telemetry::CanonicalLog;
@@ -31,13 +31,13 @@ pub(super) async fn blind(
     dest: &Authority,
     snap: &Snapshot,
     network: &NetworkPolicy,
-    own: &[SocketAddr],
+    (dns, own): (&DnsCache, &[SocketAddr]),
     line: &mut CanonicalLog,
 ) -> Result<(), Reason> {
     let limits = &snap.limits;
     // Resolve once, check every answer, dial exactly the address that passed.
     let addr = network
-        .resolve_checked(dest, limits.upstream_connect_timeout, own)
+        .resolve_checked(dns, dest, limits.upstream_connect_timeout, own)
         .await?;
     let upstream =
         match tokio::time::timeout(limits.upstream_connect_timeout, TcpStream::connect(addr)).await

@@ -243,18 +243,18 @@ impl TestWarden {
         format!("http://{}", self.addr)
     }
 
-    /// warden's CA as the running snapshot holds it.
-    fn ca(&self) -> std::sync::Arc<warden::tls::CertAuthority> {
+    /// What the running warden keeps across reloads.
+    pub fn runtime(&self) -> &warden::runtime::Runtime {
         let running = self.running.as_ref().expect("warden is running");
-        running.shared().snapshot.load().tls.ca.clone()
+        &running.shared().runtime
     }
 
     pub fn mints(&self) -> u64 {
-        self.ca().mints()
+        self.runtime().leaves.mints()
     }
 
     pub fn cached_leaves(&self) -> usize {
-        self.ca().cached_leaves()
+        self.runtime().leaves.cached()
     }
 
     /// A reqwest client using warden as its proxy for http and https, trusting warden's CA

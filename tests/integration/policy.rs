@@ -7,14 +7,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 fn dns_lookups(w: &TestWarden) -> u64 {
-    w.running
-        .as_ref()
-        .unwrap()
-        .shared()
-        .snapshot
-        .load()
-        .network
-        .dns_lookups()
+    w.runtime().dns.lookups()
 }
 
 async fn connect_refusal(w: &TestWarden, authority: &str, status: u16, reason: &str) -> Value {

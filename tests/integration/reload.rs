@@ -397,3 +397,31 @@ async fn sigint_exits_at_once() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_dns_cache() {
+    // `localhost` is the one name here that goes to the system resolver (its hosts file, not
+    // the network): every other test name is a `network.resolve` override, which is config
+    // and never cached.
+    let origin = Origin::http().await;
+    let port = origin.port();
+    let w = TestWarden::start_file(&with_header(port, "one", "")).await;
+    let client = w.client();
+    let url = format!("http://localhost:{port}/echo");
+    let get = || async {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    };
+    get().await;
+    assert_eq!(w.runtime().dns.lookups(), 1);
+    assert_eq!(w.reload(&with_header(port, "two", "")).unwrap(), 2);
+    assert_eq!(w.runtime().dns.lookups(), 1, "the reload kept the answers");
+    get().await;
+    assert_eq!(w.runtime().dns.lookups(), 1, "answered from the cache");
+    assert_eq!(
+        origin.seen()[1].header("x-gen"),
+        None,
+        "headers are for origin.test"
+    );
+}

@@ -1,0 +1,241 @@
+//! What goes upstream: the edits a planned request's head gets before it is sent — the request
+//! line in origin-form, hop-by-hop and `Connection`-listed headers dropped, a `Host` when the
+//! client sent none, the request id, header rules, correlation, placeholder substitution in
+//! headers, path and query, the credential (last, so it has the last word on its header), and
+//! what keeps responses readable (identity encoding, no WebSocket compression). A pure function
+//! of the plan and the head; `upstream_request_filter` applies the ops in order.
+
+use crate::admission::RequestPlan;
+use crate::scrub::Replacer;
+use crate::substitution::{self, Place};
+use crate::target::Scheme;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// One edit of the upstream head, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Drops every value of a header.
+    Remove(HeaderName),
+    /// Sets a header to one value, replacing any others.
+    Set(HeaderName, HeaderValue),
+    /// Replaces a header's values with these, in order.
+    Values(HeaderName, Vec<HeaderValue>),
+    /// The request target to send.
+    Uri(http::Uri),
+}
+
+/// The edits for one request, and the body replacer when placeholders apply in the body.
+#[derive(Debug, Default)]
+pub struct Edits {
+    /// Applied in order.
+    pub ops: Vec<HeaderOp>,
+    /// Substitutes placeholders in the request body as it streams (its length changes, so
+    /// `Content-Length` is among the removed headers).
+    pub body: Option<Replacer>,
+    /// The credential header is among the ops.
+    pub injects: bool,
+}
+
+/// The request head as it came in: what the edits are computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The request target.
+    pub uri: &'a http::Uri,
+    /// Its headers.
+    pub headers: &'a HeaderMap,
+    /// The client asks for an upgrade (WebSocket).
+    pub upgrade: bool,
+    /// A request body follows.
+    pub has_body: bool,
+    /// The request id to send.
+    pub request_id: &'a str,
+    /// Client frames are checked (Responses WebSocket): no compression extension.
+    pub checks_frames: bool,
+}
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the proxy's own.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    HeaderName::from_static("http2-settings"),
+];
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Why a head could not be edited (never the client's fault: a substituted value that is no
+/// longer a valid header value or URI).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EditError(&'static str);
+
+/// The edits `plan` makes to `req` on its way upstream.
+pub fn upstream_edits(plan: &RequestPlan, req: Incoming<'_>) -> Result<Edits, EditError> {
+    let mut ops = Vec::with_capacity(16);
+    ops.push(HeaderOp::Uri(req.uri.clone()));
+    for name in HOP_BY_HOP {
+        ops.push(HeaderOp::Remove(name));
+    }
+    let listed = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !(t.is_empty() || req.upgrade && t == "upgrade"));
+    let mut host_listed = false;
+    for name in listed {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            host_listed |= name == header::HOST;
+            ops.push(HeaderOp::Remove(name));
+        }
+    }
+    if !req.upgrade {
+        ops.push(HeaderOp::Remove(header::CONNECTION));
+        ops.push(HeaderOp::Remove(header::UPGRADE));
+    }
+    let target = &plan.target;
+    if host_listed || !req.headers.contains_key(header::HOST) {
+        let default_port = match target.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let host = if target.authority.port == default_port {
+            target.authority.host.to_string()
+        } else {
+            target.authority.to_string()
+        };
+        ops.push(HeaderOp::Set(header::HOST, value(host.as_bytes())?));
+    }
+    ops.push(HeaderOp::Set(
+        X_REQUEST_ID,
+        value(req.request_id.as_bytes())?,
+    ));
+    for rule in plan.profile.headers.for_dest(&target.authority) {
+        ops.extend(rule.remove.iter().cloned().map(HeaderOp::Remove));
+        ops.extend(
+            rule.set
+                .iter()
+                .map(|(n, v)| HeaderOp::Set(n.clone(), v.clone())),
+        );
+    }
+    if let (Some(seq), Some(corr)) = (&plan.seq, &plan.profile.correlation) {
+        ops.extend(
+            corr.headers(seq)
+                .into_iter()
+                .map(|(n, v)| HeaderOp::Set(n, v)),
+        );
+    }
+    let mut body = None;
+    if !plan.substitutions.is_empty() {
+        body = substitute(plan, req, &mut ops)?;
+    }
+    let injects = plan.credential.is_some();
+    if let Some(c) = &plan.credential {
+        // Overwrites whatever the client sent under that name.
+        ops.push(HeaderOp::Set(c.header.clone(), c.value.clone()));
+    }
+    if plan.needs_identity() {
+        ops.push(HeaderOp::Set(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        ));
+    }
+    if req.checks_frames {
+        // Frames must stay readable: no permessage-deflate.
+        ops.push(HeaderOp::Remove(header::SEC_WEBSOCKET_EXTENSIONS));
+    }
+    Ok(Edits { ops, body, injects })
+}
+
+/// Placeholders swapped for secrets in the headers as the ops so far leave them, in the path
+/// and query, and a body replacer (whose output length is unknown, so `Content-Length` goes
+/// and the body is sent chunked).
+fn substitute(
+    plan: &RequestPlan,
+    req: Incoming<'_>,
+    ops: &mut Vec<HeaderOp>,
+) -> Result<Option<Replacer>, EditError> {
+    let active = &plan.substitutions;
+    if let Some(replacer) = substitution::header_replacer(active) {
+        let current = effective(req.headers, ops);
+        for name in current.keys() {
+            let values: Vec<&HeaderValue> = current.get_all(name).iter().collect();
+            if !values
+                .iter()
+                .any(|v| substitution::in_header(&replacer, v.as_bytes()).is_some())
+            {
+                continue;
+            }
+            let rewritten = values
+                .iter()
+                .map(|v| match substitution::in_header(&replacer, v.as_bytes()) {
+                    Some(new) => value(&new),
+                    None => Ok((*v).clone()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            ops.push(HeaderOp::Values(name.clone(), rewritten));
+        }
+    }
+    let path = req.uri.path();
+    let query = req.uri.query();
+    let new_path = substitution::in_url(active, Place::Path, path);
+    let new_query = query.and_then(|q| substitution::in_url(active, Place::Query, q));
+    if new_path.is_some() || new_query.is_some() {
+        let path = new_path.as_deref().unwrap_or(path);
+        let uri = match new_query.as_deref().or(query) {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let uri = uri
+            .parse::<http::Uri>()
+            .map_err(|_| EditError("a substituted URI does not parse"))?;
+        ops.push(HeaderOp::Uri(uri));
+    }
+    let in_body: Vec<(Vec<u8>, Vec<u8>)> = active
+        .iter()
+        .filter(|a| a.applies(Place::Body))
+        .map(|a| {
+            (
+                a.placeholder.as_bytes().to_vec(),
+                a.secret.expose().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    if in_body.is_empty() || !req.has_body {
+        return Ok(None);
+    }
+    ops.push(HeaderOp::Remove(header::CONTENT_LENGTH));
+    Ok(Some(Replacer::new(in_body)))
+}
+
+/// The headers `ops` leave of `headers`.
+fn effective(headers: &HeaderMap, ops: &[HeaderOp]) -> HeaderMap {
+    let mut out = headers.clone();
+    for op in ops {
+        match op {
+            HeaderOp::Remove(n) => {
+                out.remove(n);
+            }
+            HeaderOp::Set(n, v) => {
+                out.insert(n.clone(), v.clone());
+            }
+            HeaderOp::Values(n, vs) => {
+                out.remove(n);
+                for v in vs {
+                    out.append(n.clone(), v.clone());
+                }
+            }
+            HeaderOp::Uri(_) => {}
+        }
+    }
+    out
+}
+
+fn value(bytes: &[u8]) -> Result<HeaderValue, EditError> {
+    HeaderValue::from_bytes(bytes).map_err(|_| EditError("an edited header value is not valid"))
+}

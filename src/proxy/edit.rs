@@ -1,0 +1,272 @@
+//! What the phases apply to Pingora's heads and session: the request's first facts in the
+//! line, timeouts, the upstream peer, [`HeaderOp`]s, response transforms and the echoed-secret
+//! mask, and the body helpers. Decisions are made by the stages; this only carries them out.
+
+use super::ctx::RequestCtx;
+use super::upgrade;
+use crate::config::{Limits, Snapshot};
+use crate::forward::HeaderOp;
+use crate::reason::Reason;
+use crate::scrub::Replacer;
+use crate::target::{Authority, Scheme, Target, TunnelIdentity};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Header names whose values are never logged, not even echoed inside a captured body.
+const SENSITIVE: [&str; 8] = [
+    "authorization",
+    "cookie",
+    "token",
+    "key",
+    "secret",
+    "session",
+    "password",
+    "credential",
+];
+
+/// The request's first facts, into the line: tunnel, client address, method, request id, and
+/// the redactor for captured bodies.
+pub(super) fn begin(session: &Session, ctx: &mut RequestCtx) {
+    ctx.tunnel = tunnel_identity(session);
+    ctx.line.client_addr = session.client_addr().map(|a| a.to_string());
+    let req = session.req_header();
+    ctx.line.method = Some(req.method.as_str().to_string());
+    let id = req.headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes);
+    ctx.line.request_id = Some(super::request_id_from(id));
+    if ctx.snap.log.body_capture_bytes > 0 {
+        ctx.flow.log_redactor = sensitive_values(req);
+    }
+}
+
+fn tunnel_identity(session: &Session) -> Option<TunnelIdentity> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<TunnelIdentity>()
+        .cloned()
+}
+
+/// A redactor for the values of the request's credential-like headers (the whole value, and
+/// the part after an auth scheme such as `Bearer`), or `None` if there are none.
+fn sensitive_values(req: &RequestHeader) -> Option<Replacer> {
+    let mut values = Vec::new();
+    for (name, value) in req.headers.iter() {
+        let name = name.as_str();
+        if !SENSITIVE.iter().any(|s| name.contains(s)) {
+            continue;
+        }
+        let v = value.as_bytes();
+        if let Some(pos) = v.iter().rposition(|b| *b == b' ') {
+            values.push(v[pos + 1..].to_vec());
+        }
+        values.push(v.to_vec());
+    }
+    values.retain(|v| v.len() >= 4);
+    (!values.is_empty()).then(|| Replacer::masking_verbatim(values))
+}
+
+/// Every value of header `name`, as bytes.
+pub(super) fn values(req: &RequestHeader, name: HeaderName) -> Vec<&[u8]> {
+    req.headers
+        .get_all(name)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect()
+}
+
+/// The admitted request's timeouts: a body may pause only so long between reads; an upgraded
+/// connection (its frames ride the same reads) may stay quiet as long as any idle connection.
+pub(super) fn set_timeouts(session: &mut Session, limits: &Limits) {
+    let idle = limits.idle_timeout;
+    session.set_keepalive(Some(idle.as_secs().max(1)));
+    let body_idle = if session.is_upgrade_req() {
+        idle
+    } else {
+        limits.request_body_idle_timeout
+    };
+    session.set_read_timeout(Some(body_idle));
+    session.set_write_timeout(Some(idle));
+}
+
+/// The peer for `target` at the checked address `addr`.
+pub(super) fn peer(
+    addr: SocketAddr,
+    target: &Target,
+    snap: &Snapshot,
+    upgrade: bool,
+) -> Box<HttpPeer> {
+    let limits = &snap.limits;
+    let sni = target.authority.host.as_str_unbracketed();
+    let mut peer = HttpPeer::new(addr, target.scheme == Scheme::Https, sni);
+    let o = &mut peer.options;
+    o.connection_timeout = Some(limits.upstream_connect_timeout);
+    o.total_connection_timeout = Some(limits.upstream_connect_timeout);
+    // An upgraded connection may stay quiet for as long as the idle bound allows.
+    o.read_timeout = Some(if upgrade {
+        limits.idle_timeout
+    } else {
+        limits.upstream_first_byte_timeout
+    });
+    o.write_timeout = Some(limits.idle_timeout);
+    o.idle_timeout = Some(limits.idle_timeout);
+    o.verify_cert = true;
+    o.verify_hostname = true;
+    o.ca = snap.tls.upstream_roots.clone();
+    if upgrade {
+        o.custom_l4 = Some(Arc::new(upgrade::UpgradeConnect {
+            timeout: limits.upstream_connect_timeout,
+        }));
+        peer.group_key = upgrade::UPGRADE_POOL_GROUP;
+    }
+    Box::new(peer)
+}
+
+/// The error for a destination that did not resolve to an allowed address.
+pub(super) fn unresolved(reason: Reason, dest: &Authority) -> Box<Error> {
+    let etype = match reason {
+        Reason::DnsError => ErrorType::ConnectNoRoute,
+        _ => ErrorType::HTTPStatus(reason.status()),
+    };
+    Error::explain(etype, format!("{} refused: {}", dest.host, reason.code()))
+}
+
+/// Applies `ops` to the upstream head, in order.
+pub(super) fn apply(upstream: &mut RequestHeader, ops: Vec<HeaderOp>) -> Result<()> {
+    for op in ops {
+        match op {
+            HeaderOp::Remove(name) => {
+                upstream.remove_header(&name);
+            }
+            HeaderOp::Set(name, value) => {
+                upstream.insert_header(name, value)?;
+            }
+            HeaderOp::Values(name, values) => {
+                upstream.remove_header(&name);
+                for v in values {
+                    upstream.append_header(name.clone(), v)?;
+                }
+            }
+            HeaderOp::Uri(uri) => upstream.set_uri(uri),
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites every response header value `f` changes, keeping the order of multi-valued
+/// headers.
+pub(super) fn rewrite_headers(
+    head: &mut ResponseHeader,
+    f: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<()> {
+    let hit: Vec<HeaderName> = head
+        .headers
+        .iter()
+        .filter(|(_, v)| f(v.as_bytes()).is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in hit {
+        let values: Vec<Vec<u8>> = head
+            .headers
+            .get_all(&name)
+            .iter()
+            .map(|v| f(v.as_bytes()).unwrap_or_else(|| v.as_bytes().to_vec()))
+            .collect();
+        head.remove_header(&name);
+        for v in values {
+            let value = HeaderValue::from_bytes(&v)
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten header", e))?;
+            head.append_header(name.clone(), value)?;
+        }
+    }
+    Ok(())
+}
+
+/// `transforms` on a response head: headers removed, then set; a text body that body rules
+/// apply to loses its Content-Length (it is rewritten as it streams).
+pub(super) fn transform_head(head: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let Some(plan) = ctx.plan.as_ref().filter(|p| !p.transforms.is_empty()) else {
+        return Ok(());
+    };
+    for t in &plan.transforms {
+        for name in &t.remove_headers {
+            head.remove_header(name);
+        }
+        for (name, value) in &t.set_headers {
+            head.insert_header(name.clone(), value.clone())?;
+        }
+    }
+    let status = head.status.as_u16();
+    let has_body = !matches!(status, 101 | 204 | 304) && ctx.method() != "HEAD";
+    let encoded = head
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let text = crate::transform::is_text(
+        head.headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    );
+    if has_body && text && !encoded {
+        ctx.flow.body_rewriter = crate::transform::BodyRewriter::new(&plan.transforms);
+        if ctx.flow.body_rewriter.is_some() {
+            head.remove_header(&header::CONTENT_LENGTH);
+        }
+    }
+    Ok(())
+}
+
+/// What goes to the client for a chunk of response body: body rules, then the echoed-secret
+/// mask (last, so nothing can reintroduce a secret), then the log capture.
+pub(super) fn outgoing(ctx: &mut RequestCtx, chunk: Bytes, end: bool) -> Bytes {
+    let mut chunk = chunk;
+    if let Some(r) = ctx.flow.body_rewriter.as_mut() {
+        chunk = r.feed(&chunk, end);
+    }
+    if let Some(scrub) = ctx.plan.as_mut().and_then(|p| p.scrub.as_mut()) {
+        chunk = scrub.feed(&chunk, end);
+    }
+    ctx.flow.response_capture.record(&chunk);
+    chunk
+}
+
+/// The size of a response head on the wire: status line, header lines, blank line.
+pub(crate) fn response_head_len(head: &ResponseHeader) -> usize {
+    let lines: usize = head
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    "HTTP/1.1 200 \r\n\r\n".len() + head.status.canonical_reason().map_or(0, str::len) + lines
+}
+
+/// What a request body filter hands back to Pingora for a rewritten chunk. Pingora writes any
+/// `Some` chunk to a chunked upstream body, and an empty chunk is itself the terminator, so
+/// the last (empty) piece must be `None`: `Some(b"")` at the end put `0\r\n\r\n` on the wire
+/// twice, and the origin read the second one as the start of the next request on that pooled
+/// connection. Before the end, `None` would mean "end of body", so an empty chunk stays
+/// `Some` (Pingora skips it).
+pub(super) fn end_body(out: Bytes, end_of_stream: bool) -> Option<Bytes> {
+    (!(out.is_empty() && end_of_stream)).then_some(out)
+}
+
+/// warden's refusal for `reason`, as a Pingora head and its body.
+pub(super) fn refusal(
+    reason: Reason,
+    host: Option<&str>,
+    rule: Option<&str>,
+    request_id: &str,
+) -> Result<(ResponseHeader, Bytes)> {
+    let body = crate::reason::error_body(reason, host, rule, Some(request_id));
+    let head = super::refusal_head(reason, request_id, body.len())?;
+    Ok((head, body))
+}

@@ -1,0 +1,288 @@
+//! [`Warden`], the `ProxyHttp` implementation every request runs through (plain absolute-form
+//! and inside intercepted tunnels). Each phase reads the session, calls one stage and applies
+//! what it returns: admission plans the request, `forward` edits its head, the edit helpers
+//! ([`super::edit`]) apply those edits and the response-side rules, and the context fills the
+//! canonical line as the request goes.
+
+use super::ctx::{Delivered, RequestCtx};
+use super::edit;
+use super::Shared;
+use crate::admission::{admit_request, RequestHead};
+use crate::forward::{upstream_edits, Incoming};
+use crate::reason::Reason;
+use crate::telemetry::{redact_query, Kind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+
+/// The `ProxyHttp` implementation.
+pub struct Warden {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Warden {
+    /// A proxy reading its config from `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Warden { shared }
+    }
+
+    /// Answers the request with warden's own refusal for `reason` and closes the connection.
+    pub(super) async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, reason: Reason) {
+        self.shared.metrics.refused(reason);
+        ctx.reason = Some(reason);
+        ctx.line.status = Some(reason.status());
+        let host = ctx.host();
+        let head = edit::refusal(
+            reason,
+            host.as_deref(),
+            ctx.line.rule.as_deref(),
+            ctx.request_id(),
+        );
+        match head {
+            Ok((head, body)) => {
+                if let Err(e) = session.write_error_response(head, body).await {
+                    log::debug!("writing a refusal failed: {e}");
+                }
+            }
+            Err(e) => log::warn!("building a refusal failed: {e}"),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Warden {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.shared.snapshot.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        edit::begin(session, ctx);
+        let raw = session
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes())
+            .unwrap_or_default();
+        let req = session.req_header();
+        let hosts = edit::values(req, header::HOST);
+        let proxy_auth = edit::values(req, header::PROXY_AUTHORIZATION);
+        let head = RequestHead {
+            method: req.method.as_str(),
+            raw_target: req.raw_path(),
+            hosts: &hosts,
+            proxy_auth: &proxy_auth,
+            raw: &raw,
+            tunnel: ctx.tunnel.as_ref(),
+            upgrade: session.is_upgrade_req(),
+        };
+        let shared = &self.shared;
+        match admit_request(&ctx.snap, &shared.runtime, &shared.own_addrs, &head) {
+            Ok(plan) => ctx.admitted(plan),
+            Err(refusal) => {
+                let reason = ctx.refused(refusal);
+                self.refuse(session, ctx, reason).await;
+                return Ok(true);
+            }
+        }
+        edit::set_timeouts(session, &ctx.snap.limits);
+        self.route_llm(session, ctx).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let plan = ctx.plan()?;
+        let limits = &ctx.snap.limits;
+        // Resolve once, check every answer, and dial exactly the address that passed.
+        let resolved = plan
+            .profile
+            .network
+            .resolve_checked(
+                &self.shared.runtime.dns,
+                &plan.target.authority,
+                limits.upstream_connect_timeout,
+                &self.shared.own_addrs,
+            )
+            .await;
+        match resolved {
+            Ok(addr) => Ok(edit::peer(
+                addr,
+                &plan.target,
+                &ctx.snap,
+                session.is_upgrade_req(),
+            )),
+            Err(reason) => {
+                let e = edit::unresolved(reason, &plan.target.authority);
+                ctx.reason = Some(reason);
+                Err(e)
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let incoming = Incoming {
+            uri: &upstream.uri,
+            headers: &upstream.headers,
+            upgrade: session.is_upgrade_req(),
+            has_body: !session.is_body_empty(),
+            request_id: ctx.request_id(),
+            checks_frames: ctx.flow.ws_policy.is_some(),
+        };
+        let edits = upstream_edits(ctx.plan()?, incoming)
+            .map_err(|e| Error::because(ErrorType::InternalError, "upstream head", e))?;
+        edit::apply(upstream, edits.ops)?;
+        ctx.flow.body_replacer = edits.body;
+        if edits.injects {
+            self.shared.metrics.injected(ctx.injected());
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let limit = ctx.snap.limits.max_response_header_bytes;
+        if edit::response_head_len(upstream_response) > limit {
+            ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                format!("upstream response head over {limit} bytes"),
+            );
+        }
+        // Before Pingora fixes the framing: a removed Content-Length becomes chunked.
+        edit::transform_head(upstream_response, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body.as_deref() {
+            ctx.flow.request_capture.record(chunk);
+        }
+        if session.was_upgraded() && ctx.flow.ws_client.is_some() {
+            return self.ws_client_frames(session, body, ctx).await;
+        }
+        if let Some(replacer) = ctx.flow.body_replacer.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = edit::end_body(replacer.feed(&chunk, end_of_stream), end_of_stream);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(edit::X_REQUEST_ID, ctx.request_id())?;
+        if upstream_response.status == 101 {
+            ctx.flow.websocket = Some(self.shared.metrics.open(Kind::Websocket));
+            // Both directions carry frames from here on: the log gets a summary of them.
+            ctx.flow.request_capture.summarize_frames();
+            ctx.flow.response_capture.summarize_frames();
+        } else {
+            ctx.flow.ws_policy = None;
+            ctx.flow.ws_client = None;
+        }
+        if let Some(scrub) = ctx.plan.as_ref().and_then(|p| p.scrub.as_ref()) {
+            edit::rewrite_headers(upstream_response, |v| scrub.replace_value(v))?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(ws) = ctx.flow.ws_policy.as_mut() {
+            let was_finished = ws.events.finished();
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(ws.feed(&chunk));
+            if let Some(d) = ws.events.denied.clone().filter(|_| !was_finished) {
+                self.note_denial(ctx, &d, false);
+            }
+        }
+        let chunk = body.take().unwrap_or_default();
+        *body = Some(edit::outgoing(ctx, chunk, end_of_stream));
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let reason = *ctx
+            .reason
+            .get_or_insert_with(|| super::reason_in(e, session.was_upgraded()));
+        if super::out_of_fds(e) && ctx.line.error.is_none() {
+            ctx.line.error = Some(format!("out of file descriptors: {}", e.root_cause()));
+        }
+        let answered = session.response_written().is_some();
+        // A client that is gone or stalled has nobody to answer.
+        let silent = matches!(reason, Reason::ClientError | Reason::IdleTimeout) || answered;
+        if !silent {
+            if ctx.line.request_id.is_none() {
+                ctx.line.request_id = Some(super::request_id_from(None));
+            }
+            self.refuse(session, ctx, reason).await;
+        }
+        FailToProxy {
+            error_code: if silent { 0 } else { reason.status() },
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // The canonical line records every failure, with the reason code.
+        true
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let path = String::from_utf8_lossy(req.raw_path());
+        format!("{} {}", req.method, redact_query(&path))
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.line.request_id.is_none() {
+            // The head never parsed; Pingora answered it. Nothing reached warden's phases.
+            return;
+        }
+        let delivered = Delivered {
+            status: session.response_written().map(|r| r.status.as_u16()),
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            upgraded: session.was_upgraded(),
+        };
+        let line = ctx.finish(delivered, e);
+        self.shared.metrics.record(line, ctx.snap.log);
+    }
+}
