@@ -151,7 +151,12 @@ impl AuthConfig {
             });
             let network = c.network.as_ref().and_then(|n| {
                 let compiled = n
-                    .compile(credentials.as_ref().unwrap_or(top_credentials))
+                    .compile(
+                        &credentials
+                            .as_ref()
+                            .unwrap_or(top_credentials)
+                            .grant_hosts(),
+                    )
                     .map_err(|e| {
                         e.into_iter()
                             .map(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))

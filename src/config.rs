@@ -512,7 +512,7 @@ impl Config {
             .map(Some),
             None => Some(None),
         };
-        let network = keep(f.network.compile(&credentials), &mut errors);
+        let network = keep(f.network.compile(&credentials.grant_hosts()), &mut errors);
         let ca = CertAuthority::load_or_create(
             &self.resolve_path(&f.tls.ca_cert),
             &self.resolve_path(&f.tls.ca_key),

@@ -16,7 +16,6 @@ pub use resolve::Resolver;
 pub use rules::{Rule, RulesCase};
 
 use crate::config::KeyErrors;
-use crate::credentials::Credentials;
 use crate::reason::Reason;
 use crate::target::{parse_host, Authority, Host};
 use address::is_own;
@@ -97,15 +96,21 @@ pub struct NetworkConfig {
     pub rules_case: RulesCase,
 }
 
+/// The hosts each grant allows: grant name → the host patterns of every credential carrying it,
+/// in credential order. Built by whoever compiled the credentials in force, so the policy needs
+/// nothing of credentials but these names and hosts.
+pub type GrantHosts = HashMap<String, Vec<HostPattern>>;
+
 impl NetworkConfig {
-    /// Compiles the section against the credentials in force (for `grants`); fails naming
-    /// every `resolve` entry that is not a host name and every grant no credential carries.
-    pub fn compile(&self, credentials: &Credentials) -> Result<NetworkPolicy, KeyErrors> {
+    /// Compiles the section; `grants` are the hosts of the credentials in force, by grant (see
+    /// [`GrantHosts`]). Fails naming every `resolve` entry that is not a host name and every
+    /// grant no credential carries.
+    pub fn compile(&self, grants: &GrantHosts) -> Result<NetworkPolicy, KeyErrors> {
         let mut errors = Vec::new();
         let mut allow = self.allow.clone();
         for grant in &self.grants {
-            match credentials.grant_hosts(grant) {
-                Some(hosts) => allow.extend(hosts),
+            match grants.get(grant) {
+                Some(hosts) => allow.extend(hosts.iter().cloned()),
                 None => errors.push((
                     "network.grants".to_string(),
                     format!("no credential has grant `{grant}`"),
@@ -365,7 +370,7 @@ mod tests {
             "resolve: { API.Example.Test: 127.0.0.9 }\nprivate_networks: allow",
         )
         .unwrap();
-        let p = cfg.compile(&Credentials::default()).unwrap();
+        let p = cfg.compile(&GrantHosts::new()).unwrap();
         let t = Duration::from_secs(1);
         assert_eq!(
             p.resolve_checked(&dest("api.example.test:443"), t, &[])
@@ -394,7 +399,7 @@ mod tests {
     fn policy(yaml: &str) -> NetworkPolicy {
         serde_yaml::from_str::<NetworkConfig>(yaml)
             .unwrap()
-            .compile(&Credentials::default())
+            .compile(&GrantHosts::new())
             .unwrap()
     }
 
@@ -764,14 +769,12 @@ mod tests {
 
     #[test]
     fn grants_allow_their_credentials_hosts_under_strict() {
-        let entries: Vec<crate::credentials::CredentialConfig> = serde_yaml::from_str(
-            "- { host: api.github.com, grant: github, source: { type: static, value: s } }",
-        )
-        .unwrap();
-        let creds = crate::credentials::compile(&entries, "credentials", std::path::Path::new("."))
-            .unwrap();
+        let grants = GrantHosts::from([(
+            "github".to_string(),
+            vec![HostPattern::try_from("api.github.com".to_string()).unwrap()],
+        )]);
         let cfg: NetworkConfig = serde_yaml::from_str("policy: strict\ngrants: [github]").unwrap();
-        let p = cfg.compile(&creds).unwrap();
+        let p = cfg.compile(&grants).unwrap();
         assert_eq!(
             p.decide_host(&dest("api.github.com:443")),
             HostDecision::Allow
@@ -784,7 +787,7 @@ mod tests {
             "grants: [gitlab, github, bitbucket]\nresolve: { 'a b': 127.0.0.1 }",
         )
         .unwrap();
-        let errors = cfg.compile(&creds).unwrap_err();
+        let errors = cfg.compile(&grants).unwrap_err();
         let found: Vec<(&str, bool)> = errors
             .iter()
             .map(|(key, msg)| {
