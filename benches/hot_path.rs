@@ -5,8 +5,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::net::IpAddr;
 use std::sync::Arc;
-use warden::credentials::Credentials;
-use warden::policy::{classify_addr, NetworkConfig};
+use warden::policy::{classify_addr, GrantHosts, NetworkConfig};
 use warden::target::{classify_connect, classify_request, parse_authority, parse_host};
 use warden::telemetry::{CanonicalLog, Kind, LogFormat};
 use warden::tls::{CertAuthority, Leaves};
@@ -40,7 +39,7 @@ fn rules(c: &mut Criterion) {
     yaml.push_str("  - \"deny * *.example.com /**\"\n");
     let cfg: NetworkConfig = serde_yaml::from_str(&yaml).expect("bench rules parse");
     let policy = cfg
-        .compile(&Credentials::default())
+        .compile(&GrantHosts::new())
         .expect("bench rules compile");
     let last = parse_authority(b"host999.example.com:443", None).expect("authority");
     let none = parse_authority(b"other.example.com:443", None).expect("authority");

@@ -5,7 +5,7 @@
 //! then sets the header, overwriting whatever the client sent.
 
 use crate::config::KeyErrors;
-use crate::policy::HostPattern;
+use crate::policy::{GrantHosts, HostPattern};
 use crate::secret::{Secret, SecretError, SecretSource};
 use crate::target::{Authority, Scheme};
 use http::header::{HeaderName, HeaderValue};
@@ -159,15 +159,19 @@ impl Credentials {
         self.list.iter().any(|c| c.host.matches(dest))
     }
 
-    /// The host patterns of every credential with `grant`; `None` if no credential has it.
-    pub fn grant_hosts(&self, grant: &str) -> Option<Vec<HostPattern>> {
-        let hosts: Vec<HostPattern> = self
-            .list
-            .iter()
-            .filter(|c| c.grant.as_deref() == Some(grant))
-            .map(|c| c.host.clone())
-            .collect();
-        (!hosts.is_empty()).then_some(hosts)
+    /// The host patterns of the credentials, by grant, for compiling `network.grants`; a grant
+    /// no credential carries is absent.
+    pub fn grant_hosts(&self) -> GrantHosts {
+        let mut grants = GrantHosts::new();
+        for c in &self.list {
+            if let Some(grant) = &c.grant {
+                grants
+                    .entry(grant.clone())
+                    .or_default()
+                    .push(c.host.clone());
+            }
+        }
+        grants
     }
 }
 
@@ -431,7 +435,8 @@ mod tests {
             "- { host: api.github.com, grant: github, source: { type: static, value: s } }\n- { host: '*.githubusercontent.com', grant: github, source: { type: static, value: s } }\n",
             Path::new("."),
         );
-        assert_eq!(c.grant_hosts("github").unwrap().len(), 2);
-        assert!(c.grant_hosts("gitlab").is_none());
+        let grants = c.grant_hosts();
+        assert_eq!(grants["github"].len(), 2);
+        assert!(!grants.contains_key("gitlab"));
     }
 }

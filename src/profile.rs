@@ -121,7 +121,7 @@ pub(crate) fn compile_lenient(
     };
     let network = match (section.network, inherit) {
         (Some(n), _) => keep(
-            n.compile(&credentials).map_err(|e| {
+            n.compile(&credentials.grant_hosts()).map_err(|e| {
                 e.into_iter()
                     .map(|(k, m)| {
                         (
