@@ -37,6 +37,7 @@ pub mod reload;
 pub mod scrub;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod substitution;
 pub mod target;
 pub mod telemetry;

@@ -3,9 +3,9 @@
 //! JSON or logfmt and emitted through the `log` crate, plus the process logger. Called from the
 //! `logging` phase and from the front door.
 
-use crate::proxy::Shared;
 use crate::reason::Reason;
 use crate::scrub::Replacer;
+use crate::state::Shared;
 use crate::tls::CertAuthority;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;

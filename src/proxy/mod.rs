@@ -12,17 +12,16 @@ mod tunnel;
 mod upgrade;
 
 pub use front_door::FrontDoor;
-pub use llm::LlmConnector;
 
 use crate::admission::admit_request;
 use crate::auth::Client;
 use crate::config::Snapshot;
 use crate::reason::{error_body, Reason};
 use crate::scrub::Replacer;
+use crate::state::Shared;
 use crate::substitution::{self, Active, Place};
 use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
 use crate::telemetry::{redact_query, CanonicalLog, Capture, Kind};
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -32,22 +31,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// State shared by the front door and every request: the current config snapshot and
-/// warden's own listener addresses (never a destination: loop detection).
-#[derive(Debug)]
-pub struct Shared {
-    /// The compiled config; loaded once per connection (front door) or request (`new_ctx`).
-    pub snapshot: ArcSwap<Snapshot>,
-    /// The bound proxy and admin addresses.
-    pub own_addrs: Vec<std::net::SocketAddr>,
-    /// This instance's metrics.
-    pub metrics: crate::telemetry::Metrics,
-    /// The config generation in force (1 at start, +1 per successful reload).
-    pub generation: std::sync::atomic::AtomicU64,
-    /// The upstream connector LLM exchanges use.
-    pub connector: LlmConnector,
-}
 
 /// The `ProxyHttp` implementation.
 pub struct Warden {
