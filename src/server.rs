@@ -2,10 +2,10 @@
 //! reported), runs the accept loops that hand each connection to the front door (or the admin
 //! app), and drains on shutdown. The binary and the integration tests use the same entry point.
 
+use crate::admin::Admin;
 use crate::config::Snapshot;
 use crate::proxy::{FrontDoor, Warden};
 use crate::state::{LlmConnector, Shared};
-use crate::telemetry::Admin;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::ServerApp;
