@@ -177,14 +177,14 @@ struct Frames {
 
 #[derive(Debug)]
 struct FrameEntry {
-    head: crate::llm::ws::FrameHead,
+    head: crate::llm::frame::FrameHead,
     /// The first payload bytes, unmasked (text and close frames only).
     excerpt: Vec<u8>,
 }
 
 impl FrameEntry {
     fn label(&self) -> Cow<'static, str> {
-        use crate::llm::ws::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+        use crate::llm::frame::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
         Cow::Borrowed(match self.head.opcode {
             CONTINUATION => "continuation",
             TEXT => "text",
@@ -197,8 +197,8 @@ impl FrameEntry {
     }
 
     /// Whether the payload's start is worth showing: readable text, or a close's code.
-    fn shown(head: &crate::llm::ws::FrameHead) -> bool {
-        use crate::llm::ws::{CLOSE, TEXT};
+    fn shown(head: &crate::llm::frame::FrameHead) -> bool {
+        use crate::llm::frame::{CLOSE, TEXT};
         // RSV1 set: compressed (permessage-deflate), unreadable here.
         head.rsv & 0b100 == 0 && matches!(head.opcode, TEXT | CLOSE)
     }
@@ -210,7 +210,7 @@ impl FrameEntry {
             return out;
         }
         let mut text = self.excerpt.as_slice();
-        if self.head.opcode == crate::llm::ws::CLOSE {
+        if self.head.opcode == crate::llm::frame::CLOSE {
             let Some((code, reason)) = text.split_first_chunk::<2>() else {
                 return out;
             };
@@ -219,7 +219,7 @@ impl FrameEntry {
                 return out;
             }
             text = reason;
-        } else if self.head.opcode != crate::llm::ws::TEXT {
+        } else if self.head.opcode != crate::llm::frame::TEXT {
             return out;
         }
         // A secret may run on past the excerpt (or into the next fragment): its start goes too.
@@ -279,7 +279,7 @@ impl Frames {
             }
             self.head.push(data[0]);
             data = &data[1..];
-            if let Some(head) = crate::llm::ws::parse_head(&self.head) {
+            if let Some(head) = crate::llm::frame::parse_head(&self.head) {
                 self.head.clear();
                 let entry = FrameEntry {
                     head,
@@ -763,7 +763,7 @@ mod tests {
 #[cfg(test)]
 mod capture_tests {
     use super::Capture;
-    use crate::llm::ws::{close_frame, encode, masked, BINARY, CONTINUATION, PING, TEXT};
+    use crate::llm::frame::{close_frame, encode, masked, BINARY, CONTINUATION, PING, TEXT};
 
     fn frames(limit: usize, wire: &[u8], piece: usize) -> Option<String> {
         let mut c = Capture::new(limit);
