@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod config;
@@ -40,6 +41,7 @@ pub mod runtime;
 pub mod scrub;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod substitution;
 pub mod target;
 pub mod telemetry;

@@ -5,7 +5,7 @@
 //! requiring a restart and left as they are. Called by the binary's SIGHUP handler.
 
 use crate::config::{CompileOptions, Config, ConfigErrors};
-use crate::proxy::Shared;
+use crate::state::Shared;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

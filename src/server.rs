@@ -2,9 +2,10 @@
 //! reported), runs the accept loops that hand each connection to the front door (or the admin
 //! app), and drains on shutdown. The binary and the integration tests use the same entry point.
 
+use crate::admin::Admin;
 use crate::config::Snapshot;
-use crate::proxy::{FrontDoor, Shared, Warden};
-use crate::telemetry::Admin;
+use crate::proxy::{FrontDoor, Warden};
+use crate::state::{LlmConnector, Shared};
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::ServerApp;
@@ -80,7 +81,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         own_addrs: std::iter::once(proxy_addr).chain(admin_addr).collect(),
         metrics: crate::telemetry::Metrics::new(),
         generation: std::sync::atomic::AtomicU64::new(1),
-        connector: crate::proxy::LlmConnector::default(),
+        connector: LlmConnector::default(),
     });
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -4,10 +4,13 @@
 //! anything goes upstream; JSON responses by [`inspect_json`]; SSE streams and Responses
 //! WebSocket events by [`stream::StreamPolicy`], which holds only tool-call blocks.
 
+pub mod frame;
+mod json;
 pub mod sse;
 pub mod stream;
 pub mod ws;
 
+use self::json::str_at;
 use crate::config::KeyErrors;
 use crate::policy::HostPattern;
 use crate::reason::Reason;
@@ -496,13 +499,6 @@ pub fn inspect_json(api: Api, body: &[u8]) -> Option<(Vec<ToolCall>, Usage)> {
         }
     }
     Some((calls, usage))
-}
-
-fn str_at(v: &Value, ptr: &str) -> String {
-    v.pointer(ptr)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Anthropic content blocks that call a tool.

@@ -5,10 +5,11 @@
 //! (Responses) — then evaluated, and released unchanged or replaced by the provider's
 //! terminal error. Everything held is bounded by `limits.llm_buffer_bytes`.
 
+use super::frame;
+use super::json::str_at;
 use super::sse::{self, Framer};
 use super::{
-    error_envelope, is_call_item, is_tool_block, responses_failure, ws, Api, Denial, LlmPolicy,
-    Usage,
+    error_envelope, is_call_item, is_tool_block, responses_failure, Api, Denial, LlmPolicy, Usage,
 };
 use crate::reason::Reason;
 use bytes::{Bytes, BytesMut};
@@ -166,7 +167,7 @@ impl EventPolicy {
                     };
                     self.start(Pending {
                         key: index(v, "/index"),
-                        name: text(v, "/content_block/name"),
+                        name: str_at(v, "/content_block/name"),
                         arguments,
                         done: false,
                     });
@@ -252,8 +253,8 @@ impl EventPolicy {
                 {
                     self.start(Pending {
                         key: index(v, "/output_index"),
-                        name: text(v, "/item/name"),
-                        arguments: text(v, "/item/arguments"),
+                        name: str_at(v, "/item/name"),
+                        arguments: str_at(v, "/item/arguments"),
                         done: false,
                     });
                     false
@@ -406,9 +407,9 @@ impl EventPolicy {
             (Transport::WebSocket, _) => {
                 let (mut error, failed) = responses_failure(&d, seq, self.response.as_ref());
                 error["status"] = json!(d.reason.status());
-                out.extend_from_slice(&ws::encode(ws::TEXT, error.to_string().as_bytes()));
-                out.extend_from_slice(&ws::encode(ws::TEXT, failed.to_string().as_bytes()));
-                out.extend_from_slice(&ws::close_frame(1008, d.reason.code()));
+                out.extend_from_slice(&frame::encode(frame::TEXT, error.to_string().as_bytes()));
+                out.extend_from_slice(&frame::encode(frame::TEXT, failed.to_string().as_bytes()));
+                out.extend_from_slice(&frame::close_frame(1008, d.reason.code()));
             }
         }
         self.denied = Some(d);
@@ -418,13 +419,6 @@ impl EventPolicy {
 
 fn index(v: &Value, ptr: &str) -> u64 {
     v.pointer(ptr).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn text(v: &Value, ptr: &str) -> String {
-    v.pointer(ptr)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn sse_event(out: &mut BytesMut, event: Option<&str>, data: &Value) {

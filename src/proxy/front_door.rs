@@ -7,10 +7,11 @@
 use super::head::{read_head, Head, HeadError, Wait};
 use super::http1::Peer;
 use super::tunnel;
-use super::{raw_refusal, request_id_from, Shared, Warden};
+use super::{raw_refusal, request_id_from, Warden};
 use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
 use crate::reason::Reason;
+use crate::state::Shared;
 use crate::target::check_head;
 use crate::target::{classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};

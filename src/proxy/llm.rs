@@ -22,21 +22,6 @@ use pingora_proxy::{ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Pingora's upstream connector for LLM exchanges (its own pool).
-pub struct LlmConnector(pub pingora_core::connectors::http::Connector);
-
-impl std::fmt::Debug for LlmConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LlmConnector")
-    }
-}
-
-impl Default for LlmConnector {
-    fn default() -> Self {
-        LlmConnector(pingora_core::connectors::http::Connector::new(None))
-    }
-}
-
 /// What one LLM call did, for the log line and metrics.
 #[derive(Debug)]
 pub struct LlmCall {

@@ -16,34 +16,13 @@ mod warden;
 
 pub use ctx::RequestCtx;
 pub use front_door::FrontDoor;
-pub use llm::LlmConnector;
 pub use warden::Warden;
 
-use crate::config::Snapshot;
 use crate::reason::{error_body, Reason};
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
-
-/// State shared by the front door and every request: the current config snapshot and
-/// warden's own listener addresses (never a destination: loop detection).
-#[derive(Debug)]
-pub struct Shared {
-    /// The compiled config; loaded once per connection (front door) or request (`new_ctx`).
-    pub snapshot: ArcSwap<Snapshot>,
-    /// The bound proxy and admin addresses.
-    pub own_addrs: Vec<std::net::SocketAddr>,
-    /// This instance's metrics.
-    pub metrics: crate::telemetry::Metrics,
-    /// The config generation in force (1 at start, +1 per successful reload).
-    pub generation: std::sync::atomic::AtomicU64,
-    /// The upstream connector LLM exchanges use.
-    pub connector: LlmConnector,
-    /// What lives across reloads: leaves, DNS answers, correlation sessions, secret files.
-    pub runtime: crate::runtime::Runtime,
-}
 
 /// The request id to use: the client's `X-Request-Id` when it is a sane token, else a new one.
 pub(crate) fn request_id_from(value: Option<&[u8]>) -> String {

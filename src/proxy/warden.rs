@@ -6,10 +6,10 @@
 
 use super::ctx::{Delivered, RequestCtx};
 use super::edit;
-use super::Shared;
 use crate::admission::{admit_request, RequestHead};
 use crate::forward::{upstream_edits, Incoming};
 use crate::reason::Reason;
+use crate::state::Shared;
 use crate::telemetry::{redact_query, Kind};
 use async_trait::async_trait;
 use bytes::Bytes;
