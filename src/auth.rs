@@ -4,7 +4,7 @@
 //! by the front door on CONNECT and by `request_filter` on plain requests; requests inside an
 //! intercepted tunnel keep the CONNECT's identity.
 
-use crate::config::{keep, KeyErrors};
+use crate::compile_error::{keep, CompileError, CompileErrors};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
@@ -91,7 +91,7 @@ impl AuthConfig {
         base_dir: &Path,
         top_credentials: &Credentials,
         previous: Option<&Clients>,
-    ) -> Result<Clients, KeyErrors> {
+    ) -> Result<Clients, CompileErrors> {
         let mut errors = Vec::new();
         let mut names = HashSet::new();
         let mut clients = Vec::new();
@@ -100,17 +100,20 @@ impl AuthConfig {
             // Each section is compiled even when another failed, so all errors show at once.
             let before = errors.len();
             if c.name.is_empty() || c.name.contains(':') || c.name.len() > 64 {
-                errors.push((
+                errors.push(CompileError::new(
                     key("name"),
                     "a client name is 1-64 characters without ':'".into(),
                 ));
             } else if !names.insert(c.name.clone()) {
-                errors.push((key("name"), format!("client `{}` is listed twice", c.name)));
+                errors.push(CompileError::new(
+                    key("name"),
+                    format!("client `{}` is listed twice", c.name),
+                ));
             }
             let token = c
                 .token
                 .read(base_dir)
-                .map_err(|e| errors.push((key("token"), e.to_string())))
+                .map_err(|e| errors.push(CompileError::new(key("token"), e.to_string())))
                 .ok();
             let credentials = c.credentials.as_ref().map(|entries| {
                 let (credentials, e) = credentials::compile_lenient(
@@ -159,7 +162,7 @@ impl AuthConfig {
                     )
                     .map_err(|e| {
                         e.into_iter()
-                            .map(|(k, m)| (format!("proxy.auth.clients[{i}].{k}"), m))
+                            .map(|e| e.under(&format!("proxy.auth.clients[{i}]")))
                             .collect()
                     });
                 keep(compiled, &mut errors)
@@ -193,7 +196,7 @@ impl AuthConfig {
             }));
         }
         if self.clients.is_empty() {
-            errors.push((
+            errors.push(CompileError::new(
                 "proxy.auth.clients".into(),
                 "lists no client; remove proxy.auth to run without authentication".into(),
             ));
@@ -323,12 +326,12 @@ mod tests {
             "clients:\n  - { name: a, token: { type: env, var: WARDEN_TEST_NO_SUCH_TOKEN } }\n",
         )
         .unwrap();
-        let (key, msg) = cfg
+        let e = cfg
             .compile(Path::new("."), &Credentials::default(), None)
             .unwrap_err()
             .remove(0);
-        assert_eq!(key, "proxy.auth.clients[0].token");
-        assert!(msg.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{msg}");
+        assert_eq!(e.key, "proxy.auth.clients[0].token");
+        assert!(e.message.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{e}");
         let cfg: AuthConfig = serde_yaml::from_str(
             "clients:\n  - { name: a, token: { type: static, value: x } }\n  - { name: a, token: { type: static, value: y } }\n",
         )
@@ -336,7 +339,7 @@ mod tests {
         assert_eq!(
             cfg.compile(Path::new("."), &Credentials::default(), None)
                 .unwrap_err()[0]
-                .0,
+                .key,
             "proxy.auth.clients[1].name"
         );
         let cfg: AuthConfig = serde_yaml::from_str(
@@ -346,7 +349,7 @@ mod tests {
         assert_eq!(
             cfg.compile(Path::new("."), &Credentials::default(), None)
                 .unwrap_err()[0]
-                .0,
+                .key,
             "proxy.auth.clients[0].llm[0].deny_tools[0]"
         );
     }

@@ -4,6 +4,7 @@
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
 use crate::auth::{AuthConfig, Client, ClientConfig, Clients};
+use crate::compile_error::{keep, CompileError, CompileErrors};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A config error: which key, on which line (when known), and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+// Display is written by hand: what it starts with depends on which of file and line are known.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file the error is in.
     pub file: Option<PathBuf>,
@@ -50,10 +52,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
-
 /// Every error `compile` found, in file order; never empty. Displayed one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(Vec<ConfigError>);
 
 impl ConfigErrors {
@@ -84,24 +84,6 @@ impl fmt::Display for ConfigErrors {
             write!(f, "{e}")?;
         }
         Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// A section's compile errors: `(dotted key, message)` pairs, every one found, in the order
-/// found. [`Config::compile`] locates them in the file.
-pub type KeyErrors = Vec<(String, String)>;
-
-/// The value of `result`, or `None` with its errors moved into `errors`: how a compile step
-/// keeps going past a bad section to report the rest.
-pub(crate) fn keep<T>(result: Result<T, KeyErrors>, errors: &mut KeyErrors) -> Option<T> {
-    match result {
-        Ok(v) => Some(v),
-        Err(e) => {
-            errors.extend(e);
-            None
-        }
     }
 }
 
@@ -418,8 +400,9 @@ impl Config {
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
         let f = &self.file;
-        let mut errors: KeyErrors = Vec::new();
-        let mut fail = |key: &str, message: &str| errors.push((key.into(), message.into()));
+        let mut errors: CompileErrors = Vec::new();
+        let mut fail =
+            |key: &str, message: &str| errors.push(CompileError::new(key.into(), message.into()));
         // Port 0 asks for an ephemeral port each, so two of them never collide.
         if f.admin.listen == Some(f.proxy.listen) && f.proxy.listen.port() != 0 {
             fail("admin.listen", "must differ from proxy.listen");
@@ -519,7 +502,7 @@ impl Config {
             opts.create_ca,
             f.limits.cert_cache_entries,
         )
-        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .map_err(|e| errors.push(CompileError::new(e.key().into(), e.to_string())))
         .ok();
         let tls = match ca {
             Some(ca) => {
@@ -532,7 +515,7 @@ impl Config {
             // Without a CA there is no policy to build, but the trust file is still checked.
             None => f.tls.upstream_roots(|p| self.resolve_path(p)).map(|_| None),
         }
-        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .map_err(|e| errors.push(CompileError::new(e.key().into(), e.to_string())))
         .ok()
         .flatten();
         let (
@@ -579,11 +562,11 @@ impl Config {
         })
     }
 
-    /// `(key, message)` pairs located in this file, in file order.
-    fn errors(&self, errors: KeyErrors) -> ConfigErrors {
+    /// Compile errors located in this file, in file order.
+    fn errors(&self, errors: CompileErrors) -> ConfigErrors {
         let mut list: Vec<ConfigError> = errors
             .into_iter()
-            .map(|(key, message)| self.error(&key, message))
+            .map(|e| self.error(&e.key, e.message))
             .collect();
         // Unlocated errors last; the sort is stable, so one line's errors keep their order.
         list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));

@@ -25,6 +25,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod compile_error;
 pub mod config;
 pub mod correlation;
 pub mod credentials;
