@@ -4,7 +4,7 @@
 //! by the front door on CONNECT and by `request_filter` on plain requests; requests inside an
 //! intercepted tunnel keep the CONNECT's identity.
 
-use crate::config::{keep, KeyErrors};
+use crate::compile_error::{keep, CompileError, CompileErrors};
 use crate::correlation::CorrelationConfig;
 use crate::credentials::CredentialConfig;
 use crate::headers::HeaderRuleConfig;
@@ -96,7 +96,11 @@ impl AuthConfig {
     /// Reads every token and compiles each client's profile over `default` (the top-level
     /// sections; a client without sections of its own shares it). Errors carry the config
     /// key; every client's are reported.
-    pub fn compile(&self, base_dir: &Path, default: &Arc<Profile>) -> Result<Clients, KeyErrors> {
+    pub fn compile(
+        &self,
+        base_dir: &Path,
+        default: &Arc<Profile>,
+    ) -> Result<Clients, CompileErrors> {
         let mut errors = Vec::new();
         let mut names = HashSet::new();
         let mut clients = Vec::new();
@@ -105,12 +109,12 @@ impl AuthConfig {
             // Each section is compiled even when another failed, so all errors show at once.
             let before = errors.len();
             if c.name.is_empty() || c.name.contains(':') || c.name.len() > 64 {
-                errors.push((
+                errors.push(CompileError::new(
                     format!("{key}.name"),
                     "a client name is 1-64 characters without ':'".into(),
                 ));
             } else if !names.insert(c.name.clone()) {
-                errors.push((
+                errors.push(CompileError::new(
                     format!("{key}.name"),
                     format!("client `{}` is listed twice", c.name),
                 ));
@@ -118,7 +122,7 @@ impl AuthConfig {
             let token = c
                 .token
                 .read(base_dir)
-                .map_err(|e| errors.push((format!("{key}.token"), e.to_string())))
+                .map_err(|e| errors.push(CompileError::new(format!("{key}.token"), e.to_string())))
                 .ok();
             let sections = c.sections();
             let profile = if sections.is_empty() {
@@ -143,7 +147,7 @@ impl AuthConfig {
             }));
         }
         if self.clients.is_empty() {
-            errors.push((
+            errors.push(CompileError::new(
                 "proxy.auth.clients".into(),
                 "lists no client; remove proxy.auth to run without authentication".into(),
             ));
@@ -283,18 +287,18 @@ mod tests {
             "clients:\n  - { name: a, token: { type: env, var: WARDEN_TEST_NO_SUCH_TOKEN } }\n",
         )
         .unwrap();
-        let (key, msg) = cfg
+        let e = cfg
             .compile(Path::new("."), &default_profile())
             .unwrap_err()
             .remove(0);
-        assert_eq!(key, "proxy.auth.clients[0].token");
-        assert!(msg.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{msg}");
+        assert_eq!(e.key, "proxy.auth.clients[0].token");
+        assert!(e.message.contains("WARDEN_TEST_NO_SUCH_TOKEN"), "{e}");
         let cfg: AuthConfig = serde_yaml::from_str(
             "clients:\n  - { name: a, token: { type: static, value: x } }\n  - { name: a, token: { type: static, value: y } }\n",
         )
         .unwrap();
         assert_eq!(
-            cfg.compile(Path::new("."), &default_profile()).unwrap_err()[0].0,
+            cfg.compile(Path::new("."), &default_profile()).unwrap_err()[0].key,
             "proxy.auth.clients[1].name"
         );
         let cfg: AuthConfig = serde_yaml::from_str(
@@ -302,7 +306,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            cfg.compile(Path::new("."), &default_profile()).unwrap_err()[0].0,
+            cfg.compile(Path::new("."), &default_profile()).unwrap_err()[0].key,
             "proxy.auth.clients[0].llm[0].deny_tools[0]"
         );
     }

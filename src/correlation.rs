@@ -4,7 +4,7 @@
 //! consume one too — and the same number is set by `upstream_request_filter` and written in the
 //! canonical line (`seq`). Numbers are unique and dense under concurrency.
 
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::{normalize_path, HostPattern, PathGlob};
 use crate::target::Authority;
 use http::header::{HeaderName, HeaderValue};
@@ -135,12 +135,12 @@ impl Sessions {
 impl CorrelationConfig {
     /// Compiles the section under config key `key` for `owner` (the client whose own section
     /// it is; `None` at the top level); every bad field is reported.
-    pub fn compile(&self, key: &str, owner: Option<&str>) -> Result<Correlation, KeyErrors> {
+    pub fn compile(&self, key: &str, owner: Option<&str>) -> Result<Correlation, CompileErrors> {
         let mut errors = Vec::new();
         let mut header = |field: &str, v: &str| {
             HeaderName::from_bytes(v.as_bytes())
                 .map_err(|_| {
-                    errors.push((
+                    errors.push(CompileError::new(
                         format!("{key}.{field}"),
                         format!("`{v}` is not a header name"),
                     ))
@@ -153,13 +153,16 @@ impl CorrelationConfig {
         let auto = id == "auto";
         let session = HeaderValue::from_str(id).ok().filter(|_| !id.is_empty());
         if session.is_none() {
-            errors.push((
+            errors.push(CompileError::new(
                 format!("{key}.session_id"),
                 "is not a valid header value".to_string(),
             ));
         }
         if self.targets.is_empty() {
-            errors.push((format!("{key}.targets"), "lists no target".into()));
+            errors.push(CompileError::new(
+                format!("{key}.targets"),
+                "lists no target".into(),
+            ));
         }
         let (Some(session), Some(session_header), Some(sequence_header)) =
             (session, session_header, sequence_header)
@@ -314,7 +317,7 @@ mod tests {
                 .unwrap()
                 .compile("correlation", None)
                 .unwrap_err()[0]
-                .0
+                .key
                 .clone()
         };
         assert_eq!(bad("targets: []"), "correlation.targets");

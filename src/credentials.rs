@@ -4,7 +4,7 @@
 //! reads its secret — failing the request closed when it cannot be read. `upstream_request_filter`
 //! then sets the header, overwriting whatever the client sent.
 
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::{GrantHosts, HostPattern};
 use crate::secret::{Secret, SecretError, SecretSource};
 use crate::target::{Authority, Scheme};
@@ -74,7 +74,7 @@ pub fn compile(
     entries: &[CredentialConfig],
     key: &str,
     base_dir: &Path,
-) -> Result<Credentials, KeyErrors> {
+) -> Result<Credentials, CompileErrors> {
     let (credentials, errors) = compile_lenient(entries, key, base_dir);
     if errors.is_empty() {
         Ok(credentials)
@@ -90,14 +90,14 @@ pub(crate) fn compile_lenient(
     entries: &[CredentialConfig],
     key: &str,
     base_dir: &Path,
-) -> (Credentials, KeyErrors) {
+) -> (Credentials, CompileErrors) {
     let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, c) in entries.iter().enumerate() {
         let at = |field: &str| format!("{key}[{i}].{field}");
         let header_name = c.header.as_deref().unwrap_or("authorization");
         let header = HeaderName::from_bytes(header_name.as_bytes()).unwrap_or_else(|_| {
-            errors.push((
+            errors.push(CompileError::new(
                 at("header"),
                 format!("`{header_name}` is not a header name"),
             ));
@@ -116,12 +116,15 @@ pub(crate) fn compile_lenient(
         {
             Some((prefix, suffix)) => {
                 if HeaderValue::from_str(&format!("{prefix}x{suffix}")).is_err() {
-                    errors.push((at("format"), "is not a valid header value".into()));
+                    errors.push(CompileError::new(
+                        at("format"),
+                        "is not a valid header value".into(),
+                    ));
                 }
                 (prefix, suffix)
             }
             None => {
-                errors.push((
+                errors.push(CompileError::new(
                     at("format"),
                     "must contain {secret} exactly once".to_string(),
                 ));
@@ -129,7 +132,7 @@ pub(crate) fn compile_lenient(
             }
         };
         if c.grant.as_deref().is_some_and(str::is_empty) {
-            errors.push((at("grant"), "must not be empty".into()));
+            errors.push(CompileError::new(at("grant"), "must not be empty".into()));
         }
         list.push(Credential {
             host: c.host.clone(),
@@ -391,7 +394,7 @@ mod tests {
             compile(&entries, "credentials", Path::new("."))
                 .unwrap_err()
                 .into_iter()
-                .map(|(key, _)| key)
+                .map(|e| e.key)
                 .collect::<Vec<_>>()
         };
         assert_eq!(
@@ -415,7 +418,7 @@ mod tests {
         )
         .unwrap();
         let errors = compile(&entries, "credentials", Path::new(".")).unwrap_err();
-        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
             [

@@ -2,7 +2,7 @@
 //! upstream request. Called by `upstream_request_filter`, before credential injection so a
 //! credential always has the last word on its own header.
 
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::HostPattern;
 use crate::target::Authority;
 use http::header::{HeaderName, HeaderValue};
@@ -41,7 +41,7 @@ pub struct HeaderRules {
 
 /// Compiles `entries` under config key `key`; names and values are checked here, once, and
 /// every bad one is reported.
-pub fn compile(entries: &[HeaderRuleConfig], key: &str) -> Result<HeaderRules, KeyErrors> {
+pub fn compile(entries: &[HeaderRuleConfig], key: &str) -> Result<HeaderRules, CompileErrors> {
     let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -73,12 +73,12 @@ pub(crate) fn set_and_remove(
     entry: &str,
     set_field: &str,
     remove_field: &str,
-) -> Result<SetAndRemove, KeyErrors> {
+) -> Result<SetAndRemove, CompileErrors> {
     let mut errors = Vec::new();
-    let name = |field: &str, n: &str, errors: &mut KeyErrors| {
+    let name = |field: &str, n: &str, errors: &mut CompileErrors| {
         let parsed = HeaderName::from_bytes(n.as_bytes()).ok();
         if parsed.is_none() {
-            errors.push((
+            errors.push(CompileError::new(
                 format!("{entry}.{field}"),
                 format!("`{n}` is not a header name"),
             ));
@@ -90,7 +90,7 @@ pub(crate) fn set_and_remove(
         let n = name(set_field, written, &mut errors);
         let value = HeaderValue::from_str(v).ok();
         if value.is_none() {
-            errors.push((
+            errors.push(CompileError::new(
                 format!("{entry}.{set_field}.{written}"),
                 "is not a valid header value".to_string(),
             ));
@@ -142,11 +142,14 @@ mod tests {
         assert!(!rules.has_for(&other));
         let bad: Vec<HeaderRuleConfig> =
             serde_yaml::from_str("- { host: a.test, set: { 'bad name': x } }").unwrap();
-        assert_eq!(compile(&bad, "headers").unwrap_err()[0].0, "headers[0].set");
+        assert_eq!(
+            compile(&bad, "headers").unwrap_err()[0].key,
+            "headers[0].set"
+        );
         let bad: Vec<HeaderRuleConfig> =
             serde_yaml::from_str("- { host: a.test, set: { x-a: \"line\\nbreak\" } }").unwrap();
         assert_eq!(
-            compile(&bad, "headers").unwrap_err()[0].0,
+            compile(&bad, "headers").unwrap_err()[0].key,
             "headers[0].set.x-a"
         );
     }

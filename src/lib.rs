@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod compile_error;
 pub mod config;
 pub mod correlation;
 pub mod credentials;

@@ -6,7 +6,7 @@
 //! file's clients and for any other source of clients alike. Requests select their profile
 //! once ([`crate::Snapshot::profile`]).
 
-use crate::config::{keep, KeyErrors};
+use crate::compile_error::{keep, CompileErrors};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
@@ -82,7 +82,7 @@ pub fn compile(
     inherit: Option<&Profile>,
     key: &str,
     base_dir: &Path,
-) -> Result<Profile, KeyErrors> {
+) -> Result<Profile, CompileErrors> {
     match compile_lenient(section, inherit, key, base_dir) {
         (Some(profile), errors) if errors.is_empty() => Ok(profile),
         (_, errors) => Err(errors),
@@ -96,7 +96,7 @@ pub(crate) fn compile_lenient(
     inherit: Option<&Profile>,
     key: &str,
     base_dir: &Path,
-) -> (Option<Profile>, KeyErrors) {
+) -> (Option<Profile>, CompileErrors) {
     let at = |field: &str| {
         if key.is_empty() {
             field.to_string()
@@ -121,20 +121,12 @@ pub(crate) fn compile_lenient(
     };
     let network = match (section.network, inherit) {
         (Some(n), _) => keep(
-            n.compile(&credentials.grant_hosts()).map_err(|e| {
-                e.into_iter()
-                    .map(|(k, m)| {
-                        (
-                            if key.is_empty() {
-                                k
-                            } else {
-                                format!("{key}.{k}")
-                            },
-                            m,
-                        )
-                    })
-                    .collect()
-            }),
+            // The policy names its own keys (`network.…`): they go under the client's.
+            n.compile(&credentials.grant_hosts())
+                .map_err(|e| match key {
+                    "" => e,
+                    _ => e.into_iter().map(|e| e.under(key)).collect(),
+                }),
             &mut errors,
         )
         .map(Arc::new),
@@ -201,8 +193,8 @@ pub(crate) fn compile_lenient(
 fn inherit_or<C: ?Sized, T>(
     given: Option<&C>,
     inherited: Option<&Arc<T>>,
-    errors: &mut KeyErrors,
-    compile: impl FnOnce(&C) -> Result<T, KeyErrors>,
+    errors: &mut CompileErrors,
+    compile: impl FnOnce(&C) -> Result<T, CompileErrors>,
 ) -> Option<Arc<T>> {
     match (given, inherited) {
         (Some(c), _) => keep(compile(c), errors).map(Arc::new),
@@ -342,6 +334,6 @@ correlation: { session_id: run-a, targets: [{ host: api.test }] }
         };
         let errors =
             compile(&with_bad, Some(top), "proxy.auth.clients[2]", dir.path()).unwrap_err();
-        assert_eq!(errors[0].0, "proxy.auth.clients[2].headers[0].remove");
+        assert_eq!(errors[0].key, "proxy.auth.clients[2].headers[0].remove");
     }
 }

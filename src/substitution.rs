@@ -5,7 +5,7 @@
 //! it is and flagged in the log. Secrets are read in `request_filter` after policy (admission),
 //! applied by `upstream_request_filter` and `request_body_filter`.
 
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::credentials::{LiveSource, SourceCache, Unavailable};
 use crate::policy::HostPattern;
 use crate::scrub::Replacer;
@@ -90,20 +90,23 @@ pub fn compile(
     entries: &[SubstitutionConfig],
     key: &str,
     base_dir: &Path,
-) -> Result<Substitutions, KeyErrors> {
+) -> Result<Substitutions, CompileErrors> {
     let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let p = &e.placeholder;
         if p.len() < 6 || !p.bytes().all(|b| b.is_ascii_graphic()) {
-            errors.push((
+            errors.push(CompileError::new(
                 format!("{key}[{i}].placeholder"),
                 "must be at least 6 visible ASCII characters, so it cannot match by accident"
                     .into(),
             ));
         }
         if e.places.is_empty() {
-            errors.push((format!("{key}[{i}].in"), "names no place".into()));
+            errors.push(CompileError::new(
+                format!("{key}[{i}].in"),
+                "names no place".into(),
+            ));
         }
         list.push(Substitution {
             host: e.host.clone(),
@@ -312,7 +315,7 @@ mod tests {
             compile(&e, "substitutions", Path::new("."))
                 .unwrap_err()
                 .into_iter()
-                .map(|(key, _)| key)
+                .map(|e| e.key)
                 .collect::<Vec<_>>()
         };
         assert_eq!(

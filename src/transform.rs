@@ -3,7 +3,7 @@
 //! bounded carry-over window. Applied in `upstream_response_filter` (heads) and
 //! `response_body_filter` (bodies), and by the LLM exchange for the responses it writes.
 
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::HostPattern;
 use crate::target::Authority;
 use bytes::{Bytes, BytesMut};
@@ -63,7 +63,7 @@ pub struct Transforms {
 }
 
 /// Compiles `entries` under config key `key`; every bad field is reported.
-pub fn compile(entries: &[TransformConfig], key: &str) -> Result<Transforms, KeyErrors> {
+pub fn compile(entries: &[TransformConfig], key: &str) -> Result<Transforms, CompileErrors> {
     let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -82,8 +82,8 @@ pub fn compile(entries: &[TransformConfig], key: &str) -> Result<Transforms, Key
                 .size_limit(1 << 20)
                 .build()
             {
-                Err(err) => errors.push((at, format!("is not a regex: {err}"))),
-                Ok(re) if re.is_match(b"") => errors.push((
+                Err(err) => errors.push(CompileError::new(at, format!("is not a regex: {err}"))),
+                Ok(re) if re.is_match(b"") => errors.push(CompileError::new(
                     at,
                     "matches the empty string; it would insert text everywhere".to_string(),
                 )),
@@ -251,13 +251,13 @@ mod tests {
             serde_yaml::from_str("- { host: a.test, replace_body: [{ pattern: 'a*', with: b }] }")
                 .unwrap();
         assert_eq!(
-            compile(&bad, "transforms").unwrap_err()[0].0,
+            compile(&bad, "transforms").unwrap_err()[0].key,
             "transforms[0].replace_body[0].pattern"
         );
         let bad: Vec<TransformConfig> =
             serde_yaml::from_str("- { host: a.test, remove_headers: ['bad name'] }").unwrap();
         assert_eq!(
-            compile(&bad, "transforms").unwrap_err()[0].0,
+            compile(&bad, "transforms").unwrap_err()[0].key,
             "transforms[0].remove_headers"
         );
         assert!(is_text(Some(b"text/html; charset=utf-8")));

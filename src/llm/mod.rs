@@ -11,7 +11,7 @@ pub mod stream;
 pub mod ws;
 
 use self::json::str_at;
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::HostPattern;
 use crate::reason::Reason;
 use crate::target::Authority;
@@ -155,16 +155,16 @@ impl Denial {
     }
 }
 
-fn glob(key: &str, pattern: &str) -> Result<GlobMatcher, (String, String)> {
+fn glob(key: &str, pattern: &str) -> Result<GlobMatcher, CompileError> {
     Glob::new(pattern)
         .map(|g| g.compile_matcher())
-        .map_err(|e| (key.to_string(), format!("`{pattern}` is not a glob: {e}")))
+        .map_err(|e| CompileError::new(key.to_string(), format!("`{pattern}` is not a glob: {e}")))
 }
 
 /// The `Ok` values of `results`, every `Err` moved into `errors`.
 fn keep_ok<T>(
-    results: impl IntoIterator<Item = Result<T, (String, String)>>,
-    errors: &mut KeyErrors,
+    results: impl IntoIterator<Item = Result<T, CompileError>>,
+    errors: &mut CompileErrors,
 ) -> Vec<T> {
     results
         .into_iter()
@@ -179,7 +179,7 @@ pub struct LlmRules {
 }
 
 /// Compiles `entries` under config key `key`; every bad glob and regex is reported.
-pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, KeyErrors> {
+pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, CompileErrors> {
     let mut errors = Vec::new();
     let mut list = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -206,15 +206,24 @@ pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, KeyErrors> 
             let mut set = GlobSetBuilder::new();
             for g in keep_ok(
                 e.allow_tools.iter().enumerate().map(|(j, t)| {
-                    Glob::new(t)
-                        .map_err(|err| (k("allow_tools", j), format!("`{t}` is not a glob: {err}")))
+                    Glob::new(t).map_err(|err| {
+                        CompileError::new(
+                            k("allow_tools", j),
+                            format!("`{t}` is not a glob: {err}"),
+                        )
+                    })
                 }),
                 &mut errors,
             ) {
                 set.add(g);
             }
             set.build()
-                .map_err(|err| errors.push((format!("{key}[{i}].allow_tools"), err.to_string())))
+                .map_err(|err| {
+                    errors.push(CompileError::new(
+                        format!("{key}[{i}].allow_tools"),
+                        err.to_string(),
+                    ))
+                })
                 .ok()
         };
         let mut deny_arguments = Vec::new();
@@ -226,7 +235,7 @@ pub fn compile(entries: &[LlmConfig], key: &str) -> Result<LlmRules, KeyErrors> 
                 .size_limit(1 << 20)
                 .build()
                 .map_err(|err| {
-                    errors.push((
+                    errors.push(CompileError::new(
                         format!("{}.pattern", k("deny_arguments", j)),
                         format!("is not a regex: {err}"),
                     ))
@@ -673,14 +682,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            compile(&entries, "llm").unwrap_err()[0].0,
+            compile(&entries, "llm").unwrap_err()[0].key,
             "llm[0].deny_arguments[0].pattern"
         );
         let entries: Vec<LlmConfig> =
             serde_yaml::from_str("- { host: a.test, provider: openai, deny_tools: ['a[' ] }")
                 .unwrap();
         assert_eq!(
-            compile(&entries, "llm").unwrap_err()[0].0,
+            compile(&entries, "llm").unwrap_err()[0].key,
             "llm[0].deny_tools[0]"
         );
         assert!(

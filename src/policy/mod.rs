@@ -15,7 +15,7 @@ pub use pattern::{any_matches, check_path, normalize_path, Ambiguity, HostPatter
 pub use resolve::{DnsCache, Resolver};
 pub use rules::{Rule, RulesCase};
 
-use crate::config::KeyErrors;
+use crate::compile_error::{CompileError, CompileErrors};
 use crate::reason::Reason;
 use crate::target::{parse_host, Authority, Host};
 use address::is_own;
@@ -105,13 +105,13 @@ impl NetworkConfig {
     /// Compiles the section; `grants` are the hosts of the credentials in force, by grant (see
     /// [`GrantHosts`]). Fails naming every `resolve` entry that is not a host name and every
     /// grant no credential carries.
-    pub fn compile(&self, grants: &GrantHosts) -> Result<NetworkPolicy, KeyErrors> {
+    pub fn compile(&self, grants: &GrantHosts) -> Result<NetworkPolicy, CompileErrors> {
         let mut errors = Vec::new();
         let mut allow = self.allow.clone();
         for grant in &self.grants {
             match grants.get(grant) {
                 Some(hosts) => allow.extend(hosts.iter().cloned()),
-                None => errors.push((
+                None => errors.push(CompileError::new(
                     "network.grants".to_string(),
                     format!("no credential has grant `{grant}`"),
                 )),
@@ -123,7 +123,7 @@ impl NetworkConfig {
                 Ok(Host::Name(n)) => {
                     overrides.insert(n, *ip);
                 }
-                _ => errors.push((
+                _ => errors.push(CompileError::new(
                     format!("network.resolve.{name}"),
                     format!("`{name}` is not a host name"),
                 )),
@@ -802,7 +802,7 @@ mod tests {
         let errors = cfg.compile(&grants).unwrap_err();
         let found: Vec<(&str, bool)> = errors
             .iter()
-            .map(|(key, msg)| {
+            .map(|CompileError { key, message: msg }| {
                 (
                     key.as_str(),
                     msg.contains("gitlab") || msg.contains("bitbucket") || msg.contains("a b"),

@@ -3,7 +3,14 @@
 //! ProxyHttp phases read once per request (`new_ctx`). `compile()` is where files are read and
 //! cross-field rules checked; it never panics, and every error names the key and its line.
 
+mod error;
+mod locate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use locate::locate;
+
 use crate::auth::{AuthConfig, Client, ClientConfig, Clients};
+use crate::compile_error::{keep, CompileError, CompileErrors};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::CredentialConfig;
 use crate::headers::HeaderRuleConfig;
@@ -13,98 +20,12 @@ use crate::secret::SecretSource;
 use crate::substitution::SubstitutionConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
+use locate::from_yaml_error;
 use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A config error: which key, on which line (when known), and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file the error is in.
-    pub file: Option<PathBuf>,
-    /// The dotted key path, e.g. `tls.ca_key`.
-    pub key: Option<String>,
-    /// 1-based line of the key in the file.
-    pub line: Option<usize>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
-            write!(f, "{}", file.display())?;
-            if let Some(line) = self.line {
-                write!(f, ":{line}")?;
-            }
-            f.write_str(": ")?;
-        } else if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Every error `compile` found, in file order; never empty. Displayed one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(Vec<ConfigError>);
-
-impl ConfigErrors {
-    /// The first error in file order.
-    pub fn first(&self) -> &ConfigError {
-        // Built only from a non-empty list (see `Config::errors` and `From<ConfigError>`).
-        &self.0[0]
-    }
-
-    /// Every error, in file order.
-    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
-        self.0.iter()
-    }
-}
-
-impl From<ConfigError> for ConfigErrors {
-    fn from(e: ConfigError) -> Self {
-        ConfigErrors(vec![e])
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// A section's compile errors: `(dotted key, message)` pairs, every one found, in the order
-/// found. [`Config::compile`] locates them in the file.
-pub type KeyErrors = Vec<(String, String)>;
-
-/// The value of `result`, or `None` with its errors moved into `errors`: how a compile step
-/// keeps going past a bad section to report the rest.
-pub(crate) fn keep<T>(result: Result<T, KeyErrors>, errors: &mut KeyErrors) -> Option<T> {
-    match result {
-        Ok(v) => Some(v),
-        Err(e) => {
-            errors.extend(e);
-            None
-        }
-    }
-}
 
 /// The file as written (the CONFIG.md shape).
 #[derive(Debug, Deserialize)]
@@ -370,8 +291,9 @@ impl Config {
     /// file.
     pub fn compile(&self, opts: CompileOptions) -> Result<Snapshot, ConfigErrors> {
         let f = &self.file;
-        let mut errors: KeyErrors = Vec::new();
-        let mut fail = |key: &str, message: &str| errors.push((key.into(), message.into()));
+        let mut errors: CompileErrors = Vec::new();
+        let mut fail =
+            |key: &str, message: &str| errors.push(CompileError::new(key.into(), message.into()));
         // Port 0 asks for an ephemeral port each, so two of them never collide.
         if f.admin.listen == Some(f.proxy.listen) && f.proxy.listen.port() != 0 {
             fail("admin.listen", "must differ from proxy.listen");
@@ -457,7 +379,7 @@ impl Config {
             &self.resolve_path(&f.tls.ca_key),
             opts.create_ca,
         )
-        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .map_err(|e| errors.push(CompileError::new(e.key().into(), e.to_string())))
         .ok();
         let tls = match ca {
             Some(ca) => f
@@ -467,7 +389,7 @@ impl Config {
             // Without a CA there is no policy to build, but the trust file is still checked.
             None => f.tls.upstream_roots(|p| self.resolve_path(p)).map(|_| None),
         }
-        .map_err(|e| errors.push((e.key().into(), e.to_string())))
+        .map_err(|e| errors.push(CompileError::new(e.key().into(), e.to_string())))
         .ok()
         .flatten();
         let (Some(tls), Some(auth), Some(profile)) = (tls, auth, profile) else {
@@ -503,11 +425,11 @@ impl Config {
         }
     }
 
-    /// `(key, message)` pairs located in this file, in file order.
-    fn errors(&self, errors: KeyErrors) -> ConfigErrors {
+    /// Compile errors located in this file, in file order.
+    fn errors(&self, errors: CompileErrors) -> ConfigErrors {
         let mut list: Vec<ConfigError> = errors
             .into_iter()
-            .map(|(key, message)| self.error(&key, message))
+            .map(|e| self.error(&e.key, e.message))
             .collect();
         // Unlocated errors last; the sort is stable, so one line's errors keep their order.
         list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -783,191 +705,9 @@ impl<'a> HostEntries<'a> {
     }
 }
 
-fn from_yaml_error(e: &serde_yaml::Error, text: &str) -> ConfigError {
-    // serde_yaml's message already carries the key path ("tls.intercept: ...") and the
-    // position; keep the message and expose the line separately.
-    let full = e.to_string();
-    // The position is reported separately.
-    let full = match full.rfind(" at line ") {
-        Some(i) => &full[..i],
-        None => full.as_str(),
-    };
-    let (key, message) = match full.split_once(": ") {
-        Some((k, rest)) if !k.is_empty() && !k.contains(' ') => (Some(k.to_string()), rest),
-        _ => (None, full),
-    };
-    let mut line = e.location().map(|l| l.line());
-    // serde_yaml places a mapping's own errors at the mapping's first key (line 1 for the
-    // top level), which for a duplicate is the wrong line: point at the repeated key.
-    if let (Some(dup), Some(at)) = (duplicated_key(message), e.location()) {
-        line = repeated_key_line(text, at.line(), at.column(), dup).or(line);
-    }
-    ConfigError {
-        file: None,
-        key,
-        line,
-        message: humanize(message),
-    }
-}
-
-/// The key a serde "duplicate" message names: "duplicate field `proxy`" (a struct) or
-/// `duplicate entry with key "a.test"` (a map).
-fn duplicated_key(message: &str) -> Option<&str> {
-    if let Some(rest) = message.strip_prefix("duplicate field `") {
-        return rest.split_once('`').map(|(k, _)| k);
-    }
-    let rest = message.strip_prefix("duplicate entry with key \"")?;
-    rest.split_once('"').map(|(k, _)| k)
-}
-
-/// The line of the second `key` of the block mapping whose first key sits at `line`:`column`
-/// (1-based); `None` for flow mappings or when it is not found.
-fn repeated_key_line(text: &str, line: usize, column: usize, key: &str) -> Option<usize> {
-    let col = column.checked_sub(1)?;
-    let mut seen = 0;
-    for (i, raw) in text.lines().enumerate().skip(line.checked_sub(1)?) {
-        let indent = raw.chars().take_while(|c| *c == ' ').count();
-        let body = raw.trim_start();
-        if body.is_empty() || body.starts_with('#') {
-            continue;
-        }
-        let entry: String = if i + 1 == line {
-            // The first key may follow a list marker (`- host: ...`).
-            raw.chars().skip(col).collect()
-        } else if indent < col {
-            break;
-        } else if indent > col || body.starts_with("- ") {
-            continue;
-        } else {
-            body.to_string()
-        };
-        let this = entry
-            .split_once(':')
-            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
-        if this == Some(key) {
-            seen += 1;
-            if seen == 2 {
-                return Some(i + 1);
-            }
-        }
-    }
-    None
-}
-
-/// serde's wording for a bad scalar, in the words of the config: no Rust type names, and a
-/// duration comes with an example.
-fn humanize(message: &str) -> String {
-    const WORDS: &[(&str, &str)] = &[
-        ("expected usize", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u16", "expected a whole number from 0 to 65535"),
-        ("expected u8", "expected a whole number from 0 to 255"),
-        ("expected i64", "expected a whole number (negative allowed)"),
-        ("expected i32", "expected a whole number (negative allowed)"),
-        ("expected f64", "expected a number"),
-        ("expected f32", "expected a number"),
-        (
-            "expected a duration",
-            "expected a duration such as 10s or 500ms",
-        ),
-    ];
-    // An out-of-range integer is shown "as u128"; the number alone says enough.
-    let mut out = message.replace(" as u128", "").replace(" as i128", "");
-    for (rust, words) in WORDS {
-        let mut from = 0;
-        while let Some(at) = out[from..].find(rust).map(|i| i + from) {
-            let end = at + rust.len();
-            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
-                from = end;
-                continue;
-            }
-            out.replace_range(at..end, words);
-            from = at + words.len();
-        }
-    }
-    out
-}
-
-/// Finds the line of a dotted key (`tls.ca_key`, `proxy.auth.clients[1].token`) in
-/// block-style YAML, for errors found after parsing. Returns the line of the deepest part found,
-/// or `None` (flow style, absent key).
-pub fn locate(text: &str, dotted: &str) -> Option<usize> {
-    // (line index, indent of the content, content without a list marker)
-    let lines: Vec<(usize, usize, &str)> = text
-        .lines()
-        .enumerate()
-        .filter_map(|(i, line)| {
-            let body = line.trim_start();
-            if body.is_empty() || body.starts_with('#') {
-                return None;
-            }
-            Some((i, line.len() - body.len(), body))
-        })
-        .collect();
-    fn key_of(body: &str) -> Option<&str> {
-        body.split_once(':')
-            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''))
-    }
-    let mut found = None;
-    let mut from = 0; // index into `lines`
-    let mut min_indent = 0;
-    for segment in dotted.split('.') {
-        let (key, index) = match segment.split_once('[') {
-            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (segment, None),
-        };
-        let mut hit = None;
-        for (pos, &(i, indent, body)) in lines.iter().enumerate().skip(from) {
-            let (indent, body) = match body.strip_prefix("- ") {
-                Some(rest) => (indent + 2, rest),
-                None => (indent, body),
-            };
-            if pos > from && indent < min_indent {
-                break;
-            }
-            if indent >= min_indent && key_of(body) == Some(key) {
-                hit = Some((pos, i, indent));
-                break;
-            }
-        }
-        let Some((pos, line, indent)) = hit else {
-            return found;
-        };
-        found = Some(line + 1);
-        from = pos + 1;
-        min_indent = indent + 1;
-        if let Some(n) = index {
-            let mut item_indent = None;
-            let mut seen = 0;
-            let mut item = None;
-            for (pos, &(i, indent, body)) in lines.iter().enumerate().skip(from) {
-                if indent < min_indent {
-                    break;
-                }
-                if !body.starts_with("- ") || item_indent.is_some_and(|d| d != indent) {
-                    continue;
-                }
-                item_indent = Some(indent);
-                if seen == n {
-                    item = Some((pos, i, indent + 2));
-                    break;
-                }
-                seen += 1;
-            }
-            let Some((pos, line, indent)) = item else {
-                return found;
-            };
-            found = Some(line + 1);
-            from = pos;
-            min_indent = indent;
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
+    use super::locate::humanize;
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -1105,20 +845,6 @@ mod tests {
     fn proxy_section_is_required() {
         let err = parse("version: 1\n").unwrap_err();
         assert!(err.message.contains("proxy"), "{err}");
-    }
-
-    #[test]
-    fn locate_finds_nested_keys() {
-        let text = "a: 1\ntls:\n  # c\n  ca_cert: x\n  ca_key: y\nlimits:\n  ca_key: z\n";
-        assert_eq!(locate(text, "tls.ca_key"), Some(5));
-        assert_eq!(locate(text, "limits.ca_key"), Some(7));
-        assert_eq!(locate(text, "a"), Some(1));
-        assert_eq!(locate(text, "nope"), None);
-        let list = "proxy:\n  auth:\n    clients:\n      - name: a\n        token: x\n      - name: b\n        # c\n        token: y\n";
-        assert_eq!(locate(list, "proxy.auth.clients[0].token"), Some(5));
-        assert_eq!(locate(list, "proxy.auth.clients[1].token"), Some(8));
-        assert_eq!(locate(list, "proxy.auth.clients[1].name"), Some(6));
-        assert_eq!(locate(list, "proxy.auth.clients[5].name"), Some(3));
     }
 
     fn compile_errors(text: &str) -> Vec<(String, Option<usize>)> {
