@@ -7,10 +7,11 @@
 use super::head::{read_head, Head, HeadError, Wait};
 use super::http1::Peer;
 use super::tunnel;
-use super::{check_head, raw_refusal, request_id_from, Warden};
+use super::{check_head, request_id_from, Warden};
 use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
 use crate::reason::Reason;
+use crate::refusal;
 use crate::state::Shared;
 use crate::target::{classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
@@ -25,7 +26,7 @@ use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TLS record of type handshake starts every ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -241,7 +242,7 @@ impl FrontDoor {
                     line.status = Some(reason.status());
                     line.reason = Some(reason.code());
                     self.shared.metrics.refused(reason);
-                    write_refusal(&mut stream, reason, Some(&dest), None, &request_id).await;
+                    refusal::write(&mut stream, reason, Some(&dest), None, &request_id).await;
                 }
             }
             line.took(event.started.elapsed());
@@ -359,23 +360,6 @@ pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
     stream.flush().await
 }
 
-/// Writes warden's refusal for `reason` as raw HTTP/1.1 and closes the stream: for
-/// connections (or requests) that never reach the HTTP engine.
-pub(super) async fn write_refusal<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    reason: Reason,
-    dest: Option<&Authority>,
-    rule: Option<&str>,
-    request_id: &str,
-) {
-    let host = dest.map(|d| d.host.to_string());
-    let raw = raw_refusal(reason, host.as_deref(), rule, request_id);
-    // Best effort: the client may already be gone.
-    let _ = stream.write_all(&raw).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
 impl FrontDoor {
     /// Answers a connection that never reaches the HTTP engine, logs it, and closes.
     async fn refuse(
@@ -391,7 +375,7 @@ impl FrontDoor {
             .map(|h| h.request_id.clone())
             .unwrap_or_else(|| request_id_from(None));
         self.shared.metrics.refused(reason);
-        write_refusal(&mut stream, reason, None, None, &request_id).await;
+        refusal::write(&mut stream, reason, None, None, &request_id).await;
         let connect = head.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
         let mut line = event.line(if connect { Kind::Connect } else { Kind::Plain });
         line.request_id = Some(request_id);
@@ -415,7 +399,7 @@ impl FrontDoor {
     ) {
         let rule = refusal.rule.as_deref();
         self.shared.metrics.refused(refusal.reason);
-        write_refusal(
+        refusal::write(
             &mut stream,
             refusal.reason,
             Some(dest),

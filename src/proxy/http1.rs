@@ -6,9 +6,10 @@
 //! read exactly that request's head and body and no further, so pipelined requests wait their
 //! turn and are answered in order instead of being dropped with the connection.
 
-use super::front_door::{write_refusal, FrontDoor};
+use super::front_door::FrontDoor;
 use super::head::{read_head, BodyFraming, Head, HeadError, Wait};
 use crate::reason::Reason;
+use crate::refusal;
 use crate::target::TunnelIdentity;
 use crate::telemetry::{CanonicalLog, Kind};
 use async_trait::async_trait;
@@ -151,7 +152,7 @@ impl FrontDoor {
             .map(|h| h.request_id.clone())
             .unwrap_or_else(|| super::request_id_from(None));
         let dest = peer.tunnel.as_ref().map(|t| &t.authority);
-        write_refusal(&mut conn.inner, reason, dest, None, &request_id).await;
+        refusal::write(&mut conn.inner, reason, dest, None, &request_id).await;
         let host = dest.map(|d| d.host.to_string());
         self.shared.metrics.refused(reason);
         let kind = if peer.tunnel.is_some() {

@@ -16,7 +16,8 @@ pub use front_door::FrontDoor;
 use crate::admission::admit_request;
 use crate::auth::Client;
 use crate::config::Snapshot;
-use crate::reason::{error_body, Reason};
+use crate::reason::{out_of_fds, reason_in, Reason};
+use crate::refusal::{self, X_REQUEST_ID};
 use crate::scrub::Replacer;
 use crate::state::Shared;
 use crate::substitution::{self, Active, Place};
@@ -26,7 +27,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -111,77 +112,6 @@ pub(crate) fn request_id_from(value: Option<&[u8]>) -> String {
             String::from_utf8_lossy(v).into_owned()
         }
         _ => uuid::Uuid::new_v4().simple().to_string(),
-    }
-}
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
-
-/// The `Proxy-Authenticate` challenge sent with every 407.
-const PROXY_CHALLENGE: &str = "Basic realm=\"warden\"";
-
-/// The response head warden sends for `reason`.
-fn refusal_head(reason: Reason, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(reason.status(), Some(7))?;
-    if reason.status() == 407 {
-        resp.insert_header(header::PROXY_AUTHENTICATE, PROXY_CHALLENGE)?;
-    }
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
-    resp.insert_header(PROXY_STATUS, reason.proxy_status())?;
-    resp.insert_header(X_REQUEST_ID, request_id)?;
-    resp.insert_header(header::CONNECTION, "close")?;
-    Ok(resp)
-}
-
-/// Maps a Pingora error to a reason. Errors warden raised itself carry their reason in the ctx
-/// and never reach here.
-fn reason_for(e: &Error) -> Reason {
-    use ErrorType::*;
-    if out_of_fds(e) {
-        // Creating the upstream socket failed: Pingora calls it internal, but to the client it
-        // is a connect that could not be made.
-        return Reason::UpstreamConnectFailed;
-    }
-    match e.esource() {
-        ErrorSource::Downstream => match e.etype() {
-            ReadTimedout | WriteTimedout => Reason::IdleTimeout,
-            InvalidHTTPHeader => Reason::MalformedRequest,
-            _ => Reason::ClientError,
-        },
-        ErrorSource::Upstream | ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
-            ConnectTimedout | TLSHandshakeTimedout => Reason::UpstreamConnectTimeout,
-            ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
-            | ConnectProxyFailure | AcceptError => Reason::UpstreamConnectFailed,
-            TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
-                Reason::UpstreamTlsError
-            }
-            ReadTimedout | WriteTimedout => Reason::UpstreamTimeout,
-            HTTPStatus(_) | InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2
-            | ConnectionClosed | ReadError | WriteError => Reason::UpstreamError,
-            _ if *e.esource() == ErrorSource::Upstream => Reason::UpstreamError,
-            _ => Reason::Internal,
-        },
-    }
-}
-
-/// Whether `e` comes from running out of file descriptors (EMFILE, ENFILE).
-fn out_of_fds(e: &Error) -> bool {
-    e.root_cause()
-        .downcast_ref::<std::io::Error>()
-        .and_then(std::io::Error::raw_os_error)
-        .is_some_and(|code| code == 23 || code == 24)
-}
-
-/// [`reason_for`], knowing whether the connection was upgraded: a client that stops sending
-/// mid-body is a stalled request body, answered `408 request_body_timeout`; an upgraded one
-/// that goes quiet is an idle connection.
-fn reason_in(e: &Error, upgraded: bool) -> Reason {
-    match reason_for(e) {
-        Reason::IdleTimeout if !upgraded && *e.esource() == ErrorSource::Downstream => {
-            Reason::RequestBodyTimeout
-        }
-        r => r,
     }
 }
 
@@ -504,13 +434,13 @@ impl Warden {
             .as_ref()
             .map(|t| t.authority.host.to_string())
             .or_else(|| ctx.tunnel.as_ref().map(|t| t.authority.host.to_string()));
-        let body = error_body(
+        let body = refusal::body(
             reason,
             host.as_deref(),
             ctx.rule.as_deref(),
             Some(&ctx.request_id),
         );
-        match refusal_head(reason, &ctx.request_id, body.len()) {
+        match refusal::head(reason, &ctx.request_id, body.len()) {
             Ok(head) => {
                 if let Err(e) = session.write_error_response(head, body).await {
                     log::debug!("writing a refusal failed: {e}");
@@ -1078,35 +1008,6 @@ fn query_param(path: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Converts a body the front door writes into raw HTTP/1.1 bytes: the same head and body
-/// `request_filter` sends, for connections that never reach the HTTP engine.
-pub(crate) fn raw_refusal(
-    reason: Reason,
-    host: Option<&str>,
-    rule: Option<&str>,
-    request_id: &str,
-) -> Vec<u8> {
-    let body: Bytes = error_body(reason, host, rule, Some(request_id));
-    let status = http::StatusCode::from_u16(reason.status())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let challenge = if status.as_u16() == 407 {
-        format!("proxy-authenticate: {PROXY_CHALLENGE}\r\n")
-    } else {
-        String::new()
-    };
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nproxy-status: {}\r\n{challenge}x-request-id: {}\r\nconnection: close\r\n\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len(),
-        reason.proxy_status(),
-        request_id,
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1127,17 +1028,5 @@ mod tests {
             check_head(2000, b"http://a.test/", &[], None, 1024),
             Err(Reason::HeadersTooLarge)
         );
-    }
-
-    #[test]
-    fn raw_refusals_are_complete_http_responses() {
-        let raw = raw_refusal(Reason::BadAuthority, None, None, "rid");
-        let text = String::from_utf8(raw).unwrap();
-        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
-        assert!(text.contains(
-            "proxy-status: warden; error=http_request_error; details=\"bad_authority\"\r\n"
-        ));
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
     }
 }
