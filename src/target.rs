@@ -307,6 +307,28 @@ pub fn classify_request(
     }
 }
 
+/// Validates one request head against the size limit and the tunnel's identity, then
+/// classifies where it goes. Shared by the front door (first head) and `request_filter` (every
+/// head). Framing (`Content-Length` with `Transfer-Encoding`, and the rest) was vetted when
+/// the head was read (`proxy::head`), before Pingora saw it.
+pub(crate) fn check_head(
+    head_len: usize,
+    raw_target: &[u8],
+    hosts: &[&[u8]],
+    tunnel: Option<&TunnelIdentity>,
+    max_header_bytes: usize,
+) -> Result<Target, Reason> {
+    if head_len > max_header_bytes {
+        return Err(Reason::HeadersTooLarge);
+    }
+    if let Some(t) = tunnel {
+        if !t.sni_matches() {
+            return Err(Reason::HostMismatch);
+        }
+    }
+    classify_request(raw_target, hosts, tunnel.map(|t| &t.authority))
+}
+
 fn origin_path(path_and_query: &[u8]) -> String {
     match path_and_query.first() {
         None => "/".to_string(),
@@ -495,6 +517,16 @@ mod tests {
                 .unwrap()
                 .path,
             "/v1"
+        );
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_too_large() {
+        // Content-Length with Transfer-Encoding is vetted as the head is read
+        // (`proxy::head::tests::what_pingora_would_refuse_bare_gets_a_reason`).
+        assert_eq!(
+            check_head(2000, b"http://a.test/", &[], None, 1024),
+            Err(Reason::HeadersTooLarge)
         );
     }
 }

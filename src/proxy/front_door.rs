@@ -4,16 +4,16 @@
 //! interception: `200`, TLS accept with a leaf for the CONNECT host, the tunnel identity bound
 //! to the connection, and the decrypted stream handed to the same HTTP engine.
 
-use super::head::{read_head, Head, HeadError, Wait};
-use super::http1::Peer;
-use super::tunnel;
-use super::{check_head, request_id_from, Warden};
+use super::head::{read_head, request_id_from, Head, HeadError, Wait};
+use super::http1::{self, Peer};
+use super::tunnel::{self, established};
+use super::Warden;
 use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
 use crate::reason::Reason;
 use crate::refusal;
 use crate::state::Shared;
-use crate::target::{classify_connect, Authority, TunnelIdentity};
+use crate::target::{check_head, classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
 use crate::tls::{interception_acceptor, LeafCallbacks};
 use bytes::{Bytes, BytesMut};
@@ -26,15 +26,15 @@ use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A TLS record of type handshake starts every ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Handles each accepted connection.
 pub struct FrontDoor {
-    pub(super) shared: Arc<Shared>,
-    pub(super) http: Arc<HttpProxy<Warden>>,
+    shared: Arc<Shared>,
+    http: Arc<HttpProxy<Warden>>,
     acceptor: SslAcceptor,
 }
 
@@ -132,7 +132,15 @@ impl FrontDoor {
                 started,
             };
             let stream = Box::new(super::buffered::Buffered::new(stream));
-            self.serve_http1(stream, Some(head), peer, &shutdown).await;
+            http1::serve(
+                &self.shared,
+                &self.http,
+                stream,
+                Some(head),
+                peer,
+                &shutdown,
+            )
+            .await;
             return;
         }
         let dest = match classify_connect(&head.target) {
@@ -323,7 +331,15 @@ impl FrontDoor {
             tunnel: Some(identity),
             started: Instant::now(),
         };
-        self.serve_http1(Box::new(tls), None, peer, &shutdown).await;
+        http1::serve(
+            &self.shared,
+            &self.http,
+            Box::new(tls),
+            None,
+            peer,
+            &shutdown,
+        )
+        .await;
     }
 }
 
@@ -350,14 +366,6 @@ fn fill_connect(line: &mut CanonicalLog, dest: &Authority) {
     line.scheme = Some("https");
     line.host = Some(dest.host.to_string());
     line.port = Some(dest.port);
-}
-
-/// Tells the client its CONNECT was accepted.
-pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
-    stream
-        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        .await?;
-    stream.flush().await
 }
 
 impl FrontDoor {

@@ -310,7 +310,7 @@ impl Warden {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };
         let head_limit = ctx.snap.limits.max_response_header_bytes;
-        if super::response_head_len(&resp) > head_limit {
+        if super::head::response_head_len(&resp) > head_limit {
             ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
             return Error::e_explain(
                 ErrorType::InvalidHTTPHeader,

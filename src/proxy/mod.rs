@@ -11,6 +11,8 @@ mod llm;
 mod tunnel;
 mod upgrade;
 
+use head::{request_id_from, response_head_len};
+
 pub use front_door::FrontDoor;
 
 use crate::admission::admit_request;
@@ -21,7 +23,7 @@ use crate::refusal::{self, X_REQUEST_ID};
 use crate::scrub::Replacer;
 use crate::state::Shared;
 use crate::substitution::{self, Active, Place};
-use crate::target::{classify_request, Scheme, Target, TunnelIdentity};
+use crate::target::{check_head, Scheme, Target, TunnelIdentity};
 use crate::telemetry::{redact_query, CanonicalLog, Capture, Kind};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -101,18 +103,6 @@ pub struct RequestCtx {
     ws_policy: Option<crate::llm::ws::WsPolicy>,
     /// Responses WebSocket: the model check on the client's events.
     ws_client: Option<crate::llm::ws::ClientCheck>,
-}
-
-/// The request id to use: the client's `X-Request-Id` when it is a sane token, else a new one.
-pub(crate) fn request_id_from(value: Option<&[u8]>) -> String {
-    match value {
-        Some(v)
-            if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x21..=0x7e).contains(b)) =>
-        {
-            String::from_utf8_lossy(v).into_owned()
-        }
-        _ => uuid::Uuid::new_v4().simple().to_string(),
-    }
 }
 
 /// The header operations request and response heads share, for [`rewrite_headers`].
@@ -265,28 +255,6 @@ fn tunnel_identity(session: &Session) -> Option<TunnelIdentity> {
         .extension
         .get::<TunnelIdentity>()
         .cloned()
-}
-
-/// Validates one request head against the size limit and the tunnel's identity, then
-/// classifies where it goes. Shared by the front door (first head) and `request_filter` (every
-/// head). Framing (`Content-Length` with `Transfer-Encoding`, and the rest) was vetted when
-/// the head was read ([`head::Head::vet`]), before Pingora saw it.
-pub(crate) fn check_head(
-    head_len: usize,
-    raw_target: &[u8],
-    hosts: &[&[u8]],
-    tunnel: Option<&TunnelIdentity>,
-    max_header_bytes: usize,
-) -> Result<Target, Reason> {
-    if head_len > max_header_bytes {
-        return Err(Reason::HeadersTooLarge);
-    }
-    if let Some(t) = tunnel {
-        if !t.sni_matches() {
-            return Err(Reason::HostMismatch);
-        }
-    }
-    classify_request(raw_target, hosts, tunnel.map(|t| &t.authority))
 }
 
 impl Warden {
@@ -979,16 +947,6 @@ impl ProxyHttp for Warden {
     }
 }
 
-/// The size of a response head on the wire: status line, header lines, blank line.
-pub(crate) fn response_head_len(head: &ResponseHeader) -> usize {
-    let lines: usize = head
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    "HTTP/1.1 200 \r\n\r\n".len() + head.status.canonical_reason().map_or(0, str::len) + lines
-}
-
 /// What a request body filter hands back to Pingora for a rewritten chunk. Pingora writes any
 /// `Some` chunk to a chunked upstream body, and an empty chunk is itself the terminator, so
 /// the last (empty) piece must be `None`: `Some(b"")` at the end put `0\r\n\r\n` on the wire
@@ -1006,27 +964,4 @@ fn query_param(path: &str, name: &str) -> Option<String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| v.to_string())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_from_clients_are_kept_only_when_sane() {
-        assert_eq!(request_id_from(Some(b"abc-123")), "abc-123");
-        assert_eq!(request_id_from(None).len(), 32);
-        assert_ne!(request_id_from(Some(b"has space")), "has space");
-        assert_ne!(request_id_from(Some(&[b'a'; 201])).len(), 201);
-    }
-
-    #[test]
-    fn a_head_over_the_limit_is_too_large() {
-        // Content-Length with Transfer-Encoding is vetted as the head is read
-        // (`head::tests::what_pingora_would_refuse_bare_gets_a_reason`).
-        assert_eq!(
-            check_head(2000, b"http://a.test/", &[], None, 1024),
-            Err(Reason::HeadersTooLarge)
-        );
-    }
 }
