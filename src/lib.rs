@@ -18,7 +18,7 @@
 //! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
-//! | `fail_to_proxy`          | [`reason`] (one error → response map)    |
+//! | `fail_to_proxy`          | [`reason`] (one error → reason map), [`refusal`] (the response) |
 //! | `logging`                | [`telemetry`] (canonical line)           |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,6 +37,7 @@ pub mod policy;
 pub mod profile;
 pub mod proxy;
 pub mod reason;
+pub mod refusal;
 pub mod reload;
 pub mod runtime;
 pub mod scrub;

@@ -1,9 +1,9 @@
-//! Stable reason codes for everything warden refuses or fails, and the one exhaustive mapping
-//! from a reason to what the client sees (status, `Proxy-Status`, JSON body). Used by the front
-//! door, `request_filter`, `fail_to_proxy` and the canonical log line alike.
+//! Stable reason codes for everything warden refuses or fails, the one exhaustive mapping
+//! from a reason to what the client sees (status, `Proxy-Status` type, message and hint), and
+//! the map from a Pingora error to a reason (`fail_to_proxy`, `logging`). Rendered into
+//! responses by [`crate::refusal`]; used by the front door and the canonical log line alike.
 
-use bytes::Bytes;
-use serde::Serialize;
+use pingora_error::{Error, ErrorSource, ErrorType};
 
 /// Why warden answered a request itself, or why a connection ended early.
 ///
@@ -438,38 +438,69 @@ impl Reason {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    reason: &'a str,
-    host: Option<&'a str>,
-    rule: Option<&'a str>,
-    hint: &'a str,
-    request_id: Option<&'a str>,
+/// Maps a Pingora error to a reason. Errors warden raised itself carry their reason in the
+/// request context and never reach here. Running out of file descriptors is a connect that
+/// could not be made; otherwise the side the error came from and its type decide.
+pub fn reason_for(e: &Error) -> Reason {
+    use ErrorType::*;
+    if out_of_fds(e) {
+        // Creating the upstream socket failed: Pingora calls it internal, but to the client it
+        // is a connect that could not be made.
+        return Reason::UpstreamConnectFailed;
+    }
+    let upstream = match e.esource() {
+        ErrorSource::Downstream => {
+            return match e.etype() {
+                ReadTimedout | WriteTimedout => Reason::IdleTimeout,
+                InvalidHTTPHeader => Reason::MalformedRequest,
+                // Whatever else fails on the client's side is the client's doing.
+                _ => Reason::ClientError,
+            };
+        }
+        ErrorSource::Upstream => true,
+        ErrorSource::Internal | ErrorSource::Unset => false,
+    };
+    match e.etype() {
+        ConnectTimedout | TLSHandshakeTimedout => Reason::UpstreamConnectTimeout,
+        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+        | ConnectProxyFailure | AcceptError => Reason::UpstreamConnectFailed,
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
+            Reason::UpstreamTlsError
+        }
+        ReadTimedout | WriteTimedout => Reason::UpstreamTimeout,
+        HTTPStatus(_) | InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2
+        | ConnectionClosed | ReadError | WriteError => Reason::UpstreamError,
+        // Types that name no network failure: the origin's fault when raised on its side,
+        // warden's own otherwise.
+        FileOpenError | FileCreateError | FileReadError | FileWriteError | InternalError
+        | UnknownError | Custom(_) | CustomCode(..) => {
+            if upstream {
+                Reason::UpstreamError
+            } else {
+                Reason::Internal
+            }
+        }
+    }
 }
 
-/// The JSON body warden writes for `reason`. `host`, `rule` and `request_id` are echoed so an
-/// agent can tell which destination was refused and by what; none carries a secret.
-pub fn error_body(
-    reason: Reason,
-    host: Option<&str>,
-    rule: Option<&str>,
-    request_id: Option<&str>,
-) -> Bytes {
-    let p = reason.present();
-    let body = ErrorBody {
-        error: p.message,
-        reason: p.code,
-        host,
-        rule,
-        hint: p.hint,
-        request_id,
-    };
-    // Serialising a struct of strings cannot fail; fall back to a fixed body rather than panic.
-    let mut out = serde_json::to_vec(&body)
-        .unwrap_or_else(|_| br#"{"error":"internal","reason":"internal_error"}"#.to_vec());
-    out.push(b'\n');
-    Bytes::from(out)
+/// Whether `e` comes from running out of file descriptors (EMFILE, ENFILE).
+pub fn out_of_fds(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|code| code == 23 || code == 24)
+}
+
+/// [`reason_for`], knowing whether the connection was upgraded: a client that stops sending
+/// mid-body is a stalled request body, answered `408 request_body_timeout`; an upgraded one
+/// that goes quiet is an idle connection.
+pub fn reason_in(e: &Error, upgraded: bool) -> Reason {
+    match reason_for(e) {
+        Reason::IdleTimeout if !upgraded && *e.esource() == ErrorSource::Downstream => {
+            Reason::RequestBodyTimeout
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]
@@ -486,20 +517,56 @@ mod tests {
     }
 
     #[test]
-    fn error_body_is_json_with_the_reason_code() {
-        let body = error_body(Reason::UpstreamTlsError, Some("a.test"), None, Some("id-1"));
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["reason"], "upstream_tls_error");
-        assert_eq!(v["host"], "a.test");
-        assert_eq!(v["request_id"], "id-1");
-        assert!(v["hint"].as_str().unwrap().contains("upstream_ca_file"));
-    }
-
-    #[test]
     fn proxy_status_names_the_rfc9209_type_and_the_code() {
         assert_eq!(
             Reason::UpstreamTimeout.proxy_status(),
             "warden; error=http_response_timeout; details=\"upstream_timeout\""
         );
+    }
+
+    #[test]
+    fn pingora_errors_map_to_reasons_by_side_and_type() {
+        use ErrorType::*;
+        let up = |t| Error::new(t).into_up();
+        let down = |t| Error::new(t).into_down();
+        let internal = |t| Error::new(t).into_in();
+        let unset = |t| Error::new(t);
+        let table: Vec<(Box<Error>, Reason)> = vec![
+            (down(ReadTimedout), Reason::IdleTimeout),
+            (down(InvalidHTTPHeader), Reason::MalformedRequest),
+            (down(ConnectionClosed), Reason::ClientError),
+            (down(InternalError), Reason::ClientError),
+            (up(ConnectTimedout), Reason::UpstreamConnectTimeout),
+            (up(TLSHandshakeTimedout), Reason::UpstreamConnectTimeout),
+            (up(ConnectRefused), Reason::UpstreamConnectFailed),
+            (unset(ConnectError), Reason::UpstreamConnectFailed),
+            (up(InvalidCert), Reason::UpstreamTlsError),
+            (up(ReadTimedout), Reason::UpstreamTimeout),
+            (up(H1Error), Reason::UpstreamError),
+            (internal(HTTPStatus(502)), Reason::UpstreamError),
+            (up(InternalError), Reason::UpstreamError),
+            (up(Custom("x")), Reason::UpstreamError),
+            (internal(InternalError), Reason::Internal),
+            (unset(UnknownError), Reason::Internal),
+            (internal(FileReadError), Reason::Internal),
+        ];
+        for (e, want) in table {
+            assert_eq!(reason_for(&e), want, "{e}");
+        }
+        let emfile = Error::because(
+            InternalError,
+            "socket",
+            std::io::Error::from_raw_os_error(24),
+        );
+        assert_eq!(reason_for(&emfile), Reason::UpstreamConnectFailed);
+    }
+
+    #[test]
+    fn a_client_silent_mid_body_is_a_body_timeout_unless_upgraded() {
+        let e = Error::new(ErrorType::ReadTimedout).into_down();
+        assert_eq!(reason_in(&e, false), Reason::RequestBodyTimeout);
+        assert_eq!(reason_in(&e, true), Reason::IdleTimeout);
+        let e = Error::new(ErrorType::ReadTimedout).into_up();
+        assert_eq!(reason_in(&e, false), Reason::UpstreamTimeout);
     }
 }

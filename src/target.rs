@@ -307,18 +307,10 @@ pub fn classify_request(
     }
 }
 
-fn origin_path(path_and_query: &[u8]) -> String {
-    match path_and_query.first() {
-        None => "/".to_string(),
-        Some(b'?') => format!("/{}", String::from_utf8_lossy(path_and_query)),
-        Some(_) => String::from_utf8_lossy(path_and_query).into_owned(),
-    }
-}
-
 /// Validates one request head against the size limit and the tunnel's identity, then
 /// classifies where it goes. Shared by the front door (first head) and `request_filter` (every
 /// head). Framing (`Content-Length` with `Transfer-Encoding`, and the rest) was vetted when
-/// the head was read (`proxy::head::Head::vet`), before Pingora saw it.
+/// the head was read (`proxy::head`), before Pingora saw it.
 pub fn check_head(
     head_len: usize,
     raw_target: &[u8],
@@ -335,6 +327,14 @@ pub fn check_head(
         }
     }
     classify_request(raw_target, hosts, tunnel.map(|t| &t.authority))
+}
+
+fn origin_path(path_and_query: &[u8]) -> String {
+    match path_and_query.first() {
+        None => "/".to_string(),
+        Some(b'?') => format!("/{}", String::from_utf8_lossy(path_and_query)),
+        Some(_) => String::from_utf8_lossy(path_and_query).into_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -517,6 +517,16 @@ mod tests {
                 .unwrap()
                 .path,
             "/v1"
+        );
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_too_large() {
+        // Content-Length with Transfer-Encoding is vetted as the head is read
+        // (`proxy::head::tests::what_pingora_would_refuse_bare_gets_a_reason`).
+        assert_eq!(
+            check_head(2000, b"http://a.test/", &[], None, 1024),
+            Err(Reason::HeadersTooLarge)
         );
     }
 }

@@ -212,7 +212,7 @@ impl RequestCtx {
         line.upgraded = d.upgraded;
         if let Some(e) = e {
             self.reason
-                .get_or_insert_with(|| super::reason_in(e, d.upgraded));
+                .get_or_insert_with(|| crate::reason::reason_in(e, d.upgraded));
             // A detail warden noted first (a denial's tool) stays first: the failure after it
             // (the client gone as the error went out) only adds to it.
             let failure = crate::telemetry::error_text(e);

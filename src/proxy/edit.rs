@@ -18,7 +18,7 @@ use pingora_proxy::Session;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) use crate::refusal::X_REQUEST_ID;
 
 /// Header names whose values are never logged, not even echoed inside a captured body.
 const SENSITIVE: [&str; 8] = [
@@ -40,7 +40,7 @@ pub(super) fn begin(session: &Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
     ctx.line.method = Some(req.method.as_str().to_string());
     let id = req.headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes);
-    ctx.line.request_id = Some(super::request_id_from(id));
+    ctx.line.request_id = Some(super::head::request_id_from(id));
     if ctx.snap.log.body_capture_bytes > 0 {
         ctx.flow.log_redactor = sensitive_values(req);
     }
@@ -239,16 +239,6 @@ pub(super) fn outgoing(ctx: &mut RequestCtx, chunk: Bytes, end: bool) -> Bytes {
     chunk
 }
 
-/// The size of a response head on the wire: status line, header lines, blank line.
-pub(crate) fn response_head_len(head: &ResponseHeader) -> usize {
-    let lines: usize = head
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    "HTTP/1.1 200 \r\n\r\n".len() + head.status.canonical_reason().map_or(0, str::len) + lines
-}
-
 /// What a request body filter hands back to Pingora for a rewritten chunk. Pingora writes any
 /// `Some` chunk to a chunked upstream body, and an empty chunk is itself the terminator, so
 /// the last (empty) piece must be `None`: `Some(b"")` at the end put `0\r\n\r\n` on the wire
@@ -266,7 +256,7 @@ pub(super) fn refusal(
     rule: Option<&str>,
     request_id: &str,
 ) -> Result<(ResponseHeader, Bytes)> {
-    let body = crate::reason::error_body(reason, host, rule, Some(request_id));
-    let head = super::refusal_head(reason, request_id, body.len())?;
+    let body = crate::refusal::body(reason, host, rule, Some(request_id));
+    let head = crate::refusal::head(reason, request_id, body.len())?;
     Ok((head, body))
 }

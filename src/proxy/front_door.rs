@@ -4,16 +4,16 @@
 //! interception: `200`, TLS accept with a leaf for the CONNECT host, the tunnel identity bound
 //! to the connection, and the decrypted stream handed to the same HTTP engine.
 
-use super::head::{read_head, Head, HeadError, Wait};
-use super::http1::Peer;
-use super::tunnel;
-use super::{raw_refusal, request_id_from, Warden};
+use super::head::{read_head, request_id_from, Head, HeadError, Wait};
+use super::http1::{self, Peer};
+use super::tunnel::{self, established};
+use super::warden::Warden;
 use crate::admission::{admit_connect, Refusal};
 use crate::config::Snapshot;
 use crate::reason::Reason;
+use crate::refusal;
 use crate::state::Shared;
-use crate::target::check_head;
-use crate::target::{classify_connect, Authority, TunnelIdentity};
+use crate::target::{check_head, classify_connect, Authority, TunnelIdentity};
 use crate::telemetry::{CanonicalLog, Kind};
 use crate::tls::{interception_acceptor, LeafCallbacks};
 use bytes::{Bytes, BytesMut};
@@ -26,15 +26,15 @@ use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A TLS record of type handshake starts every ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Handles each accepted connection.
 pub struct FrontDoor {
-    pub(super) shared: Arc<Shared>,
-    pub(super) http: Arc<HttpProxy<Warden>>,
+    shared: Arc<Shared>,
+    http: Arc<HttpProxy<Warden>>,
     acceptor: SslAcceptor,
 }
 
@@ -132,7 +132,15 @@ impl FrontDoor {
                 started,
             };
             let stream = Box::new(super::buffered::Buffered::new(stream));
-            self.serve_http1(stream, Some(head), peer, &shutdown).await;
+            http1::serve(
+                &self.shared,
+                &self.http,
+                stream,
+                Some(head),
+                peer,
+                &shutdown,
+            )
+            .await;
             return;
         }
         let dest = match classify_connect(&head.target) {
@@ -242,7 +250,7 @@ impl FrontDoor {
                     line.status = Some(reason.status());
                     line.reason = Some(reason.code());
                     self.shared.metrics.refused(reason);
-                    write_refusal(&mut stream, reason, Some(&dest), None, &request_id).await;
+                    refusal::write(&mut stream, reason, Some(&dest), None, &request_id).await;
                 }
             }
             line.took(event.started.elapsed());
@@ -324,7 +332,15 @@ impl FrontDoor {
             tunnel: Some(identity),
             started: Instant::now(),
         };
-        self.serve_http1(Box::new(tls), None, peer, &shutdown).await;
+        http1::serve(
+            &self.shared,
+            &self.http,
+            Box::new(tls),
+            None,
+            peer,
+            &shutdown,
+        )
+        .await;
     }
 }
 
@@ -353,31 +369,6 @@ fn fill_connect(line: &mut CanonicalLog, dest: &Authority) {
     line.port = Some(dest.port);
 }
 
-/// Tells the client its CONNECT was accepted.
-pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
-    stream
-        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        .await?;
-    stream.flush().await
-}
-
-/// Writes warden's refusal for `reason` as raw HTTP/1.1 and closes the stream: for
-/// connections (or requests) that never reach the HTTP engine.
-pub(super) async fn write_refusal<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    reason: Reason,
-    dest: Option<&Authority>,
-    rule: Option<&str>,
-    request_id: &str,
-) {
-    let host = dest.map(|d| d.host.to_string());
-    let raw = raw_refusal(reason, host.as_deref(), rule, request_id);
-    // Best effort: the client may already be gone.
-    let _ = stream.write_all(&raw).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
 impl FrontDoor {
     /// Answers a connection that never reaches the HTTP engine, logs it, and closes.
     async fn refuse(
@@ -393,7 +384,7 @@ impl FrontDoor {
             .map(|h| h.request_id.clone())
             .unwrap_or_else(|| request_id_from(None));
         self.shared.metrics.refused(reason);
-        write_refusal(&mut stream, reason, None, None, &request_id).await;
+        refusal::write(&mut stream, reason, None, None, &request_id).await;
         let connect = head.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
         let mut line = event.line(if connect { Kind::Connect } else { Kind::Plain });
         line.request_id = Some(request_id);
@@ -417,7 +408,7 @@ impl FrontDoor {
     ) {
         let rule = refusal.rule.as_deref();
         self.shared.metrics.refused(refusal.reason);
-        write_refusal(
+        refusal::write(
             &mut stream,
             refusal.reason,
             Some(dest),

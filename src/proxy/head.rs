@@ -7,6 +7,7 @@
 use crate::reason::Reason;
 use bytes::BytesMut;
 use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_http::ResponseHeader;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -158,7 +159,7 @@ fn parse(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
                     head.upgrade = true;
                 }
             }
-            head.request_id = super::request_id_from(request_id);
+            head.request_id = request_id_from(request_id);
             Ok(Some(head))
         }
         Ok(httparse::Status::Partial) if buf.len() > max => Err(HeadError::TooLarge),
@@ -272,6 +273,28 @@ impl Head {
             }
         }
     }
+}
+
+/// The request id to use: the client's `X-Request-Id` when it is a sane token, else a new one.
+pub(super) fn request_id_from(value: Option<&[u8]>) -> String {
+    match value {
+        Some(v)
+            if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x21..=0x7e).contains(b)) =>
+        {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// The size of a response head on the wire: status line, header lines, blank line.
+pub(super) fn response_head_len(head: &ResponseHeader) -> usize {
+    let lines: usize = head
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    "HTTP/1.1 200 \r\n\r\n".len() + head.status.canonical_reason().map_or(0, str::len) + lines
 }
 
 #[cfg(test)]
@@ -412,5 +435,13 @@ mod tests {
                 "Pingora refuses {text:?} but warden would pass it on"
             );
         }
+    }
+
+    #[test]
+    fn request_ids_from_clients_are_kept_only_when_sane() {
+        assert_eq!(request_id_from(Some(b"abc-123")), "abc-123");
+        assert_eq!(request_id_from(None).len(), 32);
+        assert_ne!(request_id_from(Some(b"has space")), "has space");
+        assert_ne!(request_id_from(Some(&[b'a'; 201])).len(), 201);
     }
 }

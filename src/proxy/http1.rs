@@ -6,9 +6,10 @@
 //! read exactly that request's head and body and no further, so pipelined requests wait their
 //! turn and are answered in order instead of being dropped with the connection.
 
-use super::front_door::{write_refusal, FrontDoor};
-use super::head::{read_head, BodyFraming, Head, HeadError, Wait};
+use super::head::{read_head, request_id_from, BodyFraming, Head, HeadError, Wait};
 use crate::reason::Reason;
+use crate::refusal;
+use crate::state::Shared;
 use crate::target::TunnelIdentity;
 use crate::telemetry::{CanonicalLog, Kind};
 use async_trait::async_trait;
@@ -42,140 +43,148 @@ pub(super) struct Peer {
     pub started: Instant,
 }
 
-impl FrontDoor {
-    /// Serves every HTTP/1.x request on `stream` until the client or a response closes it.
-    /// `first` is the head the front door already read (plain connections).
-    pub(super) async fn serve_http1(
-        &self,
-        stream: Stream,
-        mut first: Option<Head>,
-        peer: Peer,
-        shutdown: &ShutdownWatch,
-    ) {
-        let mut conn = Conn::new(stream);
-        let mut served = 0u64;
-        let mut shutdown_rx = shutdown.clone();
-        loop {
-            let snap = self.shared.snapshot.load_full();
-            let limits = &snap.limits;
-            let head = match first.take() {
-                Some(head) => head,
-                None => {
-                    if *shutdown.borrow() {
-                        return;
-                    }
-                    let wait = if served == 0 {
-                        Wait::Until(peer.started + limits.request_header_timeout)
-                    } else {
-                        Wait::Idle {
-                            idle: limits.idle_timeout,
-                            whole: limits.request_header_timeout,
-                        }
-                    };
-                    let started = Instant::now();
-                    let pending = std::mem::take(&mut conn.pending);
-                    let read = read_head(
-                        &mut conn.inner,
-                        pending,
-                        limits.max_request_header_bytes,
-                        wait,
-                    );
-                    let read = tokio::select! {
-                        biased;
-                        r = read => r,
-                        _ = shutdown_rx.changed() => return,
-                    };
-                    let failed = |e: HeadError| match e {
-                        HeadError::Closed => None,
-                        HeadError::Timeout => Some((
-                            Reason::RequestHeaderTimeout,
-                            format!(
-                                "request head incomplete after {:?}",
-                                limits.request_header_timeout
-                            ),
-                        )),
-                        HeadError::TooLarge => Some((Reason::HeadersTooLarge, String::new())),
-                        HeadError::Malformed(why) => Some((Reason::MalformedRequest, why)),
-                    };
-                    match read {
-                        Ok(head) => head,
-                        Err(e) => {
-                            if let Some((reason, detail)) = failed(e) {
-                                let started = if served == 0 { peer.started } else { started };
-                                self.refuse_inside(&mut conn, &peer, None, reason, detail, started)
-                                    .await;
-                            }
-                            return;
-                        }
-                    }
-                }
-            };
-            let framing = match head.vet() {
-                Ok(framing) => framing,
-                Err((reason, detail)) => {
-                    let started = Instant::now();
-                    self.refuse_inside(&mut conn, &peer, Some(&head), reason, detail, started)
-                        .await;
+/// Serves every HTTP/1.x request on `stream` until the client or a response closes it, each
+/// one through `http` (Pingora's engine). `first` is the head the front door already read
+/// (plain connections).
+pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
+    shared: &Shared,
+    http: &Arc<A>,
+    stream: Stream,
+    mut first: Option<Head>,
+    peer: Peer,
+    shutdown: &ShutdownWatch,
+) {
+    let mut conn = Conn::new(stream);
+    let mut served = 0u64;
+    let mut shutdown_rx = shutdown.clone();
+    loop {
+        let snap = shared.snapshot.load_full();
+        let limits = &snap.limits;
+        let head = match first.take() {
+            Some(head) => head,
+            None => {
+                if *shutdown.borrow() {
                     return;
                 }
-            };
-            conn.expect(head, framing);
-            let mut session = ServerSession::new_http1(Box::new(conn));
-            let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
-            session.set_keepalive(keepalive);
-            drop(snap);
-            let Some(reused) = self.http.process_new_http(session, shutdown).await else {
-                return;
-            };
-            let (stream, _) = reused.consume();
-            conn = match stream.into_any().downcast::<Conn>() {
-                Ok(conn) => *conn,
-                Err(_) => return,
-            };
-            served += 1;
-        }
-    }
-
-    /// Answers a request the loop refused before Pingora saw it, logs it, and closes.
-    async fn refuse_inside(
-        &self,
-        conn: &mut Conn,
-        peer: &Peer,
-        head: Option<&Head>,
-        reason: Reason,
-        detail: String,
-        started: Instant,
-    ) {
-        let snap = self.shared.snapshot.load();
-        let request_id = head
-            .map(|h| h.request_id.clone())
-            .unwrap_or_else(|| super::request_id_from(None));
-        let dest = peer.tunnel.as_ref().map(|t| &t.authority);
-        write_refusal(&mut conn.inner, reason, dest, None, &request_id).await;
-        let host = dest.map(|d| d.host.to_string());
-        self.shared.metrics.refused(reason);
-        let kind = if peer.tunnel.is_some() {
-            Kind::Intercepted
-        } else {
-            Kind::Plain
+                let wait = if served == 0 {
+                    Wait::Until(peer.started + limits.request_header_timeout)
+                } else {
+                    Wait::Idle {
+                        idle: limits.idle_timeout,
+                        whole: limits.request_header_timeout,
+                    }
+                };
+                let started = Instant::now();
+                let pending = std::mem::take(&mut conn.pending);
+                let read = read_head(
+                    &mut conn.inner,
+                    pending,
+                    limits.max_request_header_bytes,
+                    wait,
+                );
+                let read = tokio::select! {
+                    biased;
+                    r = read => r,
+                    _ = shutdown_rx.changed() => return,
+                };
+                let failed = |e: HeadError| match e {
+                    HeadError::Closed => None,
+                    HeadError::Timeout => Some((
+                        Reason::RequestHeaderTimeout,
+                        format!(
+                            "request head incomplete after {:?}",
+                            limits.request_header_timeout
+                        ),
+                    )),
+                    HeadError::TooLarge => Some((Reason::HeadersTooLarge, String::new())),
+                    HeadError::Malformed(why) => Some((Reason::MalformedRequest, why)),
+                };
+                match read {
+                    Ok(head) => head,
+                    Err(e) => {
+                        if let Some((reason, detail)) = failed(e) {
+                            let started = if served == 0 { peer.started } else { started };
+                            refuse_inside(shared, &mut conn, &peer, None, reason, detail, started)
+                                .await;
+                        }
+                        return;
+                    }
+                }
+            }
         };
-        let mut line = CanonicalLog::new(kind);
-        line.request_id = Some(request_id);
-        line.client_addr = peer.client_addr.map(|a| a.to_string());
-        if let Some(t) = &peer.tunnel {
-            line.client = t.client.as_deref().map(str::to_string);
-            line.scheme = Some("https");
-            line.host = host;
-            line.port = Some(t.authority.port);
-            line.intercepted = true;
-        }
-        line.method = head.map(|h| h.method.clone());
-        line.status = Some(reason.status());
-        line.reason = Some(reason.code());
-        line.error = (!detail.is_empty()).then_some(detail);
-        line.took(started.elapsed());
-        self.shared.metrics.record(line, snap.log);
+        let framing = match head.vet() {
+            Ok(framing) => framing,
+            Err((reason, detail)) => {
+                let started = Instant::now();
+                refuse_inside(
+                    shared,
+                    &mut conn,
+                    &peer,
+                    Some(&head),
+                    reason,
+                    detail,
+                    started,
+                )
+                .await;
+                return;
+            }
+        };
+        conn.expect(head, framing);
+        let mut session = ServerSession::new_http1(Box::new(conn));
+        let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+        session.set_keepalive(keepalive);
+        drop(snap);
+        let Some(reused) = http.process_new_http(session, shutdown).await else {
+            return;
+        };
+        let (stream, _) = reused.consume();
+        conn = match stream.into_any().downcast::<Conn>() {
+            Ok(conn) => *conn,
+            Err(_) => return,
+        };
+        served += 1;
     }
+}
+
+/// Answers a request the loop refused before Pingora saw it, logs it, and closes.
+async fn refuse_inside(
+    shared: &Shared,
+    conn: &mut Conn,
+    peer: &Peer,
+    head: Option<&Head>,
+    reason: Reason,
+    detail: String,
+    started: Instant,
+) {
+    let snap = shared.snapshot.load();
+    let request_id = head
+        .map(|h| h.request_id.clone())
+        .unwrap_or_else(|| request_id_from(None));
+    let dest = peer.tunnel.as_ref().map(|t| &t.authority);
+    refusal::write(&mut conn.inner, reason, dest, None, &request_id).await;
+    let host = dest.map(|d| d.host.to_string());
+    shared.metrics.refused(reason);
+    let kind = if peer.tunnel.is_some() {
+        Kind::Intercepted
+    } else {
+        Kind::Plain
+    };
+    let mut line = CanonicalLog::new(kind);
+    line.request_id = Some(request_id);
+    line.client_addr = peer.client_addr.map(|a| a.to_string());
+    if let Some(t) = &peer.tunnel {
+        line.client = t.client.as_deref().map(str::to_string);
+        line.scheme = Some("https");
+        line.host = host;
+        line.port = Some(t.authority.port);
+        line.intercepted = true;
+    }
+    line.method = head.map(|h| h.method.clone());
+    line.status = Some(reason.status());
+    line.reason = Some(reason.code());
+    line.error = (!detail.is_empty()).then_some(detail);
+    line.took(started.elapsed());
+    shared.metrics.record(line, snap.log);
 }
 
 /// A client connection as Pingora's HTTP engine sees it: it yields one request (head, then

@@ -99,7 +99,7 @@ impl Warden {
         // warden's own refusal head (JSON, Proxy-Status, X-Request-Id, close), in the
         // provider's terms: SDKs must not retry, and a fully read request may keep the
         // connection.
-        let mut head = super::refusal_head(d.reason, ctx.request_id(), body.len())?;
+        let mut head = crate::refusal::head(d.reason, ctx.request_id(), body.len())?;
         head.insert_header("x-should-retry", "false")?;
         if provider == llm::Provider::Anthropic {
             head.insert_header("request-id", ctx.request_id())?;
@@ -297,7 +297,7 @@ impl Warden {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };
         let head_limit = ctx.snap.limits.max_response_header_bytes;
-        if super::edit::response_head_len(&resp) > head_limit {
+        if super::head::response_head_len(&resp) > head_limit {
             ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
             return Error::e_explain(
                 ErrorType::InvalidHTTPHeader,

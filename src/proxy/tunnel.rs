@@ -2,7 +2,6 @@
 //! connect timeout, answered `200`, and spliced byte for byte both ways until both sides have
 //! closed or the connection has been idle for `limits.idle_timeout`. Called by the front door.
 
-use super::front_door::established;
 use crate::config::Snapshot;
 use crate::policy::{DnsCache, NetworkPolicy};
 use crate::reason::Reason;
@@ -15,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
@@ -65,6 +64,14 @@ pub(super) async fn blind(
 /// to read and gives it back as soon as a read would wait, so an idle tunnel holds none (two
 /// held for good made each idle blind tunnel cost 37.6 KiB).
 const SPLICE_BUFFER: usize = 16 * 1024;
+
+/// Tells the client its CONNECT was accepted.
+pub(super) async fn established(stream: &mut L4Stream) -> std::io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await?;
+    stream.flush().await
+}
 
 /// Byte counts of a finished splice, and why it ended when it was not a clean close.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -157,7 +157,7 @@ impl ProxyHttp for Warden {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let limit = ctx.snap.limits.max_response_header_bytes;
-        if edit::response_head_len(upstream_response) > limit {
+        if super::head::response_head_len(upstream_response) > limit {
             ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
             return Error::e_explain(
                 ErrorType::InvalidHTTPHeader,
@@ -241,8 +241,8 @@ impl ProxyHttp for Warden {
     {
         let reason = *ctx
             .reason
-            .get_or_insert_with(|| super::reason_in(e, session.was_upgraded()));
-        if super::out_of_fds(e) && ctx.line.error.is_none() {
+            .get_or_insert_with(|| crate::reason::reason_in(e, session.was_upgraded()));
+        if crate::reason::out_of_fds(e) && ctx.line.error.is_none() {
             ctx.line.error = Some(format!("out of file descriptors: {}", e.root_cause()));
         }
         let answered = session.response_written().is_some();
@@ -250,7 +250,7 @@ impl ProxyHttp for Warden {
         let silent = matches!(reason, Reason::ClientError | Reason::IdleTimeout) || answered;
         if !silent {
             if ctx.line.request_id.is_none() {
-                ctx.line.request_id = Some(super::request_id_from(None));
+                ctx.line.request_id = Some(super::head::request_id_from(None));
             }
             self.refuse(session, ctx, reason).await;
         }
