@@ -5,7 +5,7 @@
 use crate::admission::{Refusal, RequestPlan};
 use crate::config::Snapshot;
 use crate::llm::ws::{ClientCheck, WsPolicy};
-use crate::llm::Denial;
+use crate::llm::{Denial, LlmPolicy, Usage};
 use crate::reason::Reason;
 use crate::scrub::Replacer;
 use crate::target::{Scheme, Target, TunnelIdentity};
@@ -14,8 +14,6 @@ use crate::transform::BodyRewriter;
 use pingora_error::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::Instant;
-
-use super::llm::LlmCall;
 
 /// Per-request state, created in `new_ctx` with the snapshot this request runs on.
 pub struct RequestCtx {
@@ -173,6 +171,18 @@ impl RequestCtx {
         true
     }
 
+    /// Notes a failure Pingora reports: its reason (unless warden decided one already), and
+    /// the detail of running out of file descriptors. Returns the reason.
+    pub(super) fn failed(&mut self, e: &Error, upgraded: bool) -> Reason {
+        let reason = *self
+            .reason
+            .get_or_insert_with(|| crate::reason::reason_in(e, upgraded));
+        if crate::reason::out_of_fds(e) && self.line.error.is_none() {
+            self.line.error = Some(format!("out of file descriptors: {}", e.root_cause()));
+        }
+        reason
+    }
+
     /// The destination host for a refusal body: the target's, else the tunnel's.
     pub(super) fn host(&self) -> Option<String> {
         self.line
@@ -251,5 +261,47 @@ impl RequestCtx {
             }
         }
         call.record(line);
+    }
+}
+
+/// What one LLM call did, for the log line and metrics.
+#[derive(Debug)]
+pub(super) struct LlmCall {
+    /// The entry that applied.
+    pub policy: Arc<LlmPolicy>,
+    /// The model the request named.
+    pub model: Option<String>,
+    /// Usage reported.
+    pub usage: Usage,
+    /// Tools the model called.
+    pub tools: Vec<String>,
+    /// allowed, denied, would_deny or error.
+    pub outcome: &'static str,
+}
+
+impl LlmCall {
+    /// A call about to be checked.
+    pub(super) fn new(policy: Arc<LlmPolicy>) -> Self {
+        LlmCall {
+            policy,
+            model: None,
+            usage: Usage::default(),
+            tools: Vec::new(),
+            outcome: "allowed",
+        }
+    }
+
+    /// Fills the LLM fields of the canonical line.
+    pub(super) fn record(&self, line: &mut CanonicalLog) {
+        line.provider = Some(self.policy.provider.label());
+        line.model = self.model.clone();
+        line.tools = (!self.tools.is_empty()).then(|| self.tools.clone());
+        line.input_tokens = self.usage.input;
+        line.output_tokens = self.usage.output;
+        let outcome = match (self.outcome, line.reason) {
+            ("allowed", Some(_)) => "error",
+            (o, _) => o,
+        };
+        line.llm_labels = Some((self.policy.model_label(self.model.as_deref()), outcome));
     }
 }

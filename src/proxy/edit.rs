@@ -4,10 +4,12 @@
 
 use super::ctx::RequestCtx;
 use super::upgrade;
+use crate::admission::{RequestHead, RequestPlan};
 use crate::config::{Limits, Snapshot};
 use crate::forward::HeaderOp;
 use crate::reason::Reason;
 use crate::scrub::Replacer;
+use crate::state::Shared;
 use crate::target::{Authority, Scheme, Target, TunnelIdentity};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -75,13 +77,77 @@ fn sensitive_values(req: &RequestHeader) -> Option<Replacer> {
     (!values.is_empty()).then(|| Replacer::masking_verbatim(values))
 }
 
+/// What admission reads of a request head, borrowed from the session.
+pub(super) struct Heard<'s> {
+    req: &'s RequestHeader,
+    raw: Bytes,
+    hosts: Vec<&'s [u8]>,
+    proxy_auth: Vec<&'s [u8]>,
+    upgrade: bool,
+}
+
+impl<'s> Heard<'s> {
+    /// The session's request head.
+    pub(super) fn of(session: &'s Session) -> Self {
+        let req = session.req_header();
+        Heard {
+            req,
+            raw: session
+                .as_http1()
+                .map(|h1| h1.get_headers_raw_bytes())
+                .unwrap_or_default(),
+            hosts: values(req, header::HOST),
+            proxy_auth: values(req, header::PROXY_AUTHORIZATION),
+            upgrade: session.is_upgrade_req(),
+        }
+    }
+
+    /// The head as admission takes it, arrived through `tunnel`.
+    pub(super) fn head<'a>(&'a self, tunnel: Option<&'a TunnelIdentity>) -> RequestHead<'a> {
+        RequestHead {
+            method: self.req.method.as_str(),
+            raw_target: self.req.raw_path(),
+            hosts: &self.hosts,
+            proxy_auth: &self.proxy_auth,
+            raw: &self.raw,
+            tunnel,
+            upgrade: self.upgrade,
+        }
+    }
+}
+
 /// Every value of header `name`, as bytes.
-pub(super) fn values(req: &RequestHeader, name: HeaderName) -> Vec<&[u8]> {
+fn values(req: &RequestHeader, name: HeaderName) -> Vec<&[u8]> {
     req.headers
         .get_all(name)
         .iter()
         .map(HeaderValue::as_bytes)
         .collect()
+}
+
+/// The upstream peer for `plan`: the destination resolved once, every answer checked, and
+/// exactly the address that passed dialled. A refusal comes with the reason decided.
+pub(super) async fn dial(
+    shared: &Shared,
+    snap: &Snapshot,
+    plan: &RequestPlan,
+    upgrade: bool,
+) -> Result<Box<HttpPeer>, (Reason, Box<Error>)> {
+    let dest = &plan.target.authority;
+    let resolved = plan
+        .profile
+        .network
+        .resolve_checked(
+            &shared.runtime.dns,
+            dest,
+            snap.limits.upstream_connect_timeout,
+            &shared.own_addrs,
+        )
+        .await;
+    match resolved {
+        Ok(addr) => Ok(peer(addr, &plan.target, snap, upgrade)),
+        Err(reason) => Err((reason, unresolved(reason, dest))),
+    }
 }
 
 /// The admitted request's timeouts: a body may pause only so long between reads; an upgraded
@@ -132,7 +198,7 @@ pub(super) fn peer(
 }
 
 /// The error for a destination that did not resolve to an allowed address.
-pub(super) fn unresolved(reason: Reason, dest: &Authority) -> Box<Error> {
+fn unresolved(reason: Reason, dest: &Authority) -> Box<Error> {
     let etype = match reason {
         Reason::DnsError => ErrorType::ConnectNoRoute,
         _ => ErrorType::HTTPStatus(reason.status()),

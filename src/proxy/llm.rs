@@ -8,10 +8,10 @@
 //! (`fail_to_proxy`, `logging`), marked with their side (`into_up`/`into_down`) here, since
 //! Pingora's own loop that would mark them is not running.
 
-use super::ctx::RequestCtx;
+use super::ctx::{LlmCall, RequestCtx};
 use super::warden::Warden;
 use crate::llm::stream::{SsePolicy, KEEPALIVE};
-use crate::llm::{self, Api, Denial, LlmPolicy, Usage};
+use crate::llm::{self, Api, Denial, LlmPolicy};
 use crate::reason::Reason;
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -21,48 +21,6 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What one LLM call did, for the log line and metrics.
-#[derive(Debug)]
-pub struct LlmCall {
-    /// The entry that applied.
-    pub policy: Arc<LlmPolicy>,
-    /// The model the request named.
-    pub model: Option<String>,
-    /// Usage reported.
-    pub usage: Usage,
-    /// Tools the model called.
-    pub tools: Vec<String>,
-    /// allowed, denied, would_deny or error.
-    pub outcome: &'static str,
-}
-
-impl LlmCall {
-    /// A call about to be checked.
-    pub fn new(policy: Arc<LlmPolicy>) -> Self {
-        LlmCall {
-            policy,
-            model: None,
-            usage: Usage::default(),
-            tools: Vec::new(),
-            outcome: "allowed",
-        }
-    }
-
-    /// Fills the LLM fields of the canonical line.
-    pub fn record(&self, line: &mut crate::telemetry::CanonicalLog) {
-        line.provider = Some(self.policy.provider.label());
-        line.model = self.model.clone();
-        line.tools = (!self.tools.is_empty()).then(|| self.tools.clone());
-        line.input_tokens = self.usage.input;
-        line.output_tokens = self.usage.output;
-        let outcome = match (self.outcome, line.reason) {
-            ("allowed", Some(_)) => "error",
-            (o, _) => o,
-        };
-        line.llm_labels = Some((self.policy.model_label(self.model.as_deref()), outcome));
-    }
-}
 
 /// What kind of response body the exchange is relaying.
 enum Body {

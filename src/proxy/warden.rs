@@ -6,14 +6,13 @@
 
 use super::ctx::{Delivered, RequestCtx};
 use super::edit;
-use crate::admission::{admit_request, RequestHead};
+use crate::admission::admit_request;
 use crate::forward::{upstream_edits, Incoming};
 use crate::reason::Reason;
 use crate::state::Shared;
 use crate::telemetry::{redact_query, Kind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -34,6 +33,10 @@ impl Warden {
     /// Answers the request with warden's own refusal for `reason` and closes the connection.
     pub(super) async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, reason: Reason) {
         self.shared.metrics.refused(reason);
+        if ctx.line.request_id.is_none() {
+            // A failure before `request_filter` ran: the refusal still carries an id.
+            ctx.line.request_id = Some(super::head::request_id_from(None));
+        }
         ctx.reason = Some(reason);
         ctx.line.status = Some(reason.status());
         let host = ctx.host();
@@ -64,23 +67,9 @@ impl ProxyHttp for Warden {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         edit::begin(session, ctx);
-        let raw = session
-            .as_http1()
-            .map(|h1| h1.get_headers_raw_bytes())
-            .unwrap_or_default();
-        let req = session.req_header();
-        let hosts = edit::values(req, header::HOST);
-        let proxy_auth = edit::values(req, header::PROXY_AUTHORIZATION);
-        let head = RequestHead {
-            method: req.method.as_str(),
-            raw_target: req.raw_path(),
-            hosts: &hosts,
-            proxy_auth: &proxy_auth,
-            raw: &raw,
-            tunnel: ctx.tunnel.as_ref(),
-            upgrade: session.is_upgrade_req(),
-        };
+        let heard = edit::Heard::of(session);
         let shared = &self.shared;
+        let head = heard.head(ctx.tunnel.as_ref());
         match admit_request(&ctx.snap, &shared.runtime, &shared.own_addrs, &head) {
             Ok(plan) => ctx.admitted(plan),
             Err(refusal) => {
@@ -98,32 +87,12 @@ impl ProxyHttp for Warden {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let plan = ctx.plan()?;
-        let limits = &ctx.snap.limits;
-        // Resolve once, check every answer, and dial exactly the address that passed.
-        let resolved = plan
-            .profile
-            .network
-            .resolve_checked(
-                &self.shared.runtime.dns,
-                &plan.target.authority,
-                limits.upstream_connect_timeout,
-                &self.shared.own_addrs,
-            )
-            .await;
-        match resolved {
-            Ok(addr) => Ok(edit::peer(
-                addr,
-                &plan.target,
-                &ctx.snap,
-                session.is_upgrade_req(),
-            )),
-            Err(reason) => {
-                let e = edit::unresolved(reason, &plan.target.authority);
-                ctx.reason = Some(reason);
-                Err(e)
-            }
-        }
+        let upgrade = session.is_upgrade_req();
+        let dialled = edit::dial(&self.shared, &ctx.snap, ctx.plan()?, upgrade).await;
+        dialled.map_err(|(reason, e)| {
+            ctx.reason = Some(reason);
+            e
+        })
     }
 
     async fn upstream_request_filter(
@@ -239,19 +208,11 @@ impl ProxyHttp for Warden {
     where
         RequestCtx: Send + Sync,
     {
-        let reason = *ctx
-            .reason
-            .get_or_insert_with(|| crate::reason::reason_in(e, session.was_upgraded()));
-        if crate::reason::out_of_fds(e) && ctx.line.error.is_none() {
-            ctx.line.error = Some(format!("out of file descriptors: {}", e.root_cause()));
-        }
-        let answered = session.response_written().is_some();
-        // A client that is gone or stalled has nobody to answer.
-        let silent = matches!(reason, Reason::ClientError | Reason::IdleTimeout) || answered;
+        let reason = ctx.failed(e, session.was_upgraded());
+        // A client that is gone or stalled has nobody to answer, nor one already answered.
+        let silent = matches!(reason, Reason::ClientError | Reason::IdleTimeout)
+            || session.response_written().is_some();
         if !silent {
-            if ctx.line.request_id.is_none() {
-                ctx.line.request_id = Some(super::head::request_id_from(None));
-            }
             self.refuse(session, ctx, reason).await;
         }
         FailToProxy {
