@@ -161,7 +161,7 @@ fn substitute(
     ops: &mut Vec<HeaderOp>,
 ) -> Result<Option<Replacer>, EditError> {
     let active = &plan.substitutions;
-    if let Some(replacer) = substitution::header_replacer(active) {
+    if let Some(replacer) = substitution::replacer(active, Place::Headers) {
         let current = effective(req.headers, ops);
         for name in current.keys() {
             let values: Vec<&HeaderValue> = current.get_all(name).iter().collect();
@@ -196,21 +196,11 @@ fn substitute(
             .map_err(|_| EditError("a substituted URI does not parse"))?;
         ops.push(HeaderOp::Uri(uri));
     }
-    let in_body: Vec<(Vec<u8>, Vec<u8>)> = active
-        .iter()
-        .filter(|a| a.applies(Place::Body))
-        .map(|a| {
-            (
-                a.placeholder.as_bytes().to_vec(),
-                a.secret.expose().as_bytes().to_vec(),
-            )
-        })
-        .collect();
-    if in_body.is_empty() || !req.has_body {
-        return Ok(None);
+    let body = substitution::replacer(active, Place::Body).filter(|_| req.has_body);
+    if body.is_some() {
+        ops.push(HeaderOp::Remove(header::CONTENT_LENGTH));
     }
-    ops.push(HeaderOp::Remove(header::CONTENT_LENGTH));
-    Ok(Some(Replacer::new(in_body)))
+    Ok(body)
 }
 
 /// The headers `ops` leave of `headers`.

@@ -5,21 +5,24 @@
 //! `CONNECT` is either tunnelled blind or intercepted (TLS terminated with a leaf minted from
 //! warden's CA) and its decrypted stream goes to the same engine.
 //!
-//! Which module each phase calls:
+//! Which module each phase calls. The phases live in `proxy::warden`; each reads the session,
+//! calls one stage and applies its result. Stages are free of `Session` and never import
+//! [`proxy`] (a test checks the module graph has no circles).
 //!
-//! | phase / place            | module                                   |
+//! | phase / place            | stage                                    |
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
-//! | SIGHUP                   | [`reload`] (swap the snapshot)           |
-//! | front door (CONNECT)     | [`proxy`], [`target`], [`admission`], [`tls`] |
+//! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
+//! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`target`] (validation, host binding), [`admission`] ([`auth`], [`policy`], [`credentials`]) |
-//! | `upstream_request_filter`| [`headers`], [`credentials`] (injection)  |
-//! | `upstream_peer`          | [`policy`] (resolve), [`tls`] (trust)    |
+//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`], [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]) |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`) |
+//! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
+//! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
 //! | `fail_to_proxy`          | [`reason`] (one error → reason map), [`refusal`] (the response) |
-//! | `logging`                | [`telemetry`] (canonical line)           |
+//! | `logging`                | [`telemetry`] (the canonical line, filled as the request went) |
+//! | admin listener           | [`admin`] (metrics, health), reading [`state`] |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -180,12 +180,12 @@ pub fn in_url(active: &[Active], place: Place, text: &str) -> Option<String> {
     changed.then_some(out)
 }
 
-/// The replacer for header values: each placeholder that applies in headers, to its secret;
-/// `None` when none does. Built once per request.
-pub fn header_replacer(active: &[Active]) -> Option<Replacer> {
+/// The replacer for `place`: each placeholder that applies there, to its secret; `None` when
+/// none does. Built once per request.
+pub fn replacer(active: &[Active], place: Place) -> Option<Replacer> {
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = active
         .iter()
-        .filter(|a| a.applies(Place::Headers))
+        .filter(|a| a.applies(place))
         .map(|a| {
             (
                 a.placeholder.as_bytes().to_vec(),
@@ -272,7 +272,7 @@ mod tests {
         let a = s
             .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
             .unwrap();
-        let h = header_replacer(&a).unwrap();
+        let h = replacer(&a, Place::Headers).unwrap();
         assert_eq!(
             in_header(&h, b"token WARDEN_TOKEN").unwrap(),
             b"token s3cr/t+1"
@@ -307,7 +307,7 @@ mod tests {
         let a = s
             .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
             .unwrap();
-        assert!(header_replacer(&a).is_none());
+        assert!(replacer(&a, Place::Headers).is_none());
         assert!(in_url(&a, Place::Query, "k=WARDEN_TOKEN").is_none());
         assert!(a[0].applies(Place::Body));
         let bad = |y: &str| {
