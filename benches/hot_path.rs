@@ -175,6 +175,71 @@ fn injection(c: &mut Criterion) {
     g.finish();
 }
 
+/// A request's plan and its upstream head edits, as `request_filter` and
+/// `upstream_request_filter` compute them: admission (target, identity, policy, the credential
+/// read, the scrub set from the runtime's maskers) and `forward::upstream_edits`.
+fn planning(c: &mut Criterion) {
+    use warden::admission::{admit_request, RequestHead};
+    use warden::forward::{upstream_edits, Incoming};
+    use warden::target::TunnelIdentity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "proxy: {{ listen: 127.0.0.1:0 }}\ntls: {{ ca_cert: {0}/ca.crt, ca_key: {0}/ca.key }}\nnetwork: {{ rules: ['deny DELETE api.example.com /**'] }}\nheaders:\n  - {{ host: api.example.com, set: {{ anthropic-beta: tools, x-team: agents }}, remove: [x-debug] }}\ncredentials:\n  - {{ host: api.example.com, source: {{ type: static, value: sk-real-secret-value }} }}\n",
+        dir.path().display()
+    );
+    let snap = warden::Config::parse(&yaml, dir.path())
+        .expect("bench config")
+        .compile(warden::CompileOptions { create_ca: true })
+        .expect("compile");
+    let runtime = warden::runtime::Runtime::new(&snap);
+    let tunnel = TunnelIdentity {
+        authority: parse_authority(b"api.example.com:443", None).expect("authority"),
+        client: None,
+        sni: Some("api.example.com".into()),
+    };
+    let raw = b"POST /v1/messages HTTP/1.1\r\nhost: api.example.com\r\nuser-agent: agent/1.0\r\ncontent-type: application/json\r\naccept: */*\r\nx-debug: 1\r\ncontent-length: 2\r\n\r\n";
+    let hosts: [&[u8]; 1] = [b"api.example.com"];
+    let head = RequestHead {
+        method: "POST",
+        raw_target: b"/v1/messages",
+        hosts: &hosts,
+        proxy_auth: &[],
+        raw,
+        tunnel: Some(&tunnel),
+        upgrade: false,
+    };
+    let mut req = pingora_http::RequestHeader::build("POST", b"/v1/messages", None).expect("head");
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "agent/1.0"),
+        ("content-type", "application/json"),
+        ("accept", "*/*"),
+        ("x-debug", "1"),
+    ] {
+        req.insert_header(k, v).expect("header");
+    }
+    let mut g = c.benchmark_group("planning");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("admit_request", |b| {
+        b.iter(|| admit_request(&snap, &runtime, &[], black_box(&head)).expect("admitted"))
+    });
+    let plan = admit_request(&snap, &runtime, &[], &head).expect("admitted");
+    g.bench_function("upstream_edits", |b| {
+        b.iter(|| {
+            let incoming = Incoming {
+                uri: &req.uri,
+                headers: &req.headers,
+                upgrade: false,
+                has_body: true,
+                request_id: "be679b528aa04c42bf709a54e4c2bf61",
+                checks_frames: false,
+            };
+            upstream_edits(black_box(&plan), incoming).expect("edits")
+        })
+    });
+    g.finish();
+}
+
 /// Masking echoed secrets: building the masker for one request's credential (secret and header
 /// value), and scanning a 64 KiB response that does not echo it, in 16 KiB reads and in
 /// 128-byte reads cut anywhere (SSE events usually end in a newline, which is cheaper). `raw`
@@ -225,5 +290,7 @@ fn echo_mask(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, heads, rules, addresses, leaves, log_lines, injection, echo_mask);
+criterion_group!(
+    benches, heads, rules, addresses, leaves, log_lines, injection, planning, echo_mask
+);
 criterion_main!(benches);

@@ -53,3 +53,43 @@ async fn a_transformed_host_is_intercepted_and_rewritten() {
     let seen = origin.seen();
     assert_eq!(seen[0].header("accept-encoding"), Some("identity"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_transforms_replace_the_top_level_ones() {
+    let origin = Origin::http().await;
+    let port = origin.port();
+    // Client `own` has a section of its own, which only sets x-client; `shared` gets the
+    // top-level section.
+    let clients = format!(
+        "  auth:\n    clients:\n      - {{ name: shared, token: {{ type: static, value: tok-shared }} }}\n      - name: own\n        token: {{ type: static, value: tok-own }}\n        transforms: [{{ host: \"origin.test:{port}\", set_headers: {{ x-client: own }} }}]\n"
+    );
+    let yaml = yaml(port).replace(
+        "proxy:\n  listen: 127.0.0.1:0\n",
+        &format!("proxy:\n  listen: 127.0.0.1:0\n{clients}"),
+    );
+    let w = TestWarden::start(&yaml).await;
+    let as_client = |name: &str| {
+        w.client_builder()
+            .proxy(
+                reqwest::Proxy::all(w.proxy_url())
+                    .unwrap()
+                    .basic_auth(name, &format!("tok-{name}")),
+            )
+            .build()
+            .unwrap()
+    };
+    let url = format!("http://origin.test:{port}/echo");
+    let shared = as_client("shared").get(&url).send().await.unwrap();
+    assert_eq!(shared.headers()["cache-control"], "no-store");
+    assert!(shared.headers().get("x-client").is_none());
+    let body: Value = shared.json().await.unwrap();
+    assert_eq!(body["method"], "[GET seen]");
+    let own = as_client("own").get(&url).send().await.unwrap();
+    assert_eq!(own.headers()["x-client"], "own");
+    assert!(own.headers().get("cache-control").is_none());
+    let body: Value = own.json().await.unwrap();
+    assert_eq!(
+        body["method"], "GET",
+        "the top-level body rule is not the client's"
+    );
+}
