@@ -84,6 +84,7 @@ impl Rule {
         }
     }
 
+    #[inline]
     pub(super) fn matches(&self, method: &str, dest: &Authority, segments: &[String]) -> bool {
         self.methods
             .as_ref()
