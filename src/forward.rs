@@ -229,3 +229,175 @@ fn effective(headers: &HeaderMap, ops: &[HeaderOp]) -> HeaderMap {
 fn value(bytes: &[u8]) -> Result<HeaderValue, EditError> {
     HeaderValue::from_bytes(bytes).map_err(|_| EditError("an edited header value is not valid"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{admit_request, RequestHead};
+    use crate::config::{CompileOptions, Config};
+    use crate::runtime::Runtime;
+    use std::path::Path;
+
+    /// The plan for a plain GET of `url` under a config with `extra` sections.
+    fn plan(extra: &str, url: &str) -> RequestPlan {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\n{extra}",
+            dir.path().display()
+        );
+        let snap = Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap();
+        let head = RequestHead {
+            method: "GET",
+            raw_target: url.as_bytes(),
+            hosts: &[],
+            proxy_auth: &[],
+            raw: b"",
+            tunnel: None,
+            upgrade: false,
+        };
+        admit_request(&snap, &Runtime::default(), &[], &head).unwrap()
+    }
+
+    fn edits(plan: &RequestPlan, headers: &[(&str, &str)], upgrade: bool) -> Edits {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let uri: http::Uri = "/p?q=1".parse().unwrap();
+        let req = Incoming {
+            uri: &uri,
+            headers: &map,
+            upgrade,
+            has_body: true,
+            request_id: "rid",
+            checks_frames: false,
+        };
+        upstream_edits(plan, req).unwrap()
+    }
+
+    fn sets<'a>(e: &'a Edits, name: &str) -> Vec<&'a str> {
+        e.ops
+            .iter()
+            .filter_map(|op| match op {
+                HeaderOp::Set(n, v) if n == name => v.to_str().ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn removes(e: &Edits, name: &str) -> bool {
+        e.ops
+            .iter()
+            .any(|op| matches!(op, HeaderOp::Remove(n) if n == name))
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go_but_an_upgrade_keeps_its_own() {
+        let p = plan("", "http://a.test/p");
+        let e = edits(
+            &p,
+            &[("connection", "x-secret, Upgrade"), ("host", "a.test")],
+            false,
+        );
+        for name in [
+            "proxy-authorization",
+            "te",
+            "x-secret",
+            "upgrade",
+            "connection",
+        ] {
+            assert!(removes(&e, name), "{name}");
+        }
+        let e = edits(
+            &p,
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            true,
+        );
+        assert!(!removes(&e, "upgrade") && !removes(&e, "connection"));
+        assert_eq!(sets(&e, "x-request-id"), ["rid"]);
+    }
+
+    #[test]
+    fn a_missing_host_gets_the_target_with_a_port_only_when_it_is_not_the_default() {
+        assert_eq!(
+            sets(&edits(&plan("", "http://a.test/p"), &[], false), "host"),
+            ["a.test"]
+        );
+        let odd = plan("", "http://a.test:8080/p");
+        assert_eq!(sets(&edits(&odd, &[], false), "host"), ["a.test:8080"]);
+        // A Host the client lists in Connection is dropped, so warden sets one.
+        let e = edits(
+            &odd,
+            &[("host", "a.test:8080"), ("connection", "host")],
+            false,
+        );
+        assert!(removes(&e, "host"));
+        assert_eq!(sets(&e, "host"), ["a.test:8080"]);
+        assert!(sets(&edits(&odd, &[("host", "a.test:8080")], false), "host").is_empty());
+    }
+
+    #[test]
+    fn the_credential_comes_last_and_responses_are_asked_for_uncompressed() {
+        let p = plan(
+            "headers: [{ host: a.test, set: { authorization: from-rule, x-team: a } }]\ncredentials: [{ host: a.test, allow_plaintext: true, source: { type: static, value: s3cr3t } }]\n",
+            "http://a.test/p",
+        );
+        let e = edits(&p, &[("authorization", "from-client")], false);
+        assert!(e.injects);
+        let auth: Vec<usize> = e
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, HeaderOp::Set(n, _) if n == "authorization"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(sets(&e, "authorization"), ["from-rule", "Bearer s3cr3t"]);
+        assert!(auth[0] < auth[1]);
+        assert_eq!(sets(&e, "accept-encoding"), ["identity"]);
+        assert_eq!(sets(&e, "x-team"), ["a"]);
+    }
+
+    #[test]
+    fn placeholders_are_replaced_in_headers_as_the_rules_leave_them_in_the_url_and_the_body() {
+        let p = plan(
+            "headers: [{ host: a.test, set: { x-key: 'key=PLACEHOLDER_1' } }]\nsubstitutions: [{ host: a.test, placeholder: PLACEHOLDER_1, allow_plaintext: true, source: { type: static, value: v@1 } }]\n",
+            "http://a.test/p",
+        );
+        let mut map = HeaderMap::new();
+        map.append("x-a", HeaderValue::from_static("PLACEHOLDER_1"));
+        map.append("x-a", HeaderValue::from_static("plain"));
+        let uri: http::Uri = "/p/PLACEHOLDER_1?k=PLACEHOLDER_1".parse().unwrap();
+        let req = Incoming {
+            uri: &uri,
+            headers: &map,
+            upgrade: false,
+            has_body: true,
+            request_id: "rid",
+            checks_frames: false,
+        };
+        let e = upstream_edits(&p, req).unwrap();
+        let values = |name: &str| {
+            e.ops.iter().find_map(|op| match op {
+                HeaderOp::Values(n, vs) if n == name => {
+                    Some(vs.iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+        };
+        // Order of a multi-valued header is kept; the rule's value is substituted too.
+        assert_eq!(values("x-a"), Some(vec!["v@1", "plain"]));
+        assert_eq!(values("x-key"), Some(vec!["key=v@1"]));
+        let uri = e.ops.iter().rev().find_map(|op| match op {
+            HeaderOp::Uri(u) => Some(u.to_string()),
+            _ => None,
+        });
+        assert_eq!(uri.as_deref(), Some("/p/v%401?k=v%401"));
+        assert!(e.body.is_some() && removes(&e, "content-length"));
+    }
+}
