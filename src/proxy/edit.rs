@@ -98,7 +98,7 @@ impl<'s> Heard<'s> {
                 .unwrap_or_default(),
             hosts: values(req, header::HOST),
             proxy_auth: values(req, header::PROXY_AUTHORIZATION),
-            upgrade: session.is_upgrade_req(),
+            upgrade: upgrade(session),
         }
     }
 
@@ -150,12 +150,26 @@ pub(super) async fn dial(
     }
 }
 
+/// Whether the request is an upgrade warden honours: HTTP/1.1 with `Upgrade: websocket`, the
+/// same test Pingora's upstream request policy applies. Any other protocol (`h2c` above all)
+/// would switch the connection to frames no phase reads: Pingora drops its `Upgrade`,
+/// `Connection` and `HTTP2-Settings` on the way upstream and refuses a `101` the origin sends
+/// anyway, and warden times and routes the request as a plain one.
+pub(super) fn upgrade(session: &Session) -> bool {
+    session.is_upgrade_req()
+        && session
+            .req_header()
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// The admitted request's timeouts: a body may pause only so long between reads; an upgraded
 /// connection (its frames ride the same reads) may stay quiet as long as any idle connection.
 pub(super) fn set_timeouts(session: &mut Session, limits: &Limits) {
     let idle = limits.idle_timeout;
     session.set_keepalive(Some(idle.as_secs().max(1)));
-    let body_idle = if session.is_upgrade_req() {
+    let body_idle = if upgrade(session) {
         idle
     } else {
         limits.request_body_idle_timeout

@@ -517,7 +517,7 @@ impl Warden {
         let Some(policy) = plan.llm.clone() else {
             return Ok(false);
         };
-        let upgrade = session.is_upgrade_req();
+        let upgrade = super::edit::upgrade(session);
         let path = &plan.target.path;
         let Some(api) = crate::llm::api_for(policy.provider, ctx.method(), path, upgrade) else {
             return Ok(false);

@@ -87,7 +87,7 @@ impl ProxyHttp for Warden {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let upgrade = session.is_upgrade_req();
+        let upgrade = edit::upgrade(session);
         let dialled = edit::dial(&self.shared, &ctx.snap, ctx.plan()?, upgrade).await;
         dialled.map_err(|(reason, e)| {
             ctx.reason = Some(reason);
@@ -104,7 +104,7 @@ impl ProxyHttp for Warden {
         let incoming = Incoming {
             uri: &upstream.uri,
             headers: &upstream.headers,
-            upgrade: session.is_upgrade_req(),
+            upgrade: edit::upgrade(session),
             has_body: !session.is_body_empty(),
             request_id: ctx.request_id(),
             checks_frames: ctx.flow.ws_policy.is_some(),

@@ -278,3 +278,68 @@ async fn plaintext_through_connect_under_intercept_all_is_tunnelled_blind() {
     assert_eq!(line["status"], 200);
     assert_eq!(w.mints(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_stripped_and_the_request_goes_as_http1() {
+    let origin = Origin::https().await;
+    let w = TestWarden::with("all", "").await;
+    let authority = format!("origin.test:{}", origin.port());
+    let mut s = w.tls_tunnel(&authority, "origin.test").await;
+    let req = format!(
+        "GET /echo HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = origin.seen();
+    for gone in ["upgrade", "http2-settings", "connection"] {
+        assert!(seen[0].header(gone).is_none(), "{gone} was forwarded");
+    }
+    // The connection stays HTTP/1.1, every request still checked one by one.
+    s.write_all(format!("GET /echo HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(origin.seen().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_switching_protocols_unasked_gets_no_tunnel() {
+    // An origin that answers every request with a 101, as one that honours h2c (or anything)
+    // would: the client must not end up in an opaque stream to it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = std::sync::Arc::new(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES)));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                if std::pin::Pin::new(&mut tls).accept().await.is_err() {
+                    return;
+                }
+                let _ = read_head(&mut tls).await;
+                let _ = tls
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nPRI-FROM-ORIGIN")
+                    .await;
+                let _ = tls.flush().await;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let w = TestWarden::with("all", "").await;
+    let authority = format!("origin.test:{port}");
+    let mut s = w.tls_tunnel(&authority, "origin.test").await;
+    let req = format!(
+        "GET /x HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nX-Request-Id: h2c-101\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_refusal(&head, &body, 502, "upstream_error");
+    let line = log_for("h2c-101").await;
+    assert_eq!(line["reason"], "upstream_error");
+    assert_eq!(line["upgraded"], false);
+}
