@@ -6,6 +6,7 @@
 //! of the plan and the head; `upstream_request_filter` applies the ops in order.
 
 use crate::admission::RequestPlan;
+use crate::refusal::X_REQUEST_ID;
 use crate::scrub::Replacer;
 use crate::substitution::{self, Place};
 use crate::target::Scheme;
@@ -63,8 +64,6 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     HeaderName::from_static("http2-settings"),
 ];
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Why a head could not be edited (never the client's fault: a substituted value that is no
 /// longer a valid header value or URI).

@@ -247,7 +247,7 @@ impl Profile {
             || self.correlation.as_ref().is_some_and(|c| c.has_for(dest))
             || self.substitutions.has_for(dest)
             || self.llm.has_for(dest)
-            || !self.transforms.for_dest(dest).is_empty()
+            || self.transforms.has_for(dest)
     }
 }
 

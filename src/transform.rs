@@ -115,6 +115,11 @@ impl Transforms {
             .cloned()
             .collect()
     }
+
+    /// Whether an entry names `dest` (its tunnels are intercepted).
+    pub fn has_for(&self, dest: &Authority) -> bool {
+        self.list.iter().any(|t| t.host.matches(dest))
+    }
 }
 
 /// Whether a response of this content type is text that body rules may change.
