@@ -134,6 +134,21 @@ fn log_lines(c: &mut Criterion) {
     g.finish();
 }
 
+/// An agent's API request head, as the header benchmarks start from.
+fn agent_head() -> pingora_http::RequestHeader {
+    let mut head = pingora_http::RequestHeader::build("POST", b"/v1/messages", None).expect("head");
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "agent/1.0"),
+        ("content-type", "application/json"),
+        ("accept", "*/*"),
+        ("x-debug", "1"),
+    ] {
+        head.insert_header(k, v).expect("header");
+    }
+    head
+}
+
 fn injection(c: &mut Criterion) {
     let entries: Vec<warden::headers::HeaderRuleConfig> = serde_yaml::from_str(
         "- { host: api.example.com, set: { anthropic-beta: tools, x-team: agents }, remove: [x-debug] }",
@@ -141,17 +156,9 @@ fn injection(c: &mut Criterion) {
     .expect("bench header rules");
     let rules = warden::headers::compile(&entries, "headers").expect("compile");
     let dest = parse_authority(b"api.example.com:443", None).expect("authority");
-    let mut base = pingora_http::RequestHeader::build("POST", b"/v1/messages", None).expect("head");
-    for (k, v) in [
-        ("host", "api.example.com"),
-        ("user-agent", "agent/1.0"),
-        ("content-type", "application/json"),
-        ("accept", "*/*"),
-        ("x-debug", "1"),
-        ("proxy-authorization", "Basic cnVuLTQyOnRva2Vu"),
-    ] {
-        base.insert_header(k, v).expect("header");
-    }
+    let mut base = agent_head();
+    base.insert_header("proxy-authorization", "Basic cnVuLTQyOnRva2Vu")
+        .expect("header");
     let credential = http::HeaderValue::from_static("Bearer sk-real-secret-value");
     let mut g = c.benchmark_group("header_injection");
     g.throughput(Throughput::Elements(1));
@@ -208,16 +215,7 @@ fn planning(c: &mut Criterion) {
         tunnel: Some(&tunnel),
         upgrade: false,
     };
-    let mut req = pingora_http::RequestHeader::build("POST", b"/v1/messages", None).expect("head");
-    for (k, v) in [
-        ("host", "api.example.com"),
-        ("user-agent", "agent/1.0"),
-        ("content-type", "application/json"),
-        ("accept", "*/*"),
-        ("x-debug", "1"),
-    ] {
-        req.insert_header(k, v).expect("header");
-    }
+    let req = agent_head();
     let mut g = c.benchmark_group("planning");
     g.throughput(Throughput::Elements(1));
     g.bench_function("admit_request", |b| {

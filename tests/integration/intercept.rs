@@ -325,7 +325,9 @@ async fn an_origin_switching_protocols_unasked_gets_no_tunnel() {
                     .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nPRI-FROM-ORIGIN")
                     .await;
                 let _ = tls.flush().await;
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                // Hold the switched connection until warden drops it.
+                let mut rest = Vec::new();
+                let _ = tls.read_to_end(&mut rest).await;
             });
         }
     });
