@@ -311,3 +311,86 @@ fn the_graph_sees_a_circle_when_there_is_one() {
         Some(path("proxy"))
     );
 }
+
+/// The `ProxyHttp` phases, each with its length in lines (signature to closing brace).
+fn phase_lengths() -> Vec<(String, usize)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy/warden.rs");
+    let text = std::fs::read_to_string(path).expect("read warden.rs");
+    let start = text
+        .find("impl ProxyHttp for Warden")
+        .expect("the ProxyHttp impl");
+    let mut phases = Vec::new();
+    let mut open: Option<(String, usize)> = None;
+    for (n, line) in text[start..].lines().enumerate() {
+        let signature = line
+            .strip_prefix("    async fn ")
+            .or_else(|| line.strip_prefix("    fn "));
+        if let Some(rest) = signature {
+            let name = rest.split(['(', '<']).next().unwrap_or_default();
+            open = Some((name.to_string(), n));
+        } else if line == "    }" {
+            if let Some((name, from)) = open.take() {
+                phases.push((name, n - from + 1));
+            }
+        }
+    }
+    phases
+}
+
+#[test]
+fn every_proxy_phase_is_at_most_25_lines() {
+    let phases = phase_lengths();
+    let names: Vec<&str> = phases.iter().map(|(n, _)| n.as_str()).collect();
+    for phase in [
+        "request_filter",
+        "upstream_peer",
+        "upstream_request_filter",
+        "logging",
+    ] {
+        assert!(names.contains(&phase), "{phase} not found in {names:?}");
+    }
+    let long: Vec<&(String, usize)> = phases.iter().filter(|(_, n)| *n > 25).collect();
+    assert!(long.is_empty(), "phases over 25 lines: {long:?}");
+}
+
+#[test]
+fn the_request_context_holds_a_plan_not_dozens_of_fields() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy/ctx.rs");
+    let file =
+        syn::parse_file(&std::fs::read_to_string(path).expect("read ctx.rs")).expect("parse");
+    let fields: Vec<String> = file
+        .items
+        .iter()
+        .find_map(|item| match item {
+            syn::Item::Struct(s) if s.ident == "RequestCtx" => Some(
+                s.fields
+                    .iter()
+                    .filter_map(|f| f.ident.as_ref().map(ToString::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .expect("RequestCtx");
+    assert!(fields.iter().any(|f| f == "plan"), "{fields:?}");
+    assert!(
+        fields.len() <= 8,
+        "RequestCtx has {} fields: {fields:?}",
+        fields.len()
+    );
+}
+
+#[test]
+fn the_readme_layout_names_every_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("read README");
+    let layout = &readme[readme.find("## Layout").expect("a Layout section")..];
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let missing: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.strip_prefix(root).ok())
+        .map(|f| f.display().to_string())
+        .filter(|f| !layout.contains(&format!("`{f}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in the README Layout: {missing:?}");
+}
