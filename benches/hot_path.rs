@@ -214,6 +214,7 @@ fn planning(c: &mut Criterion) {
         raw,
         tunnel: Some(&tunnel),
         upgrade: false,
+        scheme: None,
     };
     let req = agent_head();
     let mut g = c.benchmark_group("planning");

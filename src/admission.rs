@@ -53,6 +53,8 @@ pub struct RequestHead<'a> {
     pub tunnel: Option<&'a TunnelIdentity>,
     /// The request asks for an upgrade (WebSocket).
     pub upgrade: bool,
+    /// An HTTP/2 stream's `:scheme` (empty when it sent none); `None` for HTTP/1.x.
+    pub scheme: Option<&'a str>,
 }
 
 /// Everything decided about an admitted request, from which every later phase works.
@@ -215,6 +217,17 @@ pub fn admit_request(
     own: &[SocketAddr],
     head: &RequestHead<'_>,
 ) -> Result<RequestPlan, Refusal> {
+    // An HTTP/2 stream inside a tunnel: no CONNECT within it (HTTP/1.1 heads are vetted for
+    // that as they are read), and only `https`, the scheme the tunnel carries.
+    if head.method.eq_ignore_ascii_case("CONNECT") {
+        return Err(Refusal::new(Reason::UnexpectedConnect, None));
+    }
+    if head
+        .scheme
+        .is_some_and(|s| !s.eq_ignore_ascii_case("https"))
+    {
+        return Err(Refusal::new(Reason::UnsupportedScheme, None));
+    }
     let target = check_head(
         head.raw.len(),
         head.raw_target,
@@ -351,6 +364,7 @@ mod tests {
             raw: b"",
             tunnel: tunnel.as_ref(),
             upgrade: false,
+            scheme: None,
         };
         admit_request(s, &Runtime::default(), &[], &head)
     }

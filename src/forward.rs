@@ -87,11 +87,25 @@ pub fn upstream_edits(plan: &RequestPlan, req: Incoming<'_>) -> Result<Edits, Ed
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !(t.is_empty() || req.upgrade && t == "upgrade"));
     let mut host_listed = false;
+    let mut te_listed = false;
     for name in listed {
         if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
             host_listed |= name == header::HOST;
+            te_listed |= name == header::TE;
             ops.push(HeaderOp::Remove(name));
         }
+    }
+    // `TE: trailers` is end to end in effect: the one TE HTTP/2 allows (RFC 9113 §8.2.2), and
+    // what gRPC servers require before they answer with trailers.
+    let mut te = req.headers.get_all(header::TE).iter().peekable();
+    if !te_listed
+        && te.peek().is_some()
+        && te.all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    {
+        ops.push(HeaderOp::Set(
+            header::TE,
+            HeaderValue::from_static("trailers"),
+        ));
     }
     if !req.upgrade {
         ops.push(HeaderOp::Remove(header::CONNECTION));
@@ -256,6 +270,7 @@ mod tests {
             raw: b"",
             tunnel: None,
             upgrade: false,
+            scheme: None,
         };
         admit_request(&snap, &Runtime::default(), &[], &head).unwrap()
     }
@@ -320,6 +335,17 @@ mod tests {
         );
         assert!(!removes(&e, "upgrade") && !removes(&e, "connection"));
         assert_eq!(sets(&e, "x-request-id"), ["rid"]);
+    }
+
+    #[test]
+    fn te_trailers_alone_is_kept_for_grpc() {
+        let p = plan("", "http://a.test/p");
+        let e = edits(&p, &[("te", "trailers"), ("host", "a.test")], false);
+        assert_eq!(sets(&e, "te"), ["trailers"]);
+        let e = edits(&p, &[("te", "gzip, trailers")], false);
+        assert!(sets(&e, "te").is_empty());
+        let e = edits(&p, &[("te", "trailers"), ("connection", "te")], false);
+        assert!(sets(&e, "te").is_empty());
     }
 
     #[test]

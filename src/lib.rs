@@ -34,6 +34,7 @@ pub mod config;
 pub mod correlation;
 pub mod credentials;
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod llm;
 pub mod policy;

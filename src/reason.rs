@@ -85,13 +85,16 @@ pub enum Reason {
     LlmBodyTooLarge,
     /// An LLM response warden must check could not be read (compressed or not the API's shape).
     LlmResponseUnreadable,
+    /// An HTTP/2 client broke a connection bound (`RST_STREAM`, `PING` or `SETTINGS` rate,
+    /// header block size or frames, malformed streams): it got `GOAWAY`.
+    H2Flood,
     /// A bug or resource failure inside warden.
     Internal,
 }
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 37] = [
+    pub const ALL: [Reason; 38] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -128,6 +131,7 @@ impl Reason {
         Reason::LlmRequestTooLarge,
         Reason::LlmBodyTooLarge,
         Reason::LlmResponseUnreadable,
+        Reason::H2Flood,
         Reason::Internal,
     ];
 }
@@ -403,6 +407,13 @@ impl Reason {
                 "http_protocol_error",
                 "the LLM response could not be read to apply policy",
                 "the provider answered in a form warden cannot check (for example compressed)",
+            ),
+            H2Flood => (
+                400,
+                "h2_flood",
+                "http_protocol_error",
+                "the HTTP/2 connection broke one of warden's bounds and was closed with GOAWAY",
+                "send fewer RST_STREAM, PING or SETTINGS frames, and smaller header blocks (see limits.h2_*)",
             ),
             Internal => (
                 500,

@@ -51,6 +51,16 @@ pub struct TlsConfig {
     /// Extra roots trusted, in addition to the system's, when verifying upstreams.
     #[serde(default)]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Offer HTTP/2 (ALPN `h2`) inside intercepted tunnels and to origins.
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Hosts kept on HTTP/1.1 both ways even with `http2` on.
+    #[serde(default)]
+    pub http1_only: Vec<HostPattern>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TlsConfig {
@@ -61,6 +71,8 @@ impl Default for TlsConfig {
             intercept: InterceptMode::default(),
             passthrough: Vec::new(),
             upstream_ca_file: None,
+            http2: true,
+            http1_only: Vec::new(),
         }
     }
 }
@@ -428,6 +440,9 @@ pub struct TlsPolicy {
     /// Roots for upstream verification when `upstream_ca_file` is set (system roots + extra);
     /// `None` means the system roots alone.
     pub upstream_roots: Option<Arc<Box<[X509]>>>,
+    /// `tls.http2`.
+    http2: bool,
+    http1_only: Vec<HostPattern>,
 }
 
 impl TlsConfig {
@@ -442,6 +457,8 @@ impl TlsConfig {
             passthrough: self.passthrough.clone(),
             ca,
             upstream_roots: self.upstream_roots(resolve)?,
+            http2: self.http2,
+            http1_only: self.http1_only.clone(),
         })
     }
 
@@ -488,6 +505,12 @@ impl TlsPolicy {
             InterceptMode::Auto => needs_inspection,
         }
     }
+
+    /// Whether HTTP/2 may be spoken for `dest`, to the client inside its tunnel and to the
+    /// origin: `tls.http2` is on and `tls.http1_only` does not name it.
+    pub fn h2_for(&self, dest: &Authority) -> bool {
+        self.http2 && !any_matches(&self.http1_only, dest)
+    }
 }
 
 /// The system's root bundle (PEM, newline-terminated) as OpenSSL would find it; empty when
@@ -509,13 +532,24 @@ fn system_roots() -> Vec<X509> {
     X509::stack_from_pem(system_roots_pem().as_bytes()).unwrap_or_default()
 }
 
-/// The acceptor used for intercepted tunnels: Mozilla intermediate settings, HTTP/1.1 (no
-/// ALPN), the certificate supplied per connection by [`LeafCallbacks`].
-pub fn interception_acceptor() -> Result<SslAcceptor, openssl::error::ErrorStack> {
+/// ALPN protocols offered to clients that may speak HTTP/2, in preference order (wire form).
+const ALPN_H2_H1: &[u8] = b"\x02h2\x08http/1.1";
+/// ALPN protocols offered to clients kept on HTTP/1.1.
+const ALPN_H1: &[u8] = b"\x08http/1.1";
+
+/// The acceptor used for intercepted tunnels: Mozilla intermediate settings, the certificate
+/// supplied per connection by [`LeafCallbacks`]. ALPN picks `h2` when `h2` is true and the
+/// client offers it, else `http/1.1`; a client offering neither gets no ALPN answer and speaks
+/// HTTP/1.1.
+pub fn interception_acceptor(h2: bool) -> Result<SslAcceptor, openssl::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
     // An idle tunnel gives its TLS record buffers back (about 34 KiB each); they are taken
     // again when the next record moves.
     b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
+    let ours = if h2 { ALPN_H2_H1 } else { ALPN_H1 };
+    b.set_alpn_select_callback(move |_, offered| {
+        openssl::ssl::select_next_proto(ours, offered).ok_or(openssl::ssl::AlpnError::NOACK)
+    });
     Ok(b.build())
 }
 

@@ -141,6 +141,19 @@ pub struct Limits {
     /// On SIGTERM, how long in-flight requests may take to finish before exit.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most streams open at once on one HTTP/2 client connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub h2_max_concurrent_streams: u32,
+    /// Most `RST_STREAM` frames a client may send in one second before the connection gets a
+    /// `GOAWAY` (rapid reset, CVE-2023-44487).
+    pub h2_max_resets_per_second: u32,
+    /// Most `PING` frames a client may send in one second.
+    pub h2_max_pings_per_second: u32,
+    /// Most `SETTINGS` frames a client may send in one second.
+    pub h2_max_settings_per_second: u32,
+    /// Receive window of one HTTP/2 stream: what a client may send before warden reads it.
+    pub h2_stream_window_bytes: u32,
+    /// Receive window of a whole HTTP/2 connection, across its streams.
+    pub h2_connection_window_bytes: u32,
 }
 
 impl Default for Limits {
@@ -157,6 +170,12 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(120),
             cert_cache_entries: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            h2_max_concurrent_streams: 100,
+            h2_max_resets_per_second: 100,
+            h2_max_pings_per_second: 100,
+            h2_max_settings_per_second: 20,
+            h2_stream_window_bytes: 256 * 1024,
+            h2_connection_window_bytes: 1024 * 1024,
         }
     }
 }
@@ -312,6 +331,43 @@ impl Config {
         }
         if f.proxy.backlog == 0 {
             fail("proxy.backlog", "must be at least 1");
+        }
+        for (key, n) in [
+            (
+                "limits.h2_max_concurrent_streams",
+                f.limits.h2_max_concurrent_streams,
+            ),
+            (
+                "limits.h2_max_resets_per_second",
+                f.limits.h2_max_resets_per_second,
+            ),
+            (
+                "limits.h2_max_pings_per_second",
+                f.limits.h2_max_pings_per_second,
+            ),
+            (
+                "limits.h2_max_settings_per_second",
+                f.limits.h2_max_settings_per_second,
+            ),
+        ] {
+            if n == 0 {
+                fail(key, "must be at least 1");
+            }
+        }
+        // RFC 9113 §6.5.2 and §6.9.1: at least the protocol's default, at most 2^31 - 1.
+        for (key, n) in [
+            (
+                "limits.h2_stream_window_bytes",
+                f.limits.h2_stream_window_bytes,
+            ),
+            (
+                "limits.h2_connection_window_bytes",
+                f.limits.h2_connection_window_bytes,
+            ),
+        ] {
+            if !(65_535..=(1 << 31) - 1).contains(&n) {
+                fail(key, "must be between 65535 and 2147483647");
+            }
         }
         for (key, d) in [
             (

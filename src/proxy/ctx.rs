@@ -52,6 +52,8 @@ pub(super) struct Flow {
     pub(super) ws_client: Option<ClientCheck>,
     /// Counts an upgraded (WebSocket) connection as open while it lasts.
     pub(super) websocket: Option<Open>,
+    /// The request is a gRPC call: refusals take gRPC's trailers-only shape.
+    pub(super) grpc: bool,
 }
 
 /// What the session says about a finished exchange, for the last fields of the line.
@@ -84,6 +86,7 @@ impl RequestCtx {
                 ws_policy: None,
                 ws_client: None,
                 websocket: None,
+                grpc: false,
             },
         }
     }

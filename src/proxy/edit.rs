@@ -13,6 +13,7 @@ use crate::state::Shared;
 use crate::target::{Authority, Scheme, Target, TunnelIdentity};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -41,6 +42,20 @@ pub(super) fn begin(session: &Session, ctx: &mut RequestCtx) {
     ctx.line.client_addr = session.client_addr().map(|a| a.to_string());
     let req = session.req_header();
     ctx.line.method = Some(req.method.as_str().to_string());
+    ctx.line.http_version = Some(match req.version {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    });
+    let content_type = req.headers.get(header::CONTENT_TYPE);
+    ctx.flow.grpc = crate::grpc::is_grpc(content_type.map(HeaderValue::as_bytes));
+    if ctx.flow.grpc {
+        let path = req.uri.path();
+        if let Some((service, method)) = crate::grpc::call(path) {
+            ctx.line.grpc_service = Some(service.to_string());
+            ctx.line.grpc_method = Some(method.to_string());
+        }
+    }
     let id = req.headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes);
     ctx.line.request_id = Some(super::head::request_id_from(id));
     if ctx.snap.log.body_capture_bytes > 0 {
@@ -87,16 +102,27 @@ pub(super) struct Heard<'s> {
 }
 
 impl<'s> Heard<'s> {
-    /// The session's request head.
+    /// The session's request head. An HTTP/2 stream's `:authority` counts as its `Host` (a
+    /// `Host` header naming the same authority adds nothing; one naming another makes two),
+    /// and its raw head is the HTTP/1-style rendering of its header list.
     pub(super) fn of(session: &'s Session) -> Self {
         let req = session.req_header();
+        let mut hosts = values(req, header::HOST);
+        let raw = match (session.as_http1(), session.as_http2()) {
+            (Some(h1), _) => h1.get_headers_raw_bytes(),
+            (None, Some(h2)) => {
+                if let Some(authority) = req.uri.authority().map(|a| a.as_str().as_bytes()) {
+                    hosts.retain(|h| *h != authority);
+                    hosts.insert(0, authority);
+                }
+                h2.pseudo_raw_h1_request_header()
+            }
+            (None, None) => Bytes::new(),
+        };
         Heard {
             req,
-            raw: session
-                .as_http1()
-                .map(|h1| h1.get_headers_raw_bytes())
-                .unwrap_or_default(),
-            hosts: values(req, header::HOST),
+            raw,
+            hosts,
             proxy_auth: values(req, header::PROXY_AUTHORIZATION),
             upgrade: upgrade(session),
         }
@@ -112,6 +138,8 @@ impl<'s> Heard<'s> {
             raw: &self.raw,
             tunnel,
             upgrade: self.upgrade,
+            scheme: (self.req.version == http::Version::HTTP_2)
+                .then(|| self.req.uri.scheme_str().unwrap_or("")),
         }
     }
 }
@@ -202,6 +230,12 @@ pub(super) fn peer(
     o.verify_cert = true;
     o.verify_hostname = true;
     o.ca = snap.tls.upstream_roots.clone();
+    if target.scheme == Scheme::Https && !upgrade && snap.tls.h2_for(&target.authority) {
+        // The origin picks: h2 connections are multiplexed, and pooled by peer (address,
+        // SNI, trust), so tunnels and clients bound for the same origin share them.
+        o.alpn = ALPN::H2H1;
+        o.max_h2_streams = H2_STREAMS_PER_UPSTREAM;
+    }
     if upgrade {
         o.custom_l4 = Some(Arc::new(upgrade::UpgradeConnect {
             timeout: limits.upstream_connect_timeout,
@@ -209,6 +243,53 @@ pub(super) fn peer(
         peer.group_key = upgrade::UPGRADE_POOL_GROUP;
     }
     Box::new(peer)
+}
+
+/// Streams warden opens at once on one upstream HTTP/2 connection before it dials another.
+const H2_STREAMS_PER_UPSTREAM: usize = 100;
+
+/// Fits a request head built for the client's connection to the upstream's HTTP version, for
+/// the exchanges warden sends itself (Pingora's proxy loop does the same for the rest):
+/// HTTP/1.1 as is; HTTP/2 without connection-specific headers, its `Host` moved into an
+/// absolute URI's authority.
+pub(super) fn fit_upstream(req: &mut RequestHeader, h2: bool) -> Result<()> {
+    if !h2 {
+        req.set_version(http::Version::HTTP_11);
+        return Ok(());
+    }
+    for name in [
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    ] {
+        req.remove_header(name);
+    }
+    req.set_version(http::Version::HTTP_2);
+    let host = req.remove_header(&header::HOST);
+    let authority = match host {
+        Some(h) => http::uri::Authority::try_from(h.as_bytes())
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream authority", e))?,
+        None => {
+            req.uri.authority().cloned().ok_or_else(|| {
+                Error::explain(ErrorType::InvalidHTTPHeader, "no upstream authority")
+            })?
+        }
+    };
+    let path = req
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = http::Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream URI", e))?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// The error for a destination that did not resolve to an allowed address.
@@ -266,6 +347,21 @@ pub(super) fn rewrite_headers(
             let value = HeaderValue::from_bytes(&v)
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten header", e))?;
             head.append_header(name.clone(), value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites every trailer value `f` changes (the echoed-secret mask on gRPC and other
+/// trailers).
+pub(super) fn rewrite_trailers(
+    trailers: &mut http::HeaderMap,
+    f: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<()> {
+    for value in trailers.values_mut() {
+        if let Some(v) = f(value.as_bytes()) {
+            *value = HeaderValue::from_bytes(&v)
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten trailer", e))?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 
 use super::head::{read_head, request_id_from, Head, HeadError, Wait};
 use super::http1::{self, Peer};
+use super::http2;
 use super::tunnel::{self, established};
 use super::warden::Warden;
 use crate::admission::{admit_connect, Refusal};
@@ -20,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use openssl::ssl::SslAcceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
-use pingora_core::protocols::{GetSocketDigest, Ssl};
+use pingora_core::protocols::{GetSocketDigest, Ssl, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
@@ -35,7 +36,10 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub struct FrontDoor {
     shared: Arc<Shared>,
     http: Arc<HttpProxy<Warden>>,
+    /// Offers ALPN `h2` and `http/1.1`.
     acceptor: SslAcceptor,
+    /// Offers `http/1.1` only (`tls.http2: false`, or a `tls.http1_only` host).
+    acceptor_h1: SslAcceptor,
 }
 
 /// Where a front-door event's log line starts from.
@@ -64,7 +68,8 @@ impl FrontDoor {
         Ok(FrontDoor {
             shared,
             http,
-            acceptor: interception_acceptor()?,
+            acceptor: interception_acceptor(true)?,
+            acceptor_h1: interception_acceptor(false)?,
         })
     }
 
@@ -309,7 +314,12 @@ impl FrontDoor {
             identity: identity.clone(),
         };
         let stream = super::buffered::Buffered::new(stream);
-        let handshake = handshake_with_callback(&self.acceptor, stream, &callbacks);
+        let acceptor = if snap.tls.h2_for(&dest) {
+            &self.acceptor
+        } else {
+            &self.acceptor_h1
+        };
+        let handshake = handshake_with_callback(acceptor, stream, &callbacks);
         // The handshake is the start of the tunnel's first request: a client trickling it
         // is bounded like one trickling a head.
         let bound = snap.limits.request_header_timeout;
@@ -332,6 +342,9 @@ impl FrontDoor {
             tunnel: Some(identity),
             started: Instant::now(),
         };
+        if tls.selected_alpn_proto() == Some(ALPN::H2) {
+            return http2::serve(&self.shared, &self.http, Box::new(tls), peer, &shutdown).await;
+        }
         http1::serve(
             &self.shared,
             &self.http,

@@ -173,8 +173,10 @@ impl Warden {
                 .await?;
             up.set_write_timeout(Some(limits.idle_timeout));
             up.set_read_timeout(Some(limits.upstream_first_byte_timeout));
+            let mut req = req.clone();
+            super::edit::fit_upstream(&mut req, up.as_http2().is_some())?;
             match self
-                .send(session, ctx, &mut up, req.clone(), first.clone(), complete)
+                .send(session, ctx, &mut up, req, first.clone(), complete)
                 .await
             {
                 Ok(()) => break up,

@@ -9,6 +9,8 @@ mod edit;
 mod front_door;
 mod head;
 mod http1;
+mod http2;
+mod io;
 mod llm;
 mod tunnel;
 mod upgrade;

@@ -39,6 +39,9 @@ impl Warden {
         }
         ctx.reason = Some(reason);
         ctx.line.status = Some(reason.status());
+        if ctx.flow.grpc {
+            return self.refuse_grpc(session, ctx, reason).await;
+        }
         let host = ctx.host();
         let head = edit::refusal(
             reason,
@@ -53,6 +56,30 @@ impl Warden {
                 }
             }
             Err(e) => log::warn!("building a refusal failed: {e}"),
+        }
+    }
+}
+
+impl Warden {
+    /// Refuses a gRPC call the way gRPC clients read it: trailers-only, `grpc-status` and
+    /// `grpc-message` naming the reason.
+    async fn refuse_grpc(&self, session: &mut Session, ctx: &mut RequestCtx, reason: Reason) {
+        let sized = session.as_http2().is_none();
+        let status = crate::grpc::status_for(reason);
+        ctx.line.grpc_status = Some(status);
+        ctx.line.status = Some(200);
+        match crate::grpc::refusal_head(reason, ctx.request_id(), sized) {
+            Ok(head) => {
+                if sized {
+                    // Like every refusal on HTTP/1.x: the body the client may still be
+                    // sending is not read, so the connection closes.
+                    session.set_keepalive(None);
+                }
+                if let Err(e) = session.write_response_header(Box::new(head), true).await {
+                    log::debug!("writing a gRPC refusal failed: {e}");
+                }
+            }
+            Err(e) => log::warn!("building a gRPC refusal failed: {e}"),
         }
     }
 }
@@ -176,7 +203,26 @@ impl ProxyHttp for Warden {
         if let Some(scrub) = ctx.plan.as_ref().and_then(|p| p.scrub.as_ref()) {
             edit::rewrite_headers(upstream_response, |v| scrub.replace_value(v))?;
         }
+        if ctx.flow.grpc {
+            // A trailers-only answer carries its status in the head.
+            ctx.line.grpc_status = crate::grpc::status_in(&upstream_response.headers);
+        }
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        if let Some(scrub) = ctx.plan.as_ref().and_then(|p| p.scrub.as_ref()) {
+            edit::rewrite_trailers(trailers, |v| scrub.replace_value(v))?;
+        }
+        if ctx.flow.grpc {
+            ctx.line.grpc_status = crate::grpc::status_in(trailers);
+        }
+        Ok(None)
     }
 
     fn response_body_filter(

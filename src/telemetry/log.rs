@@ -381,6 +381,8 @@ pub struct CanonicalLog {
     pub method: Option<String>,
     /// `http` or `https`.
     pub scheme: Option<&'static str>,
+    /// The client's HTTP version: `1.0`, `1.1` or `2`.
+    pub http_version: Option<&'static str>,
     /// Destination host.
     pub host: Option<String>,
     /// Destination port.
@@ -428,6 +430,12 @@ pub struct CanonicalLog {
     pub input_tokens: Option<u64>,
     /// LLM API calls: generated tokens the provider reported.
     pub output_tokens: Option<u64>,
+    /// gRPC calls: the service (`package.Service`) from the path.
+    pub grpc_service: Option<String>,
+    /// gRPC calls: the method from the path.
+    pub grpc_method: Option<String>,
+    /// gRPC calls: the `grpc-status` the client received (from the trailers, or warden's own).
+    pub grpc_status: Option<u32>,
     /// LLM API calls: the metric labels (model label, outcome); not part of the line.
     #[serde(skip)]
     pub llm_labels: Option<(String, &'static str)>,
@@ -445,6 +453,7 @@ impl CanonicalLog {
             client_addr: None,
             method: None,
             scheme: None,
+            http_version: None,
             host: None,
             port: None,
             path: None,
@@ -468,6 +477,9 @@ impl CanonicalLog {
             tools: None,
             input_tokens: None,
             output_tokens: None,
+            grpc_service: None,
+            grpc_method: None,
+            grpc_status: None,
             llm_labels: None,
         }
     }

@@ -111,9 +111,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "warden_requests_total",
-                "Exchanges recorded by a canonical log line, by kind, status class and client.",
+                "Exchanges recorded by a canonical log line, by kind, status class, client and the client's HTTP version.",
             ),
-            &["kind", "status_class", "client"],
+            &["kind", "status_class", "client", "http_version"],
         )
         .expect("static metric definition");
         let durations = HistogramVec::new(
@@ -298,8 +298,9 @@ impl Metrics {
             None => "none",
         };
         let client = line.client.as_deref().unwrap_or("-");
+        let version = line.http_version.unwrap_or("-");
         self.requests
-            .with_label_values(&[kind, status_class, client])
+            .with_label_values(&[kind, status_class, client, version])
             .inc();
         self.durations
             .with_label_values(&[kind])

@@ -165,6 +165,10 @@ pub const ORIGIN_NAMES: &[&str] = &[
 ];
 
 pub fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {
+    origin_acceptor_builder(cert).build()
+}
+
+pub fn origin_acceptor_builder(cert: &OriginCert) -> openssl::ssl::SslAcceptorBuilder {
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&c, &cert.cert_pem).unwrap();
@@ -172,7 +176,7 @@ pub fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     b.set_certificate_chain_file(&c).unwrap();
     b.set_private_key_file(&k, SslFiletype::PEM).unwrap();
-    b.build()
+    b
 }
 
 // ---------------------------------------------------------------- warden
@@ -495,6 +499,8 @@ pub fn assert_refusal(head: &str, body: &[u8], status: u16, reason: &str) {
 /// What an origin saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub method: String,
     pub uri: String,
     pub headers: Vec<(String, String)>,
@@ -536,6 +542,17 @@ impl Origin {
     /// HTTPS origin with a certificate from the test origin CA for [`ORIGIN_NAMES`].
     pub async fn https() -> Origin {
         Origin::start(Some(origin_acceptor(&origin_ca().issue(ORIGIN_NAMES)))).await
+    }
+
+    /// HTTPS origin that also speaks HTTP/2: it offers ALPN `h2` and `http/1.1`, and serves
+    /// whichever the client picks.
+    pub async fn https_h2() -> Origin {
+        let mut acceptor = origin_acceptor_builder(&origin_ca().issue(ORIGIN_NAMES));
+        acceptor.set_alpn_select_callback(|_, offered| {
+            openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", offered)
+                .ok_or(openssl::ssl::AlpnError::NOACK)
+        });
+        Origin::start(Some(acceptor.build())).await
     }
 
     /// HTTPS origin whose certificate comes from a CA nobody trusts.
@@ -582,7 +599,15 @@ impl Origin {
                         Some(acceptor) => {
                             let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
                             let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
-                            if Pin::new(&mut s).accept().await.is_ok() {
+                            if Pin::new(&mut s).accept().await.is_err() {
+                                return;
+                            }
+                            if s.ssl().selected_alpn_protocol() == Some(b"h2") {
+                                let h2 = hyper::server::conn::http2::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                );
+                                let _ = h2.serve_connection(TokioIo::new(s), svc).await;
+                            } else {
                                 let _ = builder
                                     .serve_connection(TokioIo::new(s), svc)
                                     .with_upgrades()
@@ -630,7 +655,9 @@ async fn handle(
             )
         })
         .collect();
+    let version = format!("{:?}", req.version());
     seen.lock().unwrap().push(Seen {
+        version: version.clone(),
         method: method.clone(),
         uri: uri.clone(),
         headers: headers.clone(),
@@ -658,6 +685,7 @@ async fn handle(
             .body(Full::new(Bytes::from_static(b"status body")))
     } else {
         let echo = json!({
+            "version": version,
             "method": method,
             "uri": uri,
             "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
