@@ -87,10 +87,15 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
     });
-    let http = Arc::new(pingora_proxy::http_proxy(
-        &conf,
-        Warden::new(shared.clone()),
-    ));
+    let mut http = pingora_proxy::http_proxy(&conf, Warden::new(shared.clone()));
+    // A CONNECT inside an HTTP/2 tunnel must reach `request_filter`, which refuses it with
+    // warden's own answer and log line (`unexpected_connect`) instead of Pingora's bare 405.
+    // None is ever proxied: admission refuses every CONNECT that reaches the engine, and an
+    // HTTP/1.1 one never gets there (the front door and the HTTP/1 loop take it first).
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.allow_connect_method_proxying = true;
+    http.server_options = Some(options);
+    let http = Arc::new(http);
     let front = Arc::new(FrontDoor::new(shared.clone(), http.clone())?);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -525,6 +525,12 @@ impl Config {
             warnings: self.unreadable_sources(),
             notes: self.port_notes(),
         };
+        if !self.file.tls.http2 && !self.file.tls.http1_only.is_empty() {
+            findings.warnings.push(self.error(
+                "tls.http1_only",
+                "has no effect: tls.http2 is false, so every host is on HTTP/1.1".to_string(),
+            ));
+        }
         for list in [&mut findings.warnings, &mut findings.notes] {
             list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         }
@@ -722,6 +728,9 @@ impl<'a> HostEntries<'a> {
         let passthrough = f.tls.passthrough.iter().enumerate();
         let passthrough = passthrough.map(|(i, p)| (format!("tls.passthrough[{i}]"), p));
         sections.push(("tls.passthrough", Some(passthrough.collect())));
+        let http1_only = f.tls.http1_only.iter().enumerate();
+        let http1_only = http1_only.map(|(i, p)| (format!("tls.http1_only[{i}]"), p));
+        sections.push(("tls.http1_only", Some(http1_only.collect())));
         HostEntries { sections }
     }
 
@@ -957,6 +966,61 @@ network:
         .map(|(k, l)| (k.to_string(), Some(l)))
         .collect();
         assert_eq!(compile_errors(text), want);
+    }
+
+    #[test]
+    fn http2_bounds_must_be_usable() {
+        let text = "\
+proxy:
+  listen: 127.0.0.1:0
+limits:
+  h2_max_concurrent_streams: 0
+  h2_max_resets_per_second: 0
+  h2_max_pings_per_second: 0
+  h2_max_settings_per_second: 0
+  h2_stream_window_bytes: 1000
+  h2_connection_window_bytes: 2147483648
+";
+        let keys: Vec<String> = compile_errors(text).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.h2_max_concurrent_streams",
+                "limits.h2_max_resets_per_second",
+                "limits.h2_max_pings_per_second",
+                "limits.h2_max_settings_per_second",
+                "limits.h2_stream_window_bytes",
+                "limits.h2_connection_window_bytes",
+            ]
+        );
+    }
+
+    #[test]
+    fn http2_and_http1_only_decide_h2_per_host() {
+        let cfg = parse(
+            "proxy: { listen: 127.0.0.1:0 }\ntls:\n  http1_only: [legacy.test, 'x.test:8443']\n",
+        )
+        .unwrap();
+        let tls = &cfg.file.tls;
+        assert!(tls.http2, "on by default");
+        let on = |host: &str, port: u16| {
+            let dest =
+                crate::target::parse_authority(format!("{host}:{port}").as_bytes(), None).unwrap();
+            !crate::policy::any_matches(&tls.http1_only, &dest)
+        };
+        assert!(!on("legacy.test", 443));
+        assert!(
+            on("legacy.test", 8443),
+            "a pattern without a port means 80 and 443"
+        );
+        assert!(!on("x.test", 8443));
+        assert!(on("other.test", 443));
+        let off =
+            parse("proxy: { listen: 127.0.0.1:0 }\ntls:\n  http2: false\n  http1_only: [a.test]\n")
+                .unwrap();
+        let warnings = off.findings().warnings;
+        assert_eq!(warnings[0].key.as_deref(), Some("tls.http1_only"));
+        assert!(warnings[0].message.contains("tls.http2 is false"));
     }
 
     #[test]

@@ -354,9 +354,11 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
             accepted = HttpSession::from_h2_conn(&mut conn, digest.clone()) => accepted,
         };
         match accepted {
-            Err(e) => return log::debug!("h2 client connection ended: {e}"),
+            Err(e) => return ended(shared, &peer, &e),
             Ok(None) => return,
             Ok(Some(H2Accept::Rejected)) => {
+                let why = "a malformed HTTP/2 request (its target or authority) was reset";
+                log_line(shared, &peer, Reason::MalformedRequest, why.to_string());
                 malformed += 1;
                 if malformed > MAX_MALFORMED_STREAMS {
                     return goaway(shared, &mut conn, &peer, Flood::MalformedStreams).await;
@@ -385,7 +387,27 @@ async fn goaway(
     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
     let drain = async { while let Some(Ok(_)) = conn.accept().await {} };
     let _ = tokio::time::timeout(GOAWAY_FLUSH, drain).await;
-    let reason = Reason::H2Flood;
+    log_line(shared, peer, Reason::H2Flood, flood.detail());
+}
+
+/// A connection that ended in an error: when warden's codec ended it (`GOAWAY` for a
+/// protocol violation, such as a header value with CR, LF or NUL), one log line says so; a
+/// client that went away is not worth one.
+fn ended(shared: &Shared, peer: &Peer, e: &pingora_error::Error) {
+    let h2 = e.root_cause().downcast_ref::<h2::Error>();
+    match h2 {
+        Some(h2)
+            if h2.is_go_away() && !h2.is_remote() && h2.reason() != Some(h2::Reason::NO_ERROR) =>
+        {
+            let why = format!("HTTP/2 connection closed by warden: {h2}");
+            log_line(shared, peer, Reason::MalformedRequest, why);
+        }
+        _ => log::debug!("h2 client connection ended: {e}"),
+    }
+}
+
+/// One line (and the refusal count) for something the connection loop refused itself.
+fn log_line(shared: &Shared, peer: &Peer, reason: Reason, detail: String) {
     shared.metrics.refused(reason);
     let mut line = CanonicalLog::new(Kind::Intercepted);
     line.request_id = Some(super::head::request_id_from(None));
@@ -399,7 +421,7 @@ async fn goaway(
     line.intercepted = true;
     line.http_version = Some("2");
     line.reason = Some(reason.code());
-    line.error = Some(flood.detail());
+    line.error = Some(detail);
     line.took(peer.started.elapsed());
     shared.metrics.record(line, shared.snapshot.load().log);
 }

@@ -13,6 +13,7 @@ use crate::state::Shared;
 use crate::telemetry::{redact_query, Kind};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -68,18 +69,22 @@ impl Warden {
         let status = crate::grpc::status_for(reason);
         ctx.line.grpc_status = Some(status);
         ctx.line.status = Some(200);
-        match crate::grpc::refusal_head(reason, ctx.request_id(), sized) {
-            Ok(head) => {
-                if sized {
-                    // Like every refusal on HTTP/1.x: the body the client may still be
-                    // sending is not read, so the connection closes.
-                    session.set_keepalive(None);
-                }
-                if let Err(e) = session.write_response_header(Box::new(head), true).await {
-                    log::debug!("writing a gRPC refusal failed: {e}");
-                }
+        let head = match crate::grpc::refusal_head(reason, ctx.request_id(), sized) {
+            Ok(head) => Box::new(head),
+            Err(e) => return log::warn!("building a gRPC refusal failed: {e}"),
+        };
+        let written = match session.as_downstream_mut() {
+            // One HEADERS frame with END_STREAM: what gRPC calls trailers-only.
+            ServerSession::H2(h2) => h2.write_response_header(head, true),
+            _ => {
+                // Like every refusal on HTTP/1.x: the body the client may still be sending
+                // is not read, so the connection closes.
+                session.set_keepalive(None);
+                session.write_response_header(head, true).await
             }
-            Err(e) => log::warn!("building a gRPC refusal failed: {e}"),
+        };
+        if let Err(e) = written {
+            log::debug!("writing a gRPC refusal failed: {e}");
         }
     }
 }

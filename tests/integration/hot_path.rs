@@ -63,10 +63,12 @@ async fn clients_resume_their_tls_sessions() {
     let origin = Origin::https().await;
     let w = TestWarden::with("all", ADMIN).await;
     let url = format!("https://origin.test:{}/echo", origin.port());
-    // One curl run, two URLs, each on its own connection (Connection: close): curl offers
-    // the session from the first handshake on the second.
+    // One curl run, two URLs, each on its own connection (HTTP/1.1 and Connection: close;
+    // over h2 curl would multiplex both on one): curl offers the session from the first
+    // handshake on the second.
     let out = w
         .curl(&[
+            "--http1.1",
             "--fail",
             "-o",
             "/dev/null",

@@ -13,6 +13,7 @@ mod framing;
 mod hardening;
 mod headers;
 mod hot_path;
+mod http2;
 mod intercept;
 mod layout;
 mod llm;

@@ -38,14 +38,14 @@ async fn known_traffic_gives_exact_counter_deltas() {
     assert_eq!(
         value(
             &m,
-            "warden_requests_total{client=\"-\",kind=\"intercepted\",status_class=\"2xx\"}"
+            "warden_requests_total{client=\"-\",http_version=\"1.1\",kind=\"intercepted\",status_class=\"2xx\"}"
         ),
         3.0
     );
     assert_eq!(
         value(
             &m,
-            "warden_requests_total{client=\"-\",kind=\"connect\",status_class=\"4xx\"}"
+            "warden_requests_total{client=\"-\",http_version=\"-\",kind=\"connect\",status_class=\"4xx\"}"
         ),
         1.0
     );
