@@ -13,6 +13,7 @@ use crate::state::Shared;
 use crate::telemetry::{redact_query, Kind};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::protocols::http::HttpTask;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -75,7 +76,12 @@ impl Warden {
                     // sending is not read, so the connection closes.
                     session.set_keepalive(None);
                 }
-                if let Err(e) = session.write_response_header(Box::new(head), true).await {
+                // Trailers-only is one HEADERS frame carrying END_STREAM: gRPC clients read
+                // headers followed by an empty DATA frame as a broken stream (UNKNOWN), not
+                // as the status. `write_response_header` drops the end flag on HTTP/2; a
+                // response task keeps it.
+                let task = HttpTask::Header(Box::new(head), true);
+                if let Err(e) = session.write_response_tasks(vec![task]).await {
                     log::debug!("writing a gRPC refusal failed: {e}");
                 }
             }
