@@ -373,3 +373,160 @@ async fn a_grpc_client_removed_by_a_reload_gets_unauthenticated_inside_its_open_
     assert_eq!(calls[0]["request_id"], "grpc-reauth-first");
     assert_no_canary_logged();
 }
+
+/// A Chat Completions JSON answer calling `tool`.
+fn chat_json(tool: &str) -> String {
+    json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-5", "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+    .to_string()
+}
+
+/// warden in front of OpenAI-compatible fake providers on `ports`, denying the `bash` tool.
+async fn openai_warden(ports: &[u16]) -> TestWarden {
+    let llm: String = ports
+        .iter()
+        .map(|p| {
+            format!("  - host: \"openai.test:{p}\"\n    provider: openai\n    deny_tools: [bash]\n")
+        })
+        .collect();
+    TestWarden::with("all", &format!("llm:\n{llm}")).await
+}
+
+fn chat_request(stream: bool) -> Value {
+    json!({"model": "gpt-5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httpx_speaks_http2_to_warden_and_gets_llm_policy_on_json_and_sse() {
+    let echo = Origin::https().await;
+    let json_origin = LlmOrigin::start(Script::json(200, &chat_json("bash"))).await;
+    let allowed_text = fixture("chat_completions.sse", "read_file");
+    let allowed = LlmOrigin::start(Script::sse(&allowed_text, 7)).await;
+    let denied = LlmOrigin::start(Script::sse(&fixture("chat_completions.sse", "bash"), 5)).await;
+    let w = openai_warden(&[json_origin.port(), allowed.port(), denied.port()]).await;
+    let chat = |o: &LlmOrigin| format!("https://openai.test:{}/v1/chat/completions", o.port());
+    let plan = json!([
+        {"name": "echo", "method": "GET", "url": format!("https://origin.test:{}/echo", echo.port()),
+         "headers": {"x-request-id": "httpx-echo"}},
+        {"name": "json", "method": "POST", "url": chat(&json_origin), "json": chat_request(false),
+         "headers": {"x-request-id": "httpx-json"}},
+        {"name": "allowed", "method": "POST", "url": chat(&allowed), "json": chat_request(true),
+         "stream": true, "headers": {"x-request-id": "httpx-allowed"}},
+        {"name": "denied", "method": "POST", "url": chat(&denied), "json": chat_request(true),
+         "stream": true, "headers": {"x-request-id": "httpx-denied"}},
+    ]);
+    let mut cmd = client_script("httpx_calls.py", &w, &w.proxy_url());
+    cmd.arg(plan.to_string());
+    let out = run(cmd, "httpx_calls.py").await;
+    for name in ["echo", "json", "allowed", "denied"] {
+        assert_eq!(out[name]["http_version"], "HTTP/2", "{name}: {out}");
+    }
+
+    // Downstream h2, upstream whatever the origin speaks (HTTP/1.1 here).
+    assert_eq!(out["echo"]["status"], 200, "{out}");
+    let echoed: Value = serde_json::from_str(out["echo"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["version"], "HTTP/1.1");
+    let line = log_for("httpx-echo").await;
+    assert_eq!(line["http_version"], "2", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+
+    assert_eq!(out["json"]["status"], 403, "{out}");
+    assert_eq!(out["json"]["headers"]["x-should-retry"], "false");
+    let v: Value = serde_json::from_str(out["json"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "llm_tool_denied", "{v}");
+
+    assert_eq!(out["allowed"]["status"], 200, "{out}");
+    assert_eq!(out["allowed"]["body"], allowed_text.as_str());
+
+    assert_eq!(out["denied"]["status"], 200, "{out}");
+    let body = out["denied"]["body"].as_str().unwrap();
+    assert!(!body.contains("[DONE]"), "{body}");
+    assert!(!body.contains("\"name\":\"bash\""), "{body}");
+    assert!(body.contains("\"content\":\"Hi\""), "{body}");
+    let last = body.trim_end().rsplit("\n\n").next().unwrap();
+    let v: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+    assert_eq!(v["error"]["code"], "llm_tool_denied", "{v}");
+
+    for (id, reason) in [
+        ("httpx-json", Some("llm_tool_denied")),
+        ("httpx-allowed", None),
+        ("httpx-denied", Some("llm_tool_denied")),
+    ] {
+        let line = log_for(id).await;
+        assert_eq!(line["http_version"], "2", "{line}");
+        assert_eq!(line["provider"], "openai", "{line}");
+        assert_eq!(line["reason"].as_str(), reason, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_over_http2_streams_allowed_tool_calls_whole_and_raises_on_denied_ones() {
+    let allowed = LlmOrigin::start(Script::sse_events(&fixture(
+        "chat_completions.sse",
+        "read_file",
+    )))
+    .await;
+    let denied = LlmOrigin::start(Script::sse(&fixture("chat_completions.sse", "bash"), 5)).await;
+    let json_denied = LlmOrigin::start(Script::json(200, &chat_json("bash"))).await;
+    let w = openai_warden(&[allowed.port(), denied.port(), json_denied.port()]).await;
+    let base = |o: &LlmOrigin| format!("https://openai.test:{}/v1", o.port());
+    let mut cmd = client_script("openai_chat.py", &w, &w.proxy_url());
+    cmd.args([
+        "sdk".to_string(),
+        base(&allowed),
+        base(&denied),
+        base(&json_denied),
+    ]);
+    let out = run(cmd, "openai_chat.py").await;
+
+    let ok = &out["allowed"];
+    assert!(ok["error"].is_null(), "{out}");
+    assert_eq!(ok["content"], "Hi");
+    assert_eq!(
+        ok["tool_calls"],
+        json!({"0": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+               "1": {"name": "read_file", "arguments": "{}"}})
+    );
+    assert_eq!(ok["finish_reason"], "tool_calls");
+    assert_eq!(ok["usage"]["prompt_tokens"], 9, "{ok}");
+    assert_eq!(ok["usage"]["completion_tokens"], 4, "{ok}");
+
+    // The stream's error event is what the SDK raises; the held call never reached it.
+    let bad = &out["denied"];
+    assert_eq!(bad["error"]["type"], "APIError", "{out}");
+    assert_eq!(bad["error"]["body"]["code"], "llm_tool_denied", "{out}");
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("`bash`"),
+        "{out}"
+    );
+    assert_eq!(
+        bad["content"], "Hi",
+        "the text before the tool call arrived"
+    );
+    assert!(!bad["tool_calls"].to_string().contains("bash"), "{out}");
+
+    // A whole answer is refused with 403, which the SDK does not retry.
+    let refused = &out["json_denied"]["error"];
+    assert_eq!(refused["type"], "PermissionDeniedError", "{out}");
+    assert_eq!(refused["status"], 403);
+    assert_eq!(refused["body"]["code"], "llm_tool_denied", "{out}");
+    assert_eq!(json_denied.received().len(), 1, "no retry");
+
+    for (id, reason) in [
+        ("sdk-allowed", None),
+        ("sdk-denied", Some("llm_tool_denied")),
+        ("sdk-json-denied", Some("llm_tool_denied")),
+    ] {
+        let line = log_for(id).await;
+        assert_eq!(line["http_version"], "2", "{line}");
+        assert_eq!(line["provider"], "openai", "{line}");
+        assert_eq!(line["model"], "gpt-5", "{line}");
+        assert_eq!(line["reason"].as_str(), reason, "{line}");
+    }
+    let line = log_for("sdk-allowed").await;
+    assert!(
+        line["tools"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("read_file"))),
+        "{line}"
+    );
+}
