@@ -162,6 +162,8 @@ pub const ORIGIN_NAMES: &[&str] = &[
     "ws.test",
     "anthropic.test",
     "openai.test",
+    "grpc.test",
+    "grpc2.test",
 ];
 
 pub fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {

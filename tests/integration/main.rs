@@ -1,10 +1,11 @@
 //! Integration tests over real sockets: warden in-process on 127.0.0.1:0, real origins, real
-//! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl).
+//! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl, and Python clients from a venv).
 
 mod admin;
 mod auth;
 mod capture;
 mod cli;
+mod clients;
 mod common;
 mod correlation;
 mod credentials;

@@ -313,6 +313,42 @@ async fn rules_make_auto_intercept_and_decide_every_request_in_the_tunnel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_web_call_over_http1_is_refused_trailers_only_with_an_empty_sized_body() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = TestWarden::start(&rules_yaml("auto", port, "")).await;
+    let authority = format!("origin.test:{port}");
+    let mut s = w.tls_tunnel(&authority, "origin.test").await;
+    // One empty gRPC message frame (flag, 4-byte length).
+    let req = format!(
+        "POST /pkg.Svc/Call HTTP/1.1\r\nHost: {authority}\r\ncontent-type: application/grpc-web+proto\r\nx-request-id: grpc-web-deny\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        lower.contains("content-type: application/grpc\r\n"),
+        "{head}"
+    );
+    assert!(lower.contains("grpc-status: 7\r\n"), "{head}");
+    assert!(
+        lower.contains("grpc-message: policy_denied_rule: "),
+        "{head}"
+    );
+    assert!(lower.contains("content-length: 0\r\n"), "{head}");
+    assert!(body.is_empty());
+    // As with every refusal on HTTP/1.x, the unread request body ends the connection.
+    assert_closed(&mut s).await;
+    assert!(origin.seen().is_empty());
+    let line = log_for("grpc-web-deny").await;
+    assert_eq!(line["http_version"], "1.1", "{line}");
+    assert_eq!(line["grpc_service"], "pkg.Svc", "{line}");
+    assert_eq!(line["grpc_status"], 7, "{line}");
+    assert_eq!(line["reason"], "policy_denied_rule", "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_apply_to_plain_http_too() {
     let origin = Origin::http().await;
     let port = origin.port();
