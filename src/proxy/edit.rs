@@ -292,6 +292,23 @@ pub(super) fn fit_upstream(req: &mut RequestHeader, h2: bool) -> Result<()> {
     Ok(())
 }
 
+/// Fits a response head read from the upstream to the client's HTTP version, for the
+/// exchanges warden relays itself: an HTTP/2 origin's head going to an HTTP/1.1 client
+/// becomes HTTP/1.1, chunked when it has no length (HTTP/2 frames end a body; HTTP/1.1 needs
+/// framing).
+pub(super) fn fit_downstream(head: &mut ResponseHeader, h2: bool) -> Result<()> {
+    if h2 || head.version != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    head.set_version(http::Version::HTTP_11);
+    let status = head.status.as_u16();
+    let bodyless = matches!(status, 100..=199 | 204 | 304);
+    if !bodyless && !head.headers.contains_key(header::CONTENT_LENGTH) {
+        head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
 /// The error for a destination that did not resolve to an allowed address.
 fn unresolved(reason: Reason, dest: &Authority) -> Box<Error> {
     let etype = match reason {

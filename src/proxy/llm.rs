@@ -291,6 +291,7 @@ impl Warden {
             mode = Body::Pass;
         }
         let mut head = resp;
+        super::edit::fit_downstream(&mut head, session.as_http2().is_some())?;
         self.response_filter(session, &mut head, ctx).await?;
         super::edit::transform_head(&mut head, ctx)?;
 

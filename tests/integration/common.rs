@@ -678,7 +678,14 @@ async fn handle(
             resp = resp.header("x-echo-auth", v.as_str());
         }
     }
-    let resp = if let Some(n) = path.strip_prefix("/bytes/") {
+    let resp = if path == "/v1/chat/completions" {
+        // A Chat Completions stream that calls `read_file`.
+        resp.header("content-type", "text/event-stream")
+            .body(Full::new(Bytes::from(fixture(
+                "chat_completions.sse",
+                "read_file",
+            ))))
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         resp.body(Full::new(Bytes::from(pattern(n))))
     } else if let Some(code) = path.strip_prefix("/status/") {

@@ -341,6 +341,63 @@ async fn an_authority_other_than_the_connect_host_is_421_and_only_https_is_serve
     assert!(!send.is_extended_connect_protocol_enabled());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_policy_applies_to_sse_over_h2_on_both_sides() {
+    let origin = Origin::https_h2().await;
+    let port = origin.port();
+    let llm = |deny: &str| {
+        format!(
+            "llm:\n  - host: \"a.test:{port}\"\n    provider: openai\n    deny_tools: [{deny}]\n"
+        )
+    };
+    let chat = |id: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://a.test:{port}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-request-id", id)
+            .body(())
+            .unwrap()
+    };
+    let body = br#"{"model":"gpt-5","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let w = warden("", &llm("bash")).await;
+    let mut send = h2_client(&w, &format!("a.test:{port}")).await;
+    let (parts, got, _) = exchange(&mut send, chat("h2-llm-ok"), body).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(got, fixture("chat_completions.sse", "read_file").as_bytes());
+    assert_eq!(
+        origin.seen()[0].version,
+        "HTTP/2.0",
+        "the LLM exchange spoke h2 upstream"
+    );
+    let line = log_for("h2-llm-ok").await;
+    assert_eq!(line["http_version"], "2");
+    assert_eq!(line["provider"], "openai");
+    let tools = line["tools"].as_array().unwrap();
+    assert!(tools.contains(&Value::from("read_file")), "{line}");
+
+    let w = warden("", &llm("read_file")).await;
+    let mut send = h2_client(&w, &format!("a.test:{port}")).await;
+    let (parts, got, _) = exchange(&mut send, chat("h2-llm-denied"), body).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("llm_tool_denied"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert_eq!(log_for("h2-llm-denied").await["reason"], "llm_tool_denied");
+    // An HTTP/1.1 client gets the same from the h2 origin.
+    let r = w
+        .client()
+        .post(format!("https://a.test:{port}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "h1-llm-h2")
+        .body(&body[..])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("llm_tool_denied"));
+    assert!(origin.seen().iter().all(|s| s.version == "HTTP/2.0"));
+}
+
 // ---------------------------------------------------------------- raw frames
 
 const DATA: u8 = 0x0;
