@@ -5,9 +5,13 @@
 #
 #   benches/e2e.sh                          # every scenario, 12 s per cell
 #   DUR=5 SCEN="https1k http1k" benches/e2e.sh
+#   SCEN=https1k-h2 benches/e2e.sh          # HTTP/2 inside CONNECT only (benches/h2.sh)
 #
-# Results land in ../shared/bench/results/<timestamp>/ (report.md is the table the README
-# quotes). Loopback only; every load loop is bounded by the harness (DUR, hard kill at DUR+30).
+# https1k-h2 is warden's own scenario (the harness has no h2 origin): benches/h2.sh measures
+# it against direct h2 and mitmproxy into the same results, and the table is rendered again.
+#
+# Results land in ../shared/bench/results/<timestamp>/ (or $WORK/results/ when that folder is
+# read-only); table.md is the table the README quotes. Loopback only; every load loop is bounded by the harness (DUR, hard kill at DUR+30).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS="${HARNESS:-$ROOT/../shared/bench}"
@@ -40,6 +44,22 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 
-PROXY=127.0.0.1:18090 PROXY_NAME=warden PROXY_PID=$WARDEN_PID PROXY_CA="$WORK/warden/ca.crt" \
-  PEERS="${PEERS:-direct squid squid-bump mitmproxy hudsucker}" \
-  "$HARNESS/run.sh"
+# The harness's own folder may be read-only: then results go under WORK.
+results="$HARNESS/results"
+{ mkdir -p "$results" && [ -w "$results" ]; } 2>/dev/null || results="$WORK/results"
+OUT="${OUT:-$results/$(date +%Y%m%d-%H%M%S)}"
+export OUT
+all="http1k http1m https1k https1m https1k-new https1k-newres http1k-new ws wss https1k-h2"
+scen=" ${SCEN:-$all} "
+harness_scen="${scen// https1k-h2 / }"
+if [ -n "${harness_scen// /}" ]; then
+  PROXY=127.0.0.1:18090 PROXY_NAME=warden PROXY_PID=$WARDEN_PID PROXY_CA="$WORK/warden/ca.crt" \
+    PEERS="${PEERS:-direct squid squid-bump mitmproxy hudsucker}" SCEN="$harness_scen" \
+    "$HARNESS/run.sh"
+fi
+if [[ "$scen" == *" https1k-h2 "* ]]; then
+  PROXY=127.0.0.1:18090 PROXY_PID=$WARDEN_PID PROXY_CA="$WORK/warden/ca.crt" HARNESS="$HARNESS" \
+    bash "$ROOT/benches/h2.sh"
+  python3 "$HARNESS/lib/report.py" "$OUT/results.jsonl" >"$OUT/table.md"
+  cat "$OUT/table.md"
+fi
