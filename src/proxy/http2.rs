@@ -323,10 +323,13 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
     let mut draining = false;
     let mut malformed = 0usize;
     loop {
+        // With no stream open: idle for `idle_timeout` starts the graceful close; once closing,
+        // a client that does not answer the GOAWAY's PING within GOAWAY_FLUSH is let go.
         let quiet = streams.is_empty();
-        let idle_wait = async {
+        let wait = if draining { GOAWAY_FLUSH } else { idle };
+        let timer = async {
             if quiet {
-                tokio::time::sleep(idle).await;
+                tokio::time::sleep(wait).await;
             } else {
                 std::future::pending::<()>().await;
             }
@@ -346,7 +349,10 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                 continue;
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => continue,
-            _ = idle_wait, if !draining => {
+            _ = timer => {
+                if draining {
+                    return;
+                }
                 conn.graceful_shutdown();
                 draining = true;
                 continue;

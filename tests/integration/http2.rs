@@ -916,3 +916,48 @@ async fn the_proxy_port_does_not_speak_h2_without_a_tunnel() {
     let (head, _) = read_response(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed_with_goaway_after_the_idle_timeout() {
+    let origin = Origin::https_h2().await;
+    let port = origin.port();
+    let w = warden("", "limits:\n  idle_timeout: 1s\n").await;
+    let authority = format!("a.test:{port}");
+    let mut raw = Raw::open(&w, &authority).await;
+    let started = std::time::Instant::now();
+    assert_eq!(raw.goaway().await, Some(0), "GOAWAY(NO_ERROR)");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    // A client that does not answer the GOAWAY's PING is let go soon after.
+    while let Some(f) = raw.read().await {
+        assert!(matches!(f.kind, PING | GOAWAY), "{f:?}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "closed, not timed out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_goaway_to_idle_h2_connections_and_drains() {
+    let origin = Origin::https_h2().await;
+    let port = origin.port();
+    let mut w = warden("", "").await;
+    let authority = format!("a.test:{port}");
+    let mut send = h2_client(&w, &authority).await;
+    let uri = format!("https://{authority}/echo");
+    let (parts, _, _) = exchange(&mut send, get(&uri, "h2-before-shutdown"), b"").await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let mut raw = Raw::open(&w, &authority).await;
+    let running = w.running.take().unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        running.shutdown(std::time::Duration::from_secs(10)).await,
+        "idle h2 connections drained"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(raw.goaway().await, Some(0), "GOAWAY(NO_ERROR)");
+    assert!(
+        send.clone().ready().await.is_err(),
+        "the h2 client saw the close"
+    );
+}
