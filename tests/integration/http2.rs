@@ -301,6 +301,46 @@ async fn every_stream_gets_the_policy_an_http1_request_gets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlation_and_transforms_apply_to_concurrent_streams() {
+    let origin = Origin::https_h2().await;
+    let port = origin.port();
+    let w = warden(
+        "",
+        &format!(
+            "correlation:\n  session_id: run-h2\n  targets:\n    - host: a.test:{port}\n      path: /api/**\ntransforms:\n  - host: \"a.test:{port}\"\n    set_headers: {{ cache-control: no-store }}\n    remove_headers: [x-origin]\n    replace_body:\n      - {{ pattern: '\"method\":\"GET\"', with: '\"method\":\"[GET seen]\"' }}\n"
+        ),
+    )
+    .await;
+    let send = h2_client(&w, &format!("a.test:{port}")).await;
+    // Eight streams at once on one connection: each gets its own sequence number.
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let mut send = send.clone();
+        let uri = format!("https://a.test:{port}/api/{i}");
+        calls.push(tokio::spawn(async move {
+            exchange(&mut send, get(&uri, &format!("h2-corr-{i}")), b"").await
+        }));
+    }
+    for call in calls {
+        let (parts, body, _) = call.await.unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["cache-control"], "no-store");
+        assert!(parts.headers.get("x-origin").is_none());
+        assert!(String::from_utf8_lossy(&body).contains("\"method\":\"[GET seen]\""));
+    }
+    let mut seqs: Vec<String> = origin
+        .seen()
+        .iter()
+        .map(|s| {
+            assert_eq!(s.header("x-warden-session-id"), Some("run-h2"));
+            s.header("x-warden-sequence-number").unwrap().to_string()
+        })
+        .collect();
+    seqs.sort_by_key(|n| n.parse::<u64>().unwrap());
+    assert_eq!(seqs, (1..=8).map(|n| n.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authority_other_than_the_connect_host_is_421_and_only_https_is_served() {
     let origin = Origin::https_h2().await;
     let port = origin.port();
@@ -751,6 +791,21 @@ async fn a_client_sending_past_the_stream_window_gets_a_flow_control_error() {
     // 65536 bytes: one past the window warden granted.
     raw.send(DATA, 0, 1, &chunk[..4]).await;
     assert_eq!(raw.reset_of(1).await, Some(FLOW_CONTROL_ERROR));
+
+    // The connection's window bounds all streams together.
+    let w = warden(
+        "",
+        "limits:\n  h2_stream_window_bytes: 1048576\n  h2_connection_window_bytes: 65535\n",
+    )
+    .await;
+    let mut raw = Raw::open(&w, &authority).await;
+    raw.request(1, &authority, &[], false).await;
+    raw.request(3, &authority, &[], false).await;
+    for stream in [1, 3] {
+        raw.send(DATA, 0, stream, &chunk).await;
+        raw.send(DATA, 0, stream, &chunk).await;
+    }
+    assert_eq!(raw.goaway().await, Some(FLOW_CONTROL_ERROR));
 }
 
 /// Sends `flood` on a fresh connection and expects GOAWAY(ENHANCE_YOUR_CALM) and a log line
