@@ -13,6 +13,7 @@ use crate::llm::LlmPolicy;
 use crate::policy::{Denial, Mode};
 use crate::profile::Profile;
 use crate::reason::Reason;
+use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::scrub::Replacer;
 use crate::substitution::Active;
@@ -148,21 +149,31 @@ impl Refusal {
 /// otherwise the request's own `Proxy-Authorization`. `None` when auth is off.
 pub fn identify(
     snap: &Snapshot,
+    registry: &Registry,
     tunnel: Option<&TunnelIdentity>,
     proxy_auth: &[&[u8]],
 ) -> Result<Option<Arc<Client>>, Reason> {
-    let Some(clients) = &snap.auth else {
+    if !snap.requires_auth() {
         return Ok(None);
-    };
+    }
+    let file = snap.auth.as_ref();
     match tunnel {
-        Some(t) => t
-            .client
-            .as_deref()
-            .and_then(|name| clients.get(name))
-            .cloned()
-            .map(Some)
-            .ok_or(Reason::AuthInvalid),
-        None => clients.authenticate(proxy_auth).map(Some),
+        // The CONNECT's client, as it is now: a revoked one is refused, a replaced one runs
+        // under its new policy.
+        Some(t) => {
+            let name = t.client.as_deref().ok_or(Reason::AuthInvalid)?;
+            file.and_then(|c| c.get(name).cloned())
+                .or_else(|| registry.get(name))
+                .map(Some)
+                .ok_or(Reason::AuthInvalid)
+        }
+        None => {
+            let presented = crate::auth::presented(proxy_auth)?;
+            file.and_then(|c| c.matching(&presented))
+                .or_else(|| registry.authenticate(&presented))
+                .map(Some)
+                .ok_or(Reason::AuthInvalid)
+        }
     }
 }
 
@@ -172,11 +183,12 @@ pub fn identify(
 /// `passthrough` would tunnel it blind instead, it is refused rather than left unchecked.
 pub fn admit_connect(
     snap: &Snapshot,
+    registry: &Registry,
     own: &[SocketAddr],
     proxy_auth: &[&[u8]],
     dest: &Authority,
 ) -> Result<ConnectAdmission, Refusal> {
-    let client = identify(snap, None, proxy_auth).map_err(|r| Refusal::new(r, None))?;
+    let client = identify(snap, registry, None, proxy_auth).map_err(|r| Refusal::new(r, None))?;
     let profile = snap.profile(client.as_deref());
     let network = &profile.network;
     let mut would_deny = network
@@ -236,10 +248,11 @@ pub fn admit_request(
         snap.limits.max_request_header_bytes,
     )
     .map_err(|r| Refusal::new(r, None))?;
-    let client = identify(snap, head.tunnel, head.proxy_auth).map_err(|r| Refusal {
-        target: Some(Box::new(target.clone())),
-        ..Refusal::new(r, None)
-    })?;
+    let client =
+        identify(snap, &runtime.registry, head.tunnel, head.proxy_auth).map_err(|r| Refusal {
+            target: Some(Box::new(target.clone())),
+            ..Refusal::new(r, None)
+        })?;
     let profile = snap.profile(client.as_deref()).clone();
     let dest = &target.authority;
     let seq = profile
@@ -418,17 +431,29 @@ mod tests {
         let dest = crate::target::parse_authority(b"api.test:443", None).unwrap();
         let other = crate::target::parse_authority(b"other.test:443", None).unwrap();
         let auto = snap_with("auto", creds);
-        assert!(admit_connect(&auto, &[], AUTH, &dest).unwrap().intercept);
-        assert!(!admit_connect(&auto, &[], AUTH, &other).unwrap().intercept);
+        assert!(
+            admit_connect(&auto, &Registry::default(), &[], AUTH, &dest)
+                .unwrap()
+                .intercept
+        );
+        assert!(
+            !admit_connect(&auto, &Registry::default(), &[], AUTH, &other)
+                .unwrap()
+                .intercept
+        );
         let none = snap_with("none", creds);
-        let r = admit_connect(&none, &[], AUTH, &dest).unwrap_err();
+        let r = admit_connect(&none, &Registry::default(), &[], AUTH, &dest).unwrap_err();
         assert_eq!(r.reason, Reason::PolicyDeniedRule);
-        assert!(!admit_connect(&none, &[], AUTH, &other).unwrap().intercept);
+        assert!(
+            !admit_connect(&none, &Registry::default(), &[], AUTH, &other)
+                .unwrap()
+                .intercept
+        );
         let report = snap_with("none", &format!("{creds}network: {{ mode: report }}\n"));
-        let a = admit_connect(&report, &[], AUTH, &dest).unwrap();
+        let a = admit_connect(&report, &Registry::default(), &[], AUTH, &dest).unwrap();
         assert!(!a.intercept);
         assert_eq!(a.would_deny, Some(Reason::PolicyDeniedRule));
-        let missing = admit_connect(&auto, &[], &[], &dest).unwrap_err();
+        let missing = admit_connect(&auto, &Registry::default(), &[], &[], &dest).unwrap_err();
         assert_eq!(missing.reason, Reason::AuthRequired);
     }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Presented credentials longer than this are refused without being parsed.
 const MAX_CREDENTIALS: usize = 4096;
@@ -60,14 +61,92 @@ pub struct ClientConfig {
     pub transforms: Option<Vec<crate::transform::TransformConfig>>,
 }
 
-/// A configured client.
+/// A configured client: from the file, or registered at runtime ([`crate::registry`]).
 #[derive(Debug)]
 pub struct Client {
     /// Its name.
     pub name: Arc<str>,
-    token: Secret,
+    token: Token,
     /// Its compiled policy: its own sections, the top-level ones for the rest.
     pub profile: Arc<Profile>,
+    /// Cancelled when the client is revoked: its live connections close.
+    pub revoked: CancellationToken,
+}
+
+/// How a client's token is held: read from its source (file clients), or only as a SHA-256
+/// hash (registered clients: nothing can give it back).
+#[derive(Debug)]
+pub enum Token {
+    /// The token itself, read from its source.
+    Plain(Secret),
+    /// Its SHA-256 only.
+    Hash([u8; 32]),
+}
+
+impl Token {
+    /// Constant-time comparison with a presented token.
+    fn matches(&self, presented: &[u8]) -> bool {
+        match self {
+            Token::Plain(secret) => secret.matches(presented),
+            Token::Hash(hash) => openssl::memcmp::eq(hash, &openssl::sha::sha256(presented)),
+        }
+    }
+}
+
+/// Credentials a request presented: `Basic` gives a name and a token, `Bearer` a token.
+#[derive(Debug)]
+pub struct Presented {
+    /// The client name (`Basic` only).
+    pub name: Option<String>,
+    /// The token.
+    pub token: Vec<u8>,
+}
+
+/// Parses every `Proxy-Authorization` value of a request. [`Reason::AuthRequired`] when none
+/// was sent; [`Reason::AuthInvalid`] when it is duplicated, malformed or too long.
+pub fn presented(values: &[&[u8]]) -> Result<Presented, Reason> {
+    let value = match values {
+        [] => return Err(Reason::AuthRequired),
+        [one] => *one,
+        _ => return Err(Reason::AuthInvalid),
+    };
+    if value.len() > MAX_CREDENTIALS {
+        return Err(Reason::AuthInvalid);
+    }
+    let text = std::str::from_utf8(value).map_err(|_| Reason::AuthInvalid)?;
+    let (scheme, rest) = text.trim().split_once(' ').ok_or(Reason::AuthInvalid)?;
+    let rest = rest.trim();
+    let (name, token) = if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = openssl::base64::decode_block(rest).map_err(|_| Reason::AuthInvalid)?;
+        let text = String::from_utf8(decoded).map_err(|_| Reason::AuthInvalid)?;
+        let (name, token) = text.split_once(':').ok_or(Reason::AuthInvalid)?;
+        (Some(name.to_string()), token.as_bytes().to_vec())
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        (None, rest.as_bytes().to_vec())
+    } else {
+        return Err(Reason::AuthInvalid);
+    };
+    if token.is_empty() {
+        return Err(Reason::AuthInvalid);
+    }
+    Ok(Presented { name, token })
+}
+
+impl Client {
+    /// A client registered at runtime.
+    pub fn registered(
+        name: &str,
+        token: Token,
+        profile: Arc<Profile>,
+        revoked: CancellationToken,
+    ) -> Self {
+        Client {
+            name: Arc::from(name),
+            token,
+            profile,
+            revoked,
+        }
+    }
 }
 
 /// The compiled client list.
@@ -142,8 +221,9 @@ impl AuthConfig {
             };
             clients.push(Arc::new(Client {
                 name: Arc::from(c.name.as_str()),
-                token,
+                token: Token::Plain(token),
                 profile,
+                revoked: CancellationToken::new(),
             }));
         }
         if self.clients.is_empty() {
@@ -166,39 +246,22 @@ impl Clients {
     /// duplicated, malformed, too long or matches no client. Every client's token is compared,
     /// so timing does not reveal which part was wrong.
     pub fn authenticate(&self, values: &[&[u8]]) -> Result<Arc<Client>, Reason> {
-        let value = match values {
-            [] => return Err(Reason::AuthRequired),
-            [one] => *one,
-            _ => return Err(Reason::AuthInvalid),
-        };
-        if value.len() > MAX_CREDENTIALS {
-            return Err(Reason::AuthInvalid);
-        }
-        let text = std::str::from_utf8(value).map_err(|_| Reason::AuthInvalid)?;
-        let (scheme, rest) = text.trim().split_once(' ').ok_or(Reason::AuthInvalid)?;
-        let rest = rest.trim();
-        let (name, token): (Option<String>, Vec<u8>) = if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = openssl::base64::decode_block(rest).map_err(|_| Reason::AuthInvalid)?;
-            let text = String::from_utf8(decoded).map_err(|_| Reason::AuthInvalid)?;
-            let (name, token) = text.split_once(':').ok_or(Reason::AuthInvalid)?;
-            (Some(name.to_string()), token.as_bytes().to_vec())
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            (None, rest.as_bytes().to_vec())
-        } else {
-            return Err(Reason::AuthInvalid);
-        };
-        if token.is_empty() {
-            return Err(Reason::AuthInvalid);
-        }
+        self.matching(&presented(values)?)
+            .ok_or(Reason::AuthInvalid)
+    }
+
+    /// The client whose name (if given) and token match `p`. Every client's token is
+    /// compared, so timing does not reveal which part was wrong.
+    pub fn matching(&self, p: &Presented) -> Option<Arc<Client>> {
         let mut found = None;
         for c in &self.clients {
-            let token_ok = c.token.matches(&token);
-            let name_ok = name.as_deref().is_none_or(|n| n == &*c.name);
+            let token_ok = c.token.matches(&p.token);
+            let name_ok = p.name.as_deref().is_none_or(|n| n == &*c.name);
             if token_ok && name_ok && found.is_none() {
                 found = Some(c.clone());
             }
         }
-        found.ok_or(Reason::AuthInvalid)
+        found
     }
 
     /// Every client, in file order.

@@ -42,6 +42,7 @@ pub mod profile;
 pub mod proxy;
 pub mod reason;
 pub mod refusal;
+pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod scrub;

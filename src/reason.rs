@@ -37,6 +37,8 @@ pub enum Reason {
     AuthRequired,
     /// The `Proxy-Authorization` sent is malformed or matches no client.
     AuthInvalid,
+    /// The client was revoked (deleted or expired) while its connection was open.
+    ClientRevoked,
     /// The destination is refused by `network.deny` or not in `network.allow` (strict).
     PolicyDeniedHost,
     /// A `network.rules` entry denies this method and path.
@@ -94,7 +96,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 39] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -107,6 +109,7 @@ impl Reason {
         Reason::HostMismatch,
         Reason::AuthRequired,
         Reason::AuthInvalid,
+        Reason::ClientRevoked,
         Reason::PolicyDeniedHost,
         Reason::PolicyDeniedRule,
         Reason::PrivateAddress,
@@ -239,6 +242,13 @@ impl Reason {
                 "http_request_denied",
                 "the proxy credentials are malformed or not valid",
                 "check the client name and token given to this agent; retrying the same credentials will not help",
+            ),
+            ClientRevoked => (
+                407,
+                "client_revoked",
+                "http_request_denied",
+                "the client was revoked while this connection was open",
+                "the client was deleted or expired; register it again for new credentials",
             ),
             PolicyDeniedHost => (
                 403,

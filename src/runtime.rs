@@ -8,6 +8,7 @@ use crate::config::Snapshot;
 use crate::correlation::Sessions;
 use crate::credentials::SourceCache;
 use crate::policy::DnsCache;
+use crate::registry::Registry;
 use crate::scrub::Maskers;
 use crate::tls::Leaves;
 
@@ -24,6 +25,8 @@ pub struct Runtime {
     pub sources: SourceCache,
     /// Built echoed-secret maskers.
     pub maskers: Maskers,
+    /// Clients registered through the admin API.
+    pub registry: Registry,
 }
 
 impl Runtime {
@@ -36,9 +39,13 @@ impl Runtime {
         }
     }
 
-    /// After a reload to `snap`: correlation sessions no section numbers in any more end.
+    /// After a reload to `snap`: registered clients compiled over the new top level, and
+    /// correlation sessions no section numbers in any more end.
     pub fn reloaded(&self, snap: &Snapshot) {
-        self.sessions.retain(snap.correlations());
+        self.registry.recompile(snap);
+        let registered = self.registry.profiles();
+        let theirs = registered.iter().filter_map(|p| p.correlation.as_deref());
+        self.sessions.retain(snap.correlations().chain(theirs));
     }
 }
 
@@ -50,6 +57,7 @@ impl Default for Runtime {
             sessions: Sessions::default(),
             sources: SourceCache::default(),
             maskers: Maskers::default(),
+            registry: Registry::default(),
         }
     }
 }

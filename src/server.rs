@@ -38,6 +38,14 @@ pub enum StartError {
     /// The TLS acceptor could not be built.
     #[error("cannot set up TLS interception: {0}")]
     Tls(#[from] openssl::error::ErrorStack),
+    /// `admin.tls` could not be loaded.
+    #[error("admin.tls: cannot load {path}: {source}")]
+    AdminTls {
+        /// The certificate or key file.
+        path: std::path::PathBuf,
+        /// What OpenSSL said.
+        source: openssl::error::ErrorStack,
+    },
 }
 
 /// A running warden. Dropping it stops accepting; [`Running::shutdown`] also drains.
@@ -107,8 +115,13 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         shared.clone(),
         move |stream, shutdown| front.clone().serve(stream, shutdown),
     ));
+    tracker.spawn(expire_registrations(shared.clone(), shutdown_rx.clone()));
     if let Some(listener) = admin_listener {
         let admin = Arc::new(HttpServer::new_app(Admin::new(shared.clone())));
+        let tls = match &shared.snapshot.load().admin_tls {
+            Some(t) => Some(Arc::new(admin_acceptor(t)?)),
+            None => None,
+        };
         tracker.spawn(accept_loop(
             listener,
             shutdown_rx,
@@ -116,8 +129,24 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
             shared.clone(),
             move |stream, shutdown| {
                 let admin = admin.clone();
+                let tls = tls.clone();
                 async move {
-                    admin.process_new(Box::new(stream), &shutdown).await;
+                    match tls {
+                        None => {
+                            admin.process_new(Box::new(stream), &shutdown).await;
+                        }
+                        Some(acceptor) => {
+                            let handshake =
+                                pingora_core::protocols::tls::server::handshake(&acceptor, stream);
+                            match tokio::time::timeout(ADMIN_HANDSHAKE, handshake).await {
+                                Ok(Ok(tls)) => {
+                                    admin.process_new(Box::new(tls), &shutdown).await;
+                                }
+                                Ok(Err(e)) => log::debug!("admin TLS handshake failed: {e}"),
+                                Err(_) => log::debug!("admin TLS handshake timed out"),
+                            }
+                        }
+                    }
                 }
             },
         ));
@@ -131,6 +160,35 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         http,
     })
 }
+
+/// The admin listener's TLS (`admin.tls`): the certificate chain and key from their files.
+fn admin_acceptor(t: &crate::config::AdminTls) -> Result<openssl::ssl::SslAcceptor, StartError> {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    let at = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::AdminTls { path, source }
+    };
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    b.set_certificate_chain_file(&t.cert).map_err(at(&t.cert))?;
+    b.set_private_key_file(&t.key, SslFiletype::PEM)
+        .map_err(at(&t.key))?;
+    b.check_private_key().map_err(at(&t.key))?;
+    Ok(b.build())
+}
+
+/// Revokes registered clients as they expire, until shutdown.
+async fn expire_registrations(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::registry::SWEEP_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        shared.runtime.registry.expire(std::time::SystemTime::now());
+    }
+}
+
+/// How long a client of the admin listener may take over its TLS handshake.
+const ADMIN_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The admin listener serves a scraper and an operator, not a fleet of agents.
 const ADMIN_BACKLOG: u32 = 128;

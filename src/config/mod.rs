@@ -16,7 +16,7 @@ use crate::credentials::CredentialConfig;
 use crate::headers::HeaderRuleConfig;
 use crate::policy::{HostPattern, NetworkConfig};
 use crate::profile::{Profile, ProfileConfig};
-use crate::secret::SecretSource;
+use crate::secret::{Secret, SecretSource};
 use crate::substitution::SubstitutionConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{CertAuthority, TlsConfig, TlsPolicy};
@@ -103,6 +103,25 @@ fn default_backlog() -> u32 {
 pub struct AdminConfig {
     /// Admin listener address.
     pub listen: Option<SocketAddr>,
+    /// Enables the clients API (`/v1/clients`, `Authorization: Bearer`).
+    #[serde(default)]
+    pub token: Option<SecretSource>,
+    /// Serves the admin listener over TLS.
+    #[serde(default)]
+    pub tls: Option<AdminTls>,
+    /// Allows the clients API beyond loopback without `tls`.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// `admin.tls`: the admin listener's certificate chain and key (PEM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }
 
 /// `limits`: every wait and buffer is bounded; these are the knobs.
@@ -210,6 +229,12 @@ pub struct Snapshot {
     pub proxy_backlog: u32,
     /// The admin listen address, if any.
     pub admin_listen: Option<SocketAddr>,
+    /// `admin.token`, read: the clients API is on (and proxy auth with it).
+    pub admin_token: Option<Secret>,
+    /// `admin.tls`, paths resolved.
+    pub admin_tls: Option<AdminTls>,
+    /// The config file's folder: relative paths in registered clients resolve against it.
+    pub base_dir: PathBuf,
     /// Interception decisions, the CA, leaf cache and upstream trust.
     pub tls: TlsPolicy,
     /// The clients, when `proxy.auth` is configured, each with its profile.
@@ -224,6 +249,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether requests must authenticate: clients in the file, or the clients API on.
+    pub fn requires_auth(&self) -> bool {
+        self.auth.is_some() || self.admin_token.is_some()
+    }
+
     /// The profile `client` runs under: its own, or the default one.
     pub fn profile<'a>(&'a self, client: Option<&'a Client>) -> &'a Arc<Profile> {
         client.map_or(&self.profile, |c| &c.profile)
@@ -396,7 +426,34 @@ impl Config {
                 fail(key, "must be longer than zero");
             }
         }
+        let admin_token = match (&f.admin.token, f.admin.listen) {
+            (None, _) => None,
+            (Some(_), None) => {
+                fail(
+                    "admin.token",
+                    "needs admin.listen: the clients API is served there",
+                );
+                None
+            }
+            (Some(source), Some(listen)) => {
+                if !listen.ip().is_loopback() && f.admin.tls.is_none() && !f.admin.allow_plaintext {
+                    fail(
+                        "admin.listen",
+                        "serves the clients API beyond loopback: set admin.tls, or admin.allow_plaintext: true",
+                    );
+                }
+                source
+                    .read(&self.base_dir)
+                    .map_err(|e| fail("admin.token", &e.to_string()))
+                    .ok()
+            }
+        };
+        let admin_tls = f.admin.tls.as_ref().map(|t| AdminTls {
+            cert: self.resolve_path(&t.cert),
+            key: self.resolve_path(&t.key),
+        });
         if f.proxy.auth.is_none()
+            && admin_token.is_none()
             && !f.proxy.listen.ip().is_loopback()
             && !f.proxy.allow_unauthenticated
         {
@@ -458,6 +515,9 @@ impl Config {
             proxy_listen: f.proxy.listen,
             proxy_backlog: f.proxy.backlog,
             admin_listen: f.admin.listen,
+            admin_token,
+            admin_tls,
+            base_dir: self.base_dir.clone(),
             tls,
             auth,
             profile,

@@ -158,7 +158,13 @@ impl FrontDoor {
         };
         // Decide before side effects: nothing is resolved, minted or dialled for a refusal.
         let values: Vec<&[u8]> = head.proxy_auth.iter().map(Vec::as_slice).collect();
-        let admitted = match admit_connect(&snap, &self.shared.own_addrs, &values, &dest) {
+        let admitted = match admit_connect(
+            &snap,
+            &self.shared.runtime.registry,
+            &self.shared.own_addrs,
+            &values,
+            &dest,
+        ) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 let event = Event {
@@ -174,6 +180,7 @@ impl FrontDoor {
             client: admitted.client.as_ref().map(|c| c.name.clone()),
             ..event
         };
+        let revoked = admitted.client.as_ref().map(|c| c.revoked.clone());
         let network = &snap.profile(admitted.client.as_deref()).network;
         let would_deny = admitted.would_deny;
         let mut rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
@@ -229,8 +236,24 @@ impl FrontDoor {
         }
         if intercept {
             stream.rewind(&rest);
-            self.intercept(stream, dest, request_id, &snap, &event, shutdown)
-                .await;
+            let served = self.intercept(
+                stream,
+                dest.clone(),
+                request_id.clone(),
+                &snap,
+                &event,
+                shutdown,
+            );
+            if until_revoked(revoked.as_ref(), served).await.is_none() {
+                self.connect_failed(
+                    &snap,
+                    &event,
+                    &request_id,
+                    &dest,
+                    Reason::ClientRevoked,
+                    None,
+                );
+            }
         } else {
             let mut line = event.line(Kind::Tunnel);
             line.request_id = Some(request_id.clone());
@@ -238,7 +261,7 @@ impl FrontDoor {
             fill_connect(&mut line, &dest);
             let own = &self.shared.own_addrs;
             let _open = self.shared.metrics.open(Kind::Tunnel);
-            match tunnel::blind(
+            let spliced = tunnel::blind(
                 &mut stream,
                 answered,
                 rest,
@@ -247,10 +270,14 @@ impl FrontDoor {
                 network,
                 (&self.shared.runtime.dns, own),
                 &mut line,
-            )
-            .await
-            {
+            );
+            let spliced = until_revoked(revoked.as_ref(), spliced).await;
+            match spliced.unwrap_or(Err(Reason::ClientRevoked)) {
                 Ok(()) => {}
+                Err(Reason::ClientRevoked) => {
+                    line.status = Some(200);
+                    line.reason = Some(Reason::ClientRevoked.code());
+                }
                 Err(reason) => {
                     line.status = Some(reason.status());
                     line.reason = Some(reason.code());
@@ -354,6 +381,21 @@ impl FrontDoor {
             &shutdown,
         )
         .await;
+    }
+}
+
+/// Runs `fut` until it ends, or until `revoked` is cancelled (`None`: it was dropped, which
+/// closes whatever connection it served).
+async fn until_revoked<F: std::future::Future>(
+    revoked: Option<&tokio_util::sync::CancellationToken>,
+    fut: F,
+) -> Option<F::Output> {
+    match revoked {
+        None => Some(fut.await),
+        Some(r) => tokio::select! {
+            out = fut => Some(out),
+            _ = r.cancelled() => None,
+        },
     }
 }
 

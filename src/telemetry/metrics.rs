@@ -34,6 +34,9 @@ pub struct Metrics {
     llm_requests: IntCounterVec,
     llm_tokens: IntCounterVec,
     accept_errors: IntCounterVec,
+    admin_requests: IntCounterVec,
+    /// Clients registered through the admin API now.
+    pub clients_registered: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -208,6 +211,22 @@ impl Metrics {
         for cause in ["fds", "other"] {
             accept_errors.with_label_values(&[cause]);
         }
+        let admin_requests = IntCounterVec::new(
+            Opts::new(
+                "warden_admin_requests_total",
+                "Clients API requests, by result (ok, refused: a 4xx for the request, unauthorized: no valid admin token).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for result in ["ok", "refused", "unauthorized"] {
+            admin_requests.with_label_values(&[result]);
+        }
+        let clients_registered = IntGauge::new(
+            "warden_clients_registered",
+            "Clients registered through the admin API.",
+        )
+        .expect("static metric definition");
         let collectors = [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -227,6 +246,8 @@ impl Metrics {
             Box::new(llm_requests.clone()),
             Box::new(llm_tokens.clone()),
             Box::new(accept_errors.clone()),
+            Box::new(admin_requests.clone()),
+            Box::new(clients_registered.clone()),
         ];
         let mut names = Vec::new();
         for c in collectors {
@@ -253,7 +274,14 @@ impl Metrics {
             llm_requests,
             llm_tokens,
             accept_errors,
+            admin_requests,
+            clients_registered,
         }
+    }
+
+    /// Counts a clients API request by its result: `ok`, `refused` or `unauthorized`.
+    pub fn admin_request(&self, result: &'static str) {
+        self.admin_requests.with_label_values(&[result]).inc();
     }
 
     /// Counts a failed accept; `fds` when the process is out of file descriptors.

@@ -6,6 +6,7 @@ mod auth;
 mod capture;
 mod cli;
 mod clients;
+mod clients_api;
 mod common;
 mod correlation;
 mod credentials;

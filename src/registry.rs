@@ -1,0 +1,464 @@
+//! Clients registered at runtime, through the admin API (`PUT /v1/clients/{name}`), beside
+//! the ones in the file. A registration's body has exactly the per-client YAML schema
+//! ([`ClientConfig`]) and is compiled by the same [`crate::profile::compile`], over the
+//! snapshot's top-level sections; it is compiled again on every reload, so a SIGHUP never
+//! drops a runtime client and each one inherits the new top level. Tokens are kept only as
+//! SHA-256 hashes, looked up in a map: the request path costs the same with one client or
+//! ten thousand. Revoking a client (DELETE, expiry) cancels its [`Client::revoked`] token,
+//! which closes its live connections.
+
+use crate::auth::{Client, ClientConfig, Presented, Token};
+use crate::compile_error::CompileError;
+use crate::config::Snapshot;
+use arc_swap::ArcSwap;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of a generated proxy token (256 bits).
+const TOKEN_BYTES: usize = 32;
+
+/// One registration as stored: the body as sent (without its token), its compiled client,
+/// and when it ends.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The compiled client (its profile over the current top level).
+    pub client: Arc<Client>,
+    /// The sections as sent, compiled again on reload.
+    body: Arc<Value>,
+    token_hash: [u8; 32],
+    /// When the client is revoked by itself.
+    pub expires_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Registered {
+    by_token: HashMap<[u8; 32], Arc<Client>>,
+    by_name: BTreeMap<Arc<str>, Registration>,
+}
+
+/// The runtime clients. Reads are lock-free snapshots; writes are serialised.
+#[derive(Debug, Default)]
+pub struct Registry {
+    state: ArcSwap<Registered>,
+    write: Mutex<()>,
+}
+
+/// Why a registration was refused: the HTTP status, the JSON pointer of the bad field (when
+/// one is to blame) and the message `warden check` gives for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `400`, `409`, ...
+    pub status: u16,
+    /// The JSON pointer of the bad field.
+    pub pointer: Option<String>,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: u16, pointer: Option<String>, message: impl Into<String>) -> Self {
+        Refused {
+            status,
+            pointer,
+            message: message.into(),
+        }
+    }
+
+    fn bad(pointer: &str, message: impl Into<String>) -> Self {
+        Refused::new(400, Some(pointer.to_string()), message)
+    }
+}
+
+/// What a successful `PUT` reports.
+#[derive(Debug)]
+pub struct Registered1 {
+    /// A new name (201), not a replacement (200).
+    pub created: bool,
+    /// The token warden generated, shown this once; `None` when the body carried one.
+    pub token: Option<String>,
+    /// When it is revoked by itself.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Whether `name` is a valid client name: `[a-z0-9._-]{1,64}`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// A config key (`network.allow[0]`) as a JSON pointer (`/network/allow/0`).
+pub fn pointer_of(key: &str) -> String {
+    let mut out = String::new();
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        let (head, indices) = part.split_once('[').map_or((part, ""), |(h, i)| (h, i));
+        out.push('/');
+        out.push_str(&head.replace('~', "~0").replace('/', "~1"));
+        for index in indices.split('[') {
+            let index = index.trim_end_matches(']');
+            if !index.is_empty() {
+                out.push('/');
+                out.push_str(index);
+            }
+        }
+    }
+    out
+}
+
+/// The body as `GET` shows it: no token, and every `static` secret source without its value.
+fn redacted(body: &Value) -> Value {
+    match body {
+        Value::Object(map) => {
+            let is_static = map.get("type").and_then(Value::as_str) == Some("static");
+            let mut out = Map::new();
+            for (k, v) in map {
+                if k == "token" || (is_static && k == "value") {
+                    continue;
+                }
+                out.insert(k.clone(), redacted(v));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The sections of `body` compiled for client `name` over `snap`'s top level.
+fn compile(
+    name: &str,
+    body: &Value,
+    snap: &Snapshot,
+) -> Result<Arc<crate::profile::Profile>, Refused> {
+    let mut fields = body.as_object().cloned().unwrap_or_default();
+    fields.insert("name".into(), Value::String(name.into()));
+    // The schema's token is a secret source; a registration's is handled apart.
+    fields.insert(
+        "token".into(),
+        serde_json::json!({ "type": "static", "value": "-" }),
+    );
+    let config: ClientConfig =
+        serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+            let path = e.path().to_string();
+            let pointer = if path == "." {
+                String::new()
+            } else {
+                pointer_of(&path)
+            };
+            Refused::bad(&pointer, e.into_inner().to_string())
+        })?;
+    let sections = config.sections();
+    if sections.is_empty() {
+        return Ok(snap.profile.clone());
+    }
+    crate::profile::compile(&sections, Some(&snap.profile), "", &snap.base_dir)
+        .map(Arc::new)
+        .map_err(|errors| {
+            let CompileError { key, message } = errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| CompileError::new(String::new(), "does not compile".into()));
+            Refused::bad(&pointer_of(&key), message)
+        })
+}
+
+/// When a registration ends: `expires_in` (`"2h"`) or `expires_at` (RFC 3339), not both.
+fn expiry(body: &Map<String, Value>, now: SystemTime) -> Result<Option<SystemTime>, Refused> {
+    let text = |key: &str| -> Result<Option<&str>, Refused> {
+        match body.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Refused::bad(&format!("/{key}"), "must be a string")),
+        }
+    };
+    let at = match (text("expires_in")?, text("expires_at")?) {
+        (Some(_), Some(_)) => {
+            return Err(Refused::bad(
+                "/expires_at",
+                "give expires_in or expires_at, not both",
+            ))
+        }
+        (Some(d), None) => {
+            let d = humantime::parse_duration(d)
+                .map_err(|e| Refused::bad("/expires_in", format!("not a duration: {e}")))?;
+            now + d
+        }
+        (None, Some(t)) => humantime::parse_rfc3339_weak(t)
+            .map_err(|e| Refused::bad("/expires_at", format!("not an RFC 3339 time: {e}")))?,
+        (None, None) => return Ok(None),
+    };
+    if at <= now {
+        return Err(Refused::bad(
+            if body.contains_key("expires_at") {
+                "/expires_at"
+            } else {
+                "/expires_in"
+            },
+            "is not in the future",
+        ));
+    }
+    Ok(Some(at))
+}
+
+/// The token a body carries (`"token": "…"`), or a generated one.
+fn token_of(body: &Map<String, Value>) -> Result<(Vec<u8>, bool), Refused> {
+    match body.get("token") {
+        None => {
+            let mut raw = [0u8; TOKEN_BYTES];
+            openssl::rand::rand_bytes(&mut raw)
+                .map_err(|e| Refused::new(500, None, format!("no randomness: {e}")))?;
+            let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            Ok((text.into_bytes(), true))
+        }
+        Some(Value::String(t))
+            if t.len() >= 16 && t.len() <= 4096 && !t.contains(char::is_whitespace) =>
+        {
+            Ok((t.clone().into_bytes(), false))
+        }
+        Some(Value::String(_)) => Err(Refused::bad(
+            "/token",
+            "a token is 16 to 4096 characters without spaces",
+        )),
+        Some(_) => Err(Refused::bad("/token", "must be a string")),
+    }
+}
+
+impl Registry {
+    /// Creates or replaces client `name` from a JSON `body`, compiled over `snap`. A name in
+    /// the file is `409`; any bad field is `400` with its pointer. Replacing a client with a
+    /// new token closes the old token's connections; with the same token they stay.
+    pub fn put(&self, name: &str, body: &[u8], snap: &Snapshot) -> Result<Registered1, Refused> {
+        if !valid_name(name) {
+            return Err(Refused::new(
+                400,
+                None,
+                "a client name is 1 to 64 of a-z, 0-9, '.', '_' and '-'",
+            ));
+        }
+        if snap.auth.as_ref().is_some_and(|a| a.get(name).is_some()) {
+            return Err(Refused::new(
+                409,
+                None,
+                format!("client `{name}` is defined in the config file"),
+            ));
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| Refused::new(400, Some(String::new()), format!("not JSON: {e}")))?;
+        let Value::Object(mut fields) = value else {
+            return Err(Refused::bad("", "the body must be a JSON object"));
+        };
+        if let Some(n) = fields.remove("name") {
+            if n.as_str() != Some(name) {
+                return Err(Refused::bad("/name", "differs from the name in the URL"));
+            }
+        }
+        let now = SystemTime::now();
+        let expires_at = expiry(&fields, now)?;
+        let (token, generated) = token_of(&fields)?;
+        fields.remove("token");
+        fields.remove("expires_in");
+        fields.remove("expires_at");
+        let body = Value::Object(fields);
+        let profile = compile(name, &body, snap)?;
+        let token_hash = openssl::sha::sha256(&token);
+
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Registered::clone(&self.state.load());
+        if let Some(t) = next.by_token.get(&token_hash) {
+            if &*t.name != name {
+                return Err(Refused::bad("/token", "is another client's token"));
+            }
+        }
+        let previous = next.by_name.remove(name);
+        let created = previous.is_none();
+        let revoked = match &previous {
+            Some(p) if p.token_hash == token_hash => p.client.revoked.clone(),
+            _ => CancellationToken::new(),
+        };
+        let client = Arc::new(Client::registered(
+            name,
+            Token::Hash(token_hash),
+            profile,
+            revoked,
+        ));
+        if let Some(p) = &previous {
+            next.by_token.remove(&p.token_hash);
+        }
+        next.by_token.insert(token_hash, client.clone());
+        next.by_name.insert(
+            Arc::from(name),
+            Registration {
+                client,
+                body: Arc::new(body),
+                token_hash,
+                expires_at,
+            },
+        );
+        self.state.store(Arc::new(next));
+        if let Some(p) = previous.filter(|p| p.token_hash != token_hash) {
+            p.client.revoked.cancel();
+        }
+        log::info!("client `{name}` registered");
+        Ok(Registered1 {
+            created,
+            token: generated.then(|| String::from_utf8_lossy(&token).into_owned()),
+            expires_at,
+        })
+    }
+
+    /// Revokes client `name` now: new requests get `407`, its live connections close.
+    /// `false` when there is no such runtime client.
+    pub fn delete(&self, name: &str, why: &str) -> bool {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Registered::clone(&self.state.load());
+        let Some(gone) = next.by_name.remove(name) else {
+            return false;
+        };
+        next.by_token.remove(&gone.token_hash);
+        self.state.store(Arc::new(next));
+        gone.client.revoked.cancel();
+        log::info!("client `{name}` revoked ({why})");
+        true
+    }
+
+    /// Revokes every registration whose expiry is at or before `now`; returns how many.
+    pub fn expire(&self, now: SystemTime) -> usize {
+        let due: Vec<Arc<str>> = self
+            .state
+            .load()
+            .by_name
+            .iter()
+            .filter(|(_, r)| r.expires_at.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        due.iter().filter(|n| self.delete(n, "expired")).count()
+    }
+
+    /// The client presenting `presented`, if a registration has its token.
+    pub fn authenticate(&self, presented: &Presented) -> Option<Arc<Client>> {
+        let hash = openssl::sha::sha256(&presented.token);
+        let state = self.state.load();
+        let client = state.by_token.get(&hash)?;
+        presented
+            .name
+            .as_deref()
+            .is_none_or(|n| n == &*client.name)
+            .then(|| client.clone())
+    }
+
+    /// The registered client named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Client>> {
+        self.state
+            .load()
+            .by_name
+            .get(name)
+            .map(|r| r.client.clone())
+    }
+
+    /// Every registration, by name: its sections as `GET` shows them and its expiry.
+    pub fn list(&self) -> Vec<(Arc<str>, Value, Option<SystemTime>)> {
+        self.state
+            .load()
+            .by_name
+            .iter()
+            .map(|(n, r)| (n.clone(), redacted(&r.body), r.expires_at))
+            .collect()
+    }
+
+    /// How many clients are registered.
+    pub fn len(&self) -> usize {
+        self.state.load().by_name.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// After a reload: every registration compiled again over the new top level. One that no
+    /// longer compiles keeps its previous profile, and the log says why.
+    pub fn recompile(&self, snap: &Snapshot) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Registered::clone(&self.state.load());
+        for (name, reg) in next.by_name.iter_mut() {
+            match compile(name, &reg.body, snap) {
+                Ok(profile) => {
+                    let client = Arc::new(Client::registered(
+                        name,
+                        Token::Hash(reg.token_hash),
+                        profile,
+                        reg.client.revoked.clone(),
+                    ));
+                    next.by_token.insert(reg.token_hash, client.clone());
+                    reg.client = client;
+                }
+                Err(e) => log::warn!(
+                    "client `{name}` keeps its previous policy: after the reload {} {}",
+                    e.pointer.unwrap_or_default(),
+                    e.message
+                ),
+            }
+        }
+        self.state.store(Arc::new(next));
+    }
+
+    /// The profiles of the registered clients (their correlation sections are kept across
+    /// reloads).
+    pub fn profiles(&self) -> Vec<Arc<crate::profile::Profile>> {
+        self.state
+            .load()
+            .by_name
+            .values()
+            .map(|r| r.client.profile.clone())
+            .collect()
+    }
+}
+
+/// How often the server looks for expired registrations ([`Registry::expire`]).
+pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_lowercase_tokens() {
+        assert!(valid_name("run-42.a_b"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Run"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"a".repeat(65)));
+        assert!(valid_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn keys_become_json_pointers() {
+        assert_eq!(pointer_of("network.allow[0]"), "/network/allow/0");
+        assert_eq!(pointer_of("llm[1].deny_tools[2]"), "/llm/1/deny_tools/2");
+        assert_eq!(
+            pointer_of("correlation.session_header"),
+            "/correlation/session_header"
+        );
+        assert_eq!(pointer_of(""), "");
+    }
+
+    #[test]
+    fn the_shown_body_has_no_token_and_no_static_value() {
+        let body = serde_json::json!({
+            "token": "t0ps3cret-token-value",
+            "credentials": [
+                {"host": "a.test", "source": {"type": "static", "value": "s3cret"}},
+                {"host": "b.test", "source": {"type": "env", "var": "B"}}
+            ]
+        });
+        let shown = redacted(&body).to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("\"type\":\"static\""), "{shown}");
+        assert!(shown.contains("\"var\":\"B\""), "{shown}");
+    }
+}

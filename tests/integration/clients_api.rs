@@ -1,0 +1,530 @@
+//! The clients API on the admin listener: registering, listing, replacing and revoking
+//! clients at runtime, over real sockets, and real proxy clients using the tokens it gives.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+const ADMIN_TOKEN: &str = "admin-token-3c1f9e";
+const CANARY: &str = "registered-secret-8d2a71";
+
+/// warden with the clients API on (`admin.token`), `extra` appended.
+async fn api_warden(extra: &str) -> TestWarden {
+    TestWarden::start_file(&default_yaml(
+        "all",
+        "",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\n  token: {{ type: static, value: {ADMIN_TOKEN} }}\n{extra}"
+        ),
+    ))
+    .await
+}
+
+fn admin_url(w: &TestWarden, path: &str) -> String {
+    let addr = w.running.as_ref().unwrap().admin_addr().unwrap();
+    format!("http://{addr}{path}")
+}
+
+fn admin() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// `method path` with the admin token and `body`; the status and the JSON answer.
+async fn call(w: &TestWarden, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
+    let mut req = admin()
+        .request(method.parse().unwrap(), admin_url(w, path))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn put(w: &TestWarden, name: &str, body: Value) -> (u16, Value) {
+    call(
+        w,
+        "PUT",
+        &format!("/v1/clients/{name}"),
+        Some(body.to_string()),
+    )
+    .await
+}
+
+/// A reqwest client using warden with `name:token`.
+fn as_client(w: &TestWarden, name: &str, token: &str) -> reqwest::Client {
+    with_proxy(
+        w,
+        reqwest::Proxy::all(w.proxy_url())
+            .unwrap()
+            .basic_auth(name, token),
+    )
+}
+
+/// A reqwest client using `proxy` and trusting warden's CA only.
+fn with_proxy(w: &TestWarden, proxy: reqwest::Proxy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(proxy)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(w.ca_pem.as_bytes()).unwrap())
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// A client's own network section: only `host` (plus the test names' resolution).
+fn only(host: &str) -> Value {
+    json!({
+        "policy": "strict",
+        "allow": [host],
+        "allow_cidrs": ["127.0.0.0/8"],
+        "resolve": { "a.test": "127.0.0.1", "b.test": "127.0.0.1" }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admin_token_the_api_is_404_and_with_a_wrong_one_401() {
+    let w = TestWarden::start(&default_yaml("all", "", "admin:\n  listen: 127.0.0.1:0\n")).await;
+    let r = admin()
+        .get(admin_url(&w, "/v1/clients"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        admin()
+            .get(admin_url(&w, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let w = api_warden("").await;
+    for auth in [None, Some("Bearer wrong-token"), Some("Basic YTpi")] {
+        let mut req = admin().get(admin_url(&w, "/v1/clients"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    let m = w.scrape().await;
+    assert_eq!(
+        metric_value(&m, "warden_admin_requests_total{result=\"unauthorized\"}"),
+        Some(3.0)
+    );
+    let logs = all_log_lines().join("\n");
+    assert!(!logs.contains("wrong-token"), "the token is never logged");
+    // /metrics and the health checks need no token.
+    assert_eq!(
+        admin()
+            .get(admin_url(&w, "/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_client_gets_a_token_once_and_its_own_policy() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = api_warden("").await;
+    let (status, body) = put(
+        &w,
+        "run-1",
+        json!({
+            "network": only(&format!("a.test:{port}")),
+            "credentials": [{
+                "host": format!("a.test:{port}"),
+                "source": { "type": "static", "value": CANARY }
+            }]
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64, "256 bits, hex");
+    // The listing never gives the token or a secret value back.
+    let (status, list) = call(&w, "GET", "/v1/clients", None).await;
+    assert_eq!(status, 200);
+    let shown = list.to_string();
+    assert!(
+        !shown.contains(&token) && !shown.contains(CANARY),
+        "{shown}"
+    );
+    assert_eq!(list["clients"][0]["name"], "run-1");
+    assert_eq!(
+        list["clients"][0]["credentials"][0]["source"]["type"],
+        "static"
+    );
+    let (status, one) = call(&w, "GET", "/v1/clients/run-1", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(one["network"]["policy"], "strict");
+
+    // The token works through the proxy, with the client's policy and credential.
+    let client = as_client(&w, "run-1", &token);
+    let r = client
+        .get(format!("https://a.test:{port}/echo"))
+        .header("x-request-id", "api-run-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        origin.seen()[0].header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str())
+    );
+    let line = log_for("api-run-1").await;
+    assert_eq!(line["client"], "run-1");
+    assert!(!line.to_string().contains(CANARY));
+    // Bearer works too; b.test is outside its allow list.
+    let bearer = with_proxy(
+        &w,
+        reqwest::Proxy::all(w.proxy_url())
+            .unwrap()
+            .custom_http_auth(format!("Bearer {token}").parse().unwrap()),
+    );
+    let denied = bearer
+        .get(format!("https://b.test:{port}/echo"))
+        .send()
+        .await;
+    assert!(denied.is_err(), "b.test is refused at the CONNECT");
+    // With the API on, every request must authenticate.
+    let anonymous = w
+        .client()
+        .get(format!("https://a.test:{port}/echo"))
+        .send()
+        .await;
+    assert!(anonymous.is_err());
+    let m = w.scrape().await;
+    assert_eq!(metric_value(&m, "warden_clients_registered"), Some(1.0));
+    assert!(!m.contains(&token) && !m.contains(CANARY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_token_a_replacement_and_file_names() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let file_client = "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - { name: from-file, token: { type: static, value: file-token-0123456789 } }\n";
+    let yaml = default_yaml(
+        "all",
+        "",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\n  token: {{ type: static, value: {ADMIN_TOKEN} }}\n"
+        ),
+    )
+    .replace("proxy:\n  listen: 127.0.0.1:0\n", file_client);
+    let w = TestWarden::start(&yaml).await;
+    let token = "chosen-token-0123456789abcdef";
+    let (status, body) = put(
+        &w,
+        "run-2",
+        json!({ "token": token, "network": only(&format!("a.test:{port}")) }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body.get("token").is_none(), "a chosen token is not echoed");
+    // One tunnel, kept open across the replacement.
+    let mut tunnel = {
+        let auth = openssl::base64::encode_block(format!("run-2:{token}").as_bytes());
+        let tcp = w
+            .connect_with(
+                &format!("a.test:{port}"),
+                &format!("Proxy-Authorization: Basic {auth}\r\n"),
+            )
+            .await;
+        tls_connect(tcp, "a.test", &w.ca_pem).await
+    };
+    let get = format!("GET /echo HTTP/1.1\r\nHost: a.test:{port}\r\n\r\n");
+    tunnel.write_all(get.as_bytes()).await.unwrap();
+    assert!(read_response(&mut tunnel)
+        .await
+        .0
+        .starts_with("HTTP/1.1 200"));
+    // Replaced with the same token and a header rule: the open tunnel keeps serving, under
+    // the new policy.
+    let (status, _) = put(
+        &w,
+        "run-2",
+        json!({
+            "token": token,
+            "network": only(&format!("a.test:{port}")),
+            "headers": [{ "host": format!("a.test:{port}"), "set": { "x-policy": "v2" } }]
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "a replacement");
+    tunnel.write_all(get.as_bytes()).await.unwrap();
+    assert!(read_response(&mut tunnel)
+        .await
+        .0
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(origin.seen().last().unwrap().header("x-policy"), Some("v2"));
+    // A file client's name cannot be registered or deleted.
+    let (status, body) = put(&w, "from-file", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = call(&w, "DELETE", "/v1/clients/from-file", None).await;
+    assert_eq!(status, 409);
+    // Another client's token is refused.
+    let (status, body) = put(&w, "run-3", json!({ "token": token })).await;
+    assert_eq!((status, body["pointer"].as_str()), (400, Some("/token")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_registrations_get_a_clear_4xx_and_change_nothing() {
+    let w = api_warden("").await;
+    let (status, _) = put(&w, "keep", json!({})).await;
+    assert_eq!(status, 201);
+    let before = call(&w, "GET", "/v1/clients", None).await.1;
+    let long = "x".repeat(65);
+    let cases: Vec<(&str, String, u16, Option<&str>, &str)> = vec![
+        ("ok-name", "{not json".into(), 400, Some(""), "not JSON"),
+        ("ok-name", "[1]".into(), 400, Some(""), "object"),
+        (
+            "ok-name",
+            json!({"nosuch": 1}).to_string(),
+            400,
+            Some("/nosuch"),
+            "unknown field `nosuch`",
+        ),
+        (
+            "ok-name",
+            json!({"network": {"policy": "sometimes"}}).to_string(),
+            400,
+            Some("/network/policy"),
+            "unknown variant",
+        ),
+        (
+            "ok-name",
+            json!({"network": {"rules": ["allow GET a.test"]}}).to_string(),
+            400,
+            Some("/network/rules/0"),
+            "",
+        ),
+        (
+            "ok-name",
+            json!({"llm": [{"host": "a.test", "provider": "openai", "deny_tools": ["["]}]})
+                .to_string(),
+            400,
+            Some("/llm/0/deny_tools/0"),
+            "",
+        ),
+        (
+            "ok-name",
+            json!({"token": "short"}).to_string(),
+            400,
+            Some("/token"),
+            "16 to 4096",
+        ),
+        (
+            "ok-name",
+            json!({"expires_in": "2h", "expires_at": "2030-01-01T00:00:00Z"}).to_string(),
+            400,
+            Some("/expires_at"),
+            "not both",
+        ),
+        (
+            "ok-name",
+            json!({"expires_in": "soon"}).to_string(),
+            400,
+            Some("/expires_in"),
+            "duration",
+        ),
+        (
+            "ok-name",
+            json!({"expires_at": "2001-01-01T00:00:00Z"}).to_string(),
+            400,
+            Some("/expires_at"),
+            "future",
+        ),
+        (
+            "ok-name",
+            json!({"name": "other"}).to_string(),
+            400,
+            Some("/name"),
+            "URL",
+        ),
+        ("Bad-Name", "{}".into(), 400, None, "a-z"),
+        (&long, "{}".into(), 400, None, "a-z"),
+    ];
+    for (name, body, status, pointer, message) in cases {
+        let (got, answer) = call(
+            &w,
+            "PUT",
+            &format!("/v1/clients/{name}"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["pointer"].as_str(), pointer, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(message),
+            "{body}: {answer}"
+        );
+    }
+    // The message is the one `warden check` gives for the same entry in the file.
+    let llm = json!({"llm": [{"host": "a.test", "provider": "openai", "deny_tools": ["["]}]});
+    let (_, answer) = put(&w, "ok-name", llm).await;
+    let yaml = "version: 1\nproxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - name: c\n        token: { type: static, value: t }\n        llm: [{ host: a.test, provider: openai, deny_tools: ['['] }]\n";
+    let file_errors = warden::Config::parse(yaml, w.dir.path())
+        .unwrap()
+        .compile(warden::CompileOptions { create_ca: false })
+        .unwrap_err();
+    let file_message = file_errors
+        .iter()
+        .find(|e| e.key.as_deref() == Some("proxy.auth.clients[0].llm[0].deny_tools[0]"))
+        .map(|e| e.message.clone())
+        .unwrap();
+    assert_eq!(answer["error"], file_message);
+    // Too large a body, methods and paths.
+    let big = format!("{{\"x\":\"{}\"}}", "a".repeat(1024 * 1024 + 1));
+    let (status, _) = call(&w, "PUT", "/v1/clients/big", Some(big)).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        call(&w, "POST", "/v1/clients/keep", Some("{}".into()))
+            .await
+            .0,
+        405
+    );
+    assert_eq!(
+        call(&w, "PUT", "/v1/clients", Some("{}".into())).await.0,
+        405
+    );
+    assert_eq!(call(&w, "GET", "/v1/clients/nosuch", None).await.0, 404);
+    assert_eq!(call(&w, "DELETE", "/v1/clients/nosuch", None).await.0, 404);
+    assert_eq!(
+        call(&w, "GET", "/v1/clients", None).await.1,
+        before,
+        "nothing changed"
+    );
+    let m = w.scrape().await;
+    assert!(metric_value(&m, "warden_admin_requests_total{result=\"refused\"}") >= Some(18.0));
+}
+
+/// Polls `f` until it is true, within `WAIT`.
+async fn eventually(mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_revokes_at_once_and_closes_live_tunnels() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = api_warden("").await;
+    let (_, body) = put(&w, "run-4", json!({})).await;
+    let token = body["token"].as_str().unwrap().to_string();
+    let auth = openssl::base64::encode_block(format!("run-4:{token}").as_bytes());
+    let header = format!("Proxy-Authorization: Basic {auth}\r\n");
+    // An intercepted tunnel in use.
+    let tcp = w.connect_with(&format!("a.test:{port}"), &header).await;
+    let mut tunnel = tls_connect(tcp, "a.test", &w.ca_pem).await;
+    let get = format!("GET /echo HTTP/1.1\r\nHost: a.test:{port}\r\n\r\n");
+    tunnel.write_all(get.as_bytes()).await.unwrap();
+    assert!(read_response(&mut tunnel)
+        .await
+        .0
+        .starts_with("HTTP/1.1 200"));
+    let deleted_at = Instant::now();
+    let (status, _) = call(&w, "DELETE", "/v1/clients/run-4", None).await;
+    assert_eq!(status, 204);
+    // The tunnel closes within a second.
+    assert_closed(&mut tunnel).await;
+    assert!(
+        deleted_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        deleted_at.elapsed()
+    );
+    let line = wait_log(|v| v["reason"] == "client_revoked" && v["client"] == "run-4").await;
+    assert_eq!(line["kind"], "connect");
+    // New CONNECTs are refused.
+    let mut s = w.tcp().await;
+    s.write_all(
+        format!("CONNECT a.test:{port} HTTP/1.1\r\nHost: a.test:{port}\r\n{header}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert_refusal(&head, &body, 407, "auth_invalid");
+    assert_eq!(
+        call(&w, "GET", "/v1/clients", None).await.1["clients"],
+        json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_expires_by_itself() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let w = api_warden("").await;
+    let (status, body) = put(&w, "short-lived", json!({ "expires_in": "1s" })).await;
+    assert_eq!(status, 201);
+    assert!(body["expires_at"].is_string());
+    let token = body["token"].as_str().unwrap().to_string();
+    let client = as_client(&w, "short-lived", &token);
+    let r = client
+        .get(format!("https://a.test:{port}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(async || call(&w, "GET", "/v1/clients/short-lived", None).await.0 == 404).await;
+    let after = as_client(&w, "short-lived", &token)
+        .get(format!("https://a.test:{port}/echo"))
+        .send()
+        .await;
+    assert!(
+        after.is_err(),
+        "an expired client is refused at the CONNECT"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_registered_clients_and_they_inherit_the_new_top_level() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let yaml = |extra: &str| {
+        default_yaml(
+            "all",
+            "",
+            &format!(
+                "admin:\n  listen: 127.0.0.1:0\n  token: {{ type: static, value: {ADMIN_TOKEN} }}\n{extra}"
+            ),
+        )
+    };
+    let w = TestWarden::start_file(&yaml("")).await;
+    let (_, body) = put(&w, "run-5", json!({})).await;
+    let token = body["token"].as_str().unwrap().to_string();
+    let headers = format!("headers:\n  - host: a.test:{port}\n    set: {{ x-top: reloaded }}\n");
+    w.reload(&yaml(&headers)).unwrap();
+    let r = as_client(&w, "run-5", &token)
+        .get(format!("https://a.test:{port}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(origin.seen()[0].header("x-top"), Some("reloaded"));
+    assert_eq!(
+        call(&w, "GET", "/v1/clients", None).await.1["clients"][0]["name"],
+        "run-5"
+    );
+}
