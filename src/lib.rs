@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_client;
 pub mod admission;
 pub mod auth;
 pub mod compile_error;

@@ -48,6 +48,43 @@ enum Command {
         #[arg(short, long, default_value = "conf/warden.yaml")]
         config: PathBuf,
     },
+    /// Register, show, list and remove runtime clients through the clients API (the admin
+    /// listener, `admin.token` and `admin.tls` are read from the config file).
+    Client {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/warden.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientAction {
+    /// Create or replace a client; prints its generated token once.
+    Add {
+        /// The client name ([a-z0-9._-]{1,64}).
+        name: String,
+        /// The client's sections as JSON (the per-client YAML schema), or @FILE, or - for
+        /// standard input. Default: no sections of its own.
+        #[arg(long, default_value = "{}")]
+        json: String,
+        /// Revoke it after this long ("2h").
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Show one client.
+    Get {
+        /// The client name.
+        name: String,
+    },
+    /// List the registered clients.
+    List,
+    /// Revoke a client now.
+    Remove {
+        /// The client name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +93,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config, strict } => check(&config, strict),
         Command::Ca { config } => ca(&config),
+        Command::Client { config, action } => client(&config, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +138,61 @@ fn check(path: &Path, strict: bool) -> anyhow::Result<()> {
     match findings.warnings.len() {
         0 => println!("{}: ok", path.display()),
         n => println!("{}: ok, {}", path.display(), count(n, "warning")),
+    }
+    Ok(())
+}
+
+fn client(path: &Path, action: ClientAction) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let target = warden::admin_client::Target::from_config(&cfg)?;
+    let named = match &action {
+        ClientAction::Add { name, .. }
+        | ClientAction::Get { name }
+        | ClientAction::Remove { name } => Some(name.as_str()),
+        ClientAction::List => None,
+    };
+    if let Some(name) = named.filter(|n| !warden::registry::valid_name(n)) {
+        anyhow::bail!("`{name}`: a client name is 1 to 64 of a-z, 0-9, '.', '_' and '-'");
+    }
+    let (method, url, body) = match action {
+        ClientAction::Add {
+            name,
+            json,
+            expires_in,
+        } => {
+            let text = match json.as_str() {
+                "-" => std::io::read_to_string(std::io::stdin())?,
+                j => match j.strip_prefix('@') {
+                    Some(file) => {
+                        std::fs::read_to_string(file).with_context(|| file.to_string())?
+                    }
+                    None => j.to_string(),
+                },
+            };
+            let mut body: serde_json::Value =
+                serde_json::from_str(&text).context("--json is not JSON")?;
+            if let (Some(d), Some(map)) = (expires_in, body.as_object_mut()) {
+                map.insert("expires_in".into(), serde_json::Value::String(d));
+            }
+            (
+                "PUT",
+                format!("/v1/clients/{name}"),
+                Some(body.to_string().into_bytes()),
+            )
+        }
+        ClientAction::Get { name } => ("GET", format!("/v1/clients/{name}"), None),
+        ClientAction::List => ("GET", "/v1/clients".to_string(), None),
+        ClientAction::Remove { name } => ("DELETE", format!("/v1/clients/{name}"), None),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, answer) = runtime.block_on(target.call(method, &url, body))?;
+    if !answer.trim().is_empty() {
+        println!("{}", answer.trim_end());
+    }
+    if !(200..300).contains(&status) {
+        anyhow::bail!("the clients API answered {status}");
     }
     Ok(())
 }

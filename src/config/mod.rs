@@ -1029,6 +1029,47 @@ network:
     }
 
     #[test]
+    fn the_clients_api_needs_a_listener_and_tls_beyond_loopback() {
+        let keys = |admin: &str| -> Vec<String> {
+            let text = format!("proxy:\n  listen: 127.0.0.1:0\nadmin:\n{admin}");
+            match parse(&text)
+                .unwrap()
+                .compile(CompileOptions { create_ca: false })
+            {
+                Ok(_) => Vec::new(),
+                Err(e) => e
+                    .iter()
+                    .filter_map(|e| e.key.clone())
+                    .filter(|k| k.starts_with("admin"))
+                    .collect(),
+            }
+        };
+        let token = "  token: { type: static, value: t }\n";
+        assert_eq!(keys(token), ["admin.token"], "no listener");
+        assert_eq!(
+            keys(&format!("  listen: 0.0.0.0:9090\n{token}")),
+            ["admin.listen"],
+            "beyond loopback without tls"
+        );
+        assert!(keys(&format!(
+            "  listen: 0.0.0.0:9090\n{token}  allow_plaintext: true\n"
+        ))
+        .is_empty());
+        assert!(keys(&format!(
+            "  listen: 0.0.0.0:9090\n{token}  tls: {{ cert: a.crt, key: a.key }}\n"
+        ))
+        .is_empty());
+        assert!(keys(&format!("  listen: 127.0.0.1:9090\n{token}")).is_empty());
+        assert_eq!(
+            keys("  listen: 127.0.0.1:9090\n  token: { type: env, var: WARDEN_TEST_NO_ADMIN_TOKEN }\n"),
+            ["admin.token"],
+            "unreadable"
+        );
+        // Without a token, a wildcard admin listener is fine (health and metrics only).
+        assert!(keys("  listen: 0.0.0.0:9090\n").is_empty());
+    }
+
+    #[test]
     fn http2_bounds_must_be_usable() {
         let text = "\
 proxy:

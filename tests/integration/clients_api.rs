@@ -528,3 +528,97 @@ async fn a_reload_keeps_registered_clients_and_they_inherit_the_new_top_level() 
         "run-5"
     );
 }
+
+/// `warden client ARGS -c FILE` as a child process: (exit code, stdout, stderr).
+async fn cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("client")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_lists_gets_and_removes_over_an_admin_listener_on_tls() {
+    let cert = origin_ca().issue(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("admin.crt"), dir.path().join("admin.key"));
+    // The chain file carries the CA, which the CLI trusts as the listener's root.
+    std::fs::write(&cert_path, format!("{}{}", cert.cert_pem, origin_ca().pem)).unwrap();
+    std::fs::write(&key_path, &cert.key_pem).unwrap();
+    let admin = |listen: &str| {
+        format!(
+            "admin:\n  listen: {listen}\n  token: {{ type: static, value: {ADMIN_TOKEN} }}\n  tls: {{ cert: {}, key: {} }}\n",
+            cert_path.display(),
+            key_path.display()
+        )
+    };
+    let w = TestWarden::start(&default_yaml("all", "", &admin("127.0.0.1:0"))).await;
+    let bound = w.running.as_ref().unwrap().admin_addr().unwrap();
+    // The CLI reads the same config, with the address warden bound.
+    let config = w.dir.path().join("cli.yaml");
+    std::fs::write(
+        &config,
+        fill(&default_yaml("all", "", &admin(&bound.to_string())), &w.dir),
+    )
+    .unwrap();
+    // Plain HTTP to a TLS listener gets nowhere.
+    assert!(admin_plain_fails(bound).await);
+
+    let (code, out, err) = cli(
+        &config,
+        &[
+            "add",
+            "cli-run",
+            "--json",
+            "{\"network\":{\"policy\":\"strict\"}}",
+            "--expires-in",
+            "1h",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    let token = added["token"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(added["expires_at"].is_string());
+    let (code, out, _) = cli(&config, &["list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("cli-run") && !out.contains(token), "{out}");
+    let (code, out, _) = cli(&config, &["get", "cli-run"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["network"]["policy"],
+        "strict"
+    );
+    let (code, _, _) = cli(&config, &["remove", "cli-run"]).await;
+    assert_eq!(code, Some(0));
+    // A refusal is printed and fails the command.
+    let (code, out, err) = cli(&config, &["get", "cli-run"]).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains("no registered client"), "{out}");
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = cli(&config, &["add", "Bad Name"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("a-z"), "{err}");
+    let (code, out, err) = cli(&config, &["add", "ok", "--json", "{\"nosuch\":1}"]).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains("/nosuch") && err.contains("400"), "{out}{err}");
+}
+
+/// Whether a plain-HTTP request to `addr` fails (the listener speaks TLS).
+async fn admin_plain_fails(addr: std::net::SocketAddr) -> bool {
+    admin()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+}
