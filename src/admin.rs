@@ -118,10 +118,10 @@ impl Admin {
                 error(405, "name the client: /v1/clients/{name}")
             }
             (Method::PUT, name) => match read_body(session).await {
-                Ok(body) => self.put(name, &body),
+                Ok(body) => self.put(name, &body).await,
                 Err(a) => a,
             },
-            (Method::DELETE, name) => self.delete(name),
+            (Method::DELETE, name) => self.delete(name).await,
             _ => error(405, "use GET, PUT or DELETE"),
         };
         let result = if a.status().is_success() {
@@ -159,9 +159,9 @@ impl Admin {
         }
     }
 
-    fn put(&self, name: &str, body: &[u8]) -> Answer {
+    async fn put(&self, name: &str, body: &[u8]) -> Answer {
         let snap = self.shared.snapshot.load_full();
-        match self.shared.runtime.registry.put(name, body, &snap) {
+        match self.shared.runtime.registry.put(name, body, &snap).await {
             Ok(done) => {
                 let mut out = json!({ "name": name, "expires_at": rfc3339(done.expires_at) });
                 if let Some(token) = done.token {
@@ -174,23 +174,19 @@ impl Admin {
         }
     }
 
-    fn delete(&self, name: &str) -> Answer {
-        let snap = self.shared.snapshot.load();
+    async fn delete(&self, name: &str) -> Answer {
+        let snap = self.shared.snapshot.load_full();
         if snap.auth.as_ref().is_some_and(|a| a.get(name).is_some()) {
             return error(
                 409,
                 &format!("client `{name}` is defined in the config file; remove it there"),
             );
         }
-        if self
-            .shared
-            .runtime
-            .registry
-            .delete(name, "deleted through the API")
-        {
-            answer(204, "application/json", Vec::new())
-        } else {
-            error(404, &format!("no registered client `{name}`"))
+        let registry = &self.shared.runtime.registry;
+        match registry.delete(name, "deleted through the API").await {
+            Ok(true) => answer(204, "application/json", Vec::new()),
+            Ok(false) => error(404, &format!("no registered client `{name}`")),
+            Err(e) => error(503, &format!("{e}; the client is unchanged")),
         }
     }
 }

@@ -50,6 +50,7 @@ pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod substitution;
 pub mod target;
 pub mod telemetry;

@@ -10,10 +10,11 @@
 use crate::auth::{Client, ClientConfig, Presented, Token};
 use crate::compile_error::CompileError;
 use crate::config::Snapshot;
+use crate::store::{Sealer, Store, StoredClient};
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -39,11 +40,20 @@ struct Registered {
     by_name: BTreeMap<Arc<str>, Registration>,
 }
 
-/// The runtime clients. Reads are lock-free snapshots; writes are serialised.
+/// The runtime clients. Reads are lock-free snapshots; writes are serialised, and each is
+/// written to the store before it takes effect.
 #[derive(Debug, Default)]
 pub struct Registry {
     state: ArcSwap<Registered>,
-    write: Mutex<()>,
+    write: tokio::sync::Mutex<()>,
+    backing: arc_swap::ArcSwapOption<Backing>,
+}
+
+/// Where registrations are written, and how their secrets are sealed there.
+#[derive(Debug)]
+struct Backing {
+    store: Arc<dyn Store>,
+    sealer: Option<Arc<Sealer>>,
 }
 
 /// Why a registration was refused: the HTTP status, the JSON pointer of the bad field (when
@@ -231,7 +241,12 @@ impl Registry {
     /// Creates or replaces client `name` from a JSON `body`, compiled over `snap`. A name in
     /// the file is `409`; any bad field is `400` with its pointer. Replacing a client with a
     /// new token closes the old token's connections; with the same token they stay.
-    pub fn put(&self, name: &str, body: &[u8], snap: &Snapshot) -> Result<Registered1, Refused> {
+    pub async fn put(
+        &self,
+        name: &str,
+        body: &[u8],
+        snap: &Snapshot,
+    ) -> Result<Registered1, Refused> {
         if !valid_name(name) {
             return Err(Refused::new(
                 400,
@@ -265,15 +280,20 @@ impl Registry {
         let body = Value::Object(fields);
         let profile = compile(name, &body, snap)?;
         let token_hash = openssl::sha::sha256(&token);
+        let stored = self.stored(name, &body, &token_hash, expires_at)?;
 
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Registered::clone(&self.state.load());
-        if let Some(t) = next.by_token.get(&token_hash) {
+        let _guard = self.write.lock().await;
+        let current = self.state.load_full();
+        if let Some(t) = current.by_token.get(&token_hash) {
             if &*t.name != name {
                 return Err(Refused::bad("/token", "is another client's token"));
             }
         }
-        let previous = next.by_name.remove(name);
+        self.store()
+            .put(&stored)
+            .await
+            .map_err(|e| Refused::new(503, None, e.to_string()))?;
+        let previous = current.by_name.get(name).cloned();
         let created = previous.is_none();
         let revoked = match &previous {
             Some(p) if p.token_hash == token_hash => p.client.revoked.clone(),
@@ -285,20 +305,13 @@ impl Registry {
             profile,
             revoked,
         ));
-        if let Some(p) = &previous {
-            next.by_token.remove(&p.token_hash);
-        }
-        next.by_token.insert(token_hash, client.clone());
-        next.by_name.insert(
-            Arc::from(name),
-            Registration {
-                client,
-                body: Arc::new(body),
-                token_hash,
-                expires_at,
-            },
-        );
-        self.state.store(Arc::new(next));
+        let registration = Registration {
+            client,
+            body: Arc::new(body),
+            token_hash,
+            expires_at,
+        };
+        self.publish(name, Some(registration));
         if let Some(p) = previous.filter(|p| p.token_hash != token_hash) {
             p.client.revoked.cancel();
         }
@@ -310,23 +323,150 @@ impl Registry {
         })
     }
 
-    /// Revokes client `name` now: new requests get `407`, its live connections close.
-    /// `false` when there is no such runtime client.
-    pub fn delete(&self, name: &str, why: &str) -> bool {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Registered::clone(&self.state.load());
-        let Some(gone) = next.by_name.remove(name) else {
-            return false;
+    /// The store registrations are written to (`memory` until [`Registry::attach`]).
+    fn store(&self) -> Arc<dyn Store> {
+        self.backing.load().as_ref().map_or_else(
+            || Arc::new(crate::store::Memory) as Arc<dyn Store>,
+            |b| b.store.clone(),
+        )
+    }
+
+    /// What the store keeps for a registration: secret values sealed; refused when the store
+    /// persists and there is no key to seal them with.
+    fn stored(
+        &self,
+        name: &str,
+        body: &Value,
+        token_hash: &[u8; 32],
+        expires_at: Option<SystemTime>,
+    ) -> Result<StoredClient, Refused> {
+        let backing = self.backing.load();
+        let persists = backing.as_ref().is_some_and(|b| b.store.persists());
+        let sealer = backing.as_ref().and_then(|b| b.sealer.clone());
+        let body = match (&sealer, persists) {
+            (Some(sealer), true) => crate::store::transform(body, name, sealer, true)
+                .map_err(|e| Refused::new(500, None, e.to_string()))?,
+            (None, true) if crate::store::has_static_value(body) => {
+                return Err(Refused::bad(
+                    "",
+                    "a static secret value needs state.encryption_key to be kept by this state backend; use an env, file or process source, or set the key",
+                ))
+            }
+            _ => body.clone(),
         };
-        next.by_token.remove(&gone.token_hash);
-        self.state.store(Arc::new(next));
+        Ok(StoredClient {
+            name: name.to_string(),
+            token_hash: token_hash.iter().map(|b| format!("{b:02x}")).collect(),
+            body,
+            expires_at: expires_at.and_then(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs())
+            }),
+        })
+    }
+
+    /// Puts (`Some`) or removes (`None`) one registration in the in-memory maps, atomically
+    /// against a concurrent reload's recompilation.
+    fn publish(&self, name: &str, registration: Option<Registration>) {
+        self.state.rcu(|current| {
+            let mut next = Registered::clone(current);
+            if let Some(old) = next.by_name.remove(name) {
+                next.by_token.remove(&old.token_hash);
+            }
+            if let Some(r) = &registration {
+                next.by_token.insert(r.token_hash, r.client.clone());
+                next.by_name.insert(Arc::from(name), r.clone());
+            }
+            next
+        });
+    }
+
+    /// Uses `store` from now on, and takes in every registration it holds, compiled over
+    /// `snap` (an expired one is removed, one that does not compile is skipped and logged).
+    pub async fn attach(
+        &self,
+        store: Arc<dyn Store>,
+        sealer: Option<Arc<Sealer>>,
+        snap: &Snapshot,
+    ) -> Result<usize, crate::store::StoreError> {
+        let stored = store.load().await?;
+        self.backing.store(Some(Arc::new(Backing {
+            store: store.clone(),
+            sealer: sealer.clone(),
+        })));
+        let now = SystemTime::now();
+        let mut loaded = 0;
+        for c in stored {
+            if c.expiry().is_some_and(|t| t <= now) {
+                store.delete(&c.name).await?;
+                continue;
+            }
+            match self.restore(&c, sealer.as_deref(), snap) {
+                Ok(r) => {
+                    self.publish(&c.name, Some(r));
+                    loaded += 1;
+                }
+                Err(why) => {
+                    log::warn!("state: the stored client `{}` is not loaded: {why}", c.name)
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// A stored registration made live again.
+    fn restore(
+        &self,
+        c: &StoredClient,
+        sealer: Option<&Sealer>,
+        snap: &Snapshot,
+    ) -> Result<Registration, String> {
+        let body = match sealer {
+            Some(s) => {
+                crate::store::transform(&c.body, &c.name, s, false).map_err(|e| e.to_string())?
+            }
+            None => c.body.clone(),
+        };
+        let mut token_hash = [0u8; 32];
+        if c.token_hash.len() != 64 {
+            return Err("its token hash is malformed".into());
+        }
+        for (i, byte) in token_hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&c.token_hash[2 * i..2 * i + 2], 16)
+                .map_err(|_| "its token hash is malformed".to_string())?;
+        }
+        let profile = compile(&c.name, &body, snap).map_err(|r| r.message)?;
+        Ok(Registration {
+            client: Arc::new(Client::registered(
+                &c.name,
+                Token::Hash(token_hash),
+                profile,
+                CancellationToken::new(),
+            )),
+            body: Arc::new(body),
+            token_hash,
+            expires_at: c.expiry(),
+        })
+    }
+
+    /// Revokes client `name` now: new requests get `407`, its live connections close.
+    /// `Ok(false)` when there is no such runtime client; an error when the store failed
+    /// (nothing changed).
+    pub async fn delete(&self, name: &str, why: &str) -> Result<bool, crate::store::StoreError> {
+        let _guard = self.write.lock().await;
+        let Some(gone) = self.state.load().by_name.get(name).cloned() else {
+            return Ok(false);
+        };
+        self.store().delete(name).await?;
+        self.publish(name, None);
         gone.client.revoked.cancel();
         log::info!("client `{name}` revoked ({why})");
-        true
+        Ok(true)
     }
 
     /// Revokes every registration whose expiry is at or before `now`; returns how many.
-    pub fn expire(&self, now: SystemTime) -> usize {
+    pub async fn expire(&self, now: SystemTime) -> usize {
         let due: Vec<Arc<str>> = self
             .state
             .load()
@@ -335,7 +475,15 @@ impl Registry {
             .filter(|(_, r)| r.expires_at.is_some_and(|t| t <= now))
             .map(|(n, _)| n.clone())
             .collect();
-        due.iter().filter(|n| self.delete(n, "expired")).count()
+        let mut revoked = 0;
+        for name in due {
+            match self.delete(&name, "expired").await {
+                Ok(true) => revoked += 1,
+                Ok(false) => {}
+                Err(e) => log::warn!("client `{name}` expired but is not revoked yet: {e}"),
+            }
+        }
+        revoked
     }
 
     /// The client presenting `presented`, if a registration has its token.
@@ -382,28 +530,34 @@ impl Registry {
     /// After a reload: every registration compiled again over the new top level. One that no
     /// longer compiles keeps its previous profile, and the log says why.
     pub fn recompile(&self, snap: &Snapshot) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Registered::clone(&self.state.load());
-        for (name, reg) in next.by_name.iter_mut() {
-            match compile(name, &reg.body, snap) {
-                Ok(profile) => {
-                    let client = Arc::new(Client::registered(
-                        name,
-                        Token::Hash(reg.token_hash),
-                        profile,
-                        reg.client.revoked.clone(),
-                    ));
-                    next.by_token.insert(reg.token_hash, client.clone());
-                    reg.client = client;
+        let mut failed = Vec::new();
+        self.state.rcu(|current| {
+            failed.clear();
+            let mut next = Registered::clone(current);
+            for (name, reg) in next.by_name.iter_mut() {
+                match compile(name, &reg.body, snap) {
+                    Ok(profile) => {
+                        let client = Arc::new(Client::registered(
+                            name,
+                            Token::Hash(reg.token_hash),
+                            profile,
+                            reg.client.revoked.clone(),
+                        ));
+                        next.by_token.insert(reg.token_hash, client.clone());
+                        reg.client = client;
+                    }
+                    Err(e) => failed.push((name.clone(), e)),
                 }
-                Err(e) => log::warn!(
-                    "client `{name}` keeps its previous policy: after the reload {} {}",
-                    e.pointer.unwrap_or_default(),
-                    e.message
-                ),
             }
+            next
+        });
+        for (name, e) in failed {
+            log::warn!(
+                "client `{name}` keeps its previous policy: after the reload {} {}",
+                e.pointer.unwrap_or_default(),
+                e.message
+            );
         }
-        self.state.store(Arc::new(next));
     }
 
     /// The profiles of the registered clients (their correlation sections are kept across

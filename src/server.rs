@@ -38,6 +38,9 @@ pub enum StartError {
     /// The TLS acceptor could not be built.
     #[error("cannot set up TLS interception: {0}")]
     Tls(#[from] openssl::error::ErrorStack),
+    /// The state store could not be opened or read.
+    #[error("state: {0}")]
+    State(#[from] crate::store::StoreError),
     /// `admin.tls` could not be loaded.
     #[error("admin.tls: cannot load {path}: {source}")]
     AdminTls {
@@ -91,6 +94,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         generation: std::sync::atomic::AtomicU64::new(1),
         connector: LlmConnector::default(),
     });
+    attach_state(&shared).await?;
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
@@ -176,6 +180,27 @@ fn admin_acceptor(t: &crate::config::AdminTls) -> Result<openssl::ssl::SslAccept
     Ok(b.build())
 }
 
+/// Opens `state`'s store and loads the clients registered in it.
+async fn attach_state(shared: &Shared) -> Result<(), StartError> {
+    let snap = shared.snapshot.load_full();
+    let st = &snap.state;
+    let store: Arc<dyn crate::store::Store> = match (st.backend, &st.path) {
+        (crate::store::Backend::Embedded, Some(path)) => {
+            Arc::new(crate::store::Embedded::open(path)?)
+        }
+        _ => Arc::new(crate::store::Memory),
+    };
+    let loaded = shared
+        .runtime
+        .registry
+        .attach(store, st.sealer.clone(), &snap)
+        .await?;
+    if loaded > 0 {
+        log::info!("state: {loaded} registered clients loaded");
+    }
+    Ok(())
+}
+
 /// Revokes registered clients as they expire, until shutdown.
 async fn expire_registrations(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -183,7 +208,11 @@ async fn expire_registrations(shared: Arc<Shared>, mut shutdown: watch::Receiver
             _ = tokio::time::sleep(crate::registry::SWEEP_EVERY) => {}
             _ = shutdown.changed() => return,
         }
-        shared.runtime.registry.expire(std::time::SystemTime::now());
+        shared
+            .runtime
+            .registry
+            .expire(std::time::SystemTime::now())
+            .await;
     }
 }
 

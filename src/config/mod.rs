@@ -69,6 +69,9 @@ pub struct FileConfig {
     /// Session id and sequence headers on matching requests.
     #[serde(default)]
     pub correlation: Option<CorrelationConfig>,
+    /// Where clients registered at runtime are kept.
+    #[serde(default)]
+    pub state: crate::store::StateConfig,
 }
 
 fn default_version() -> u32 {
@@ -112,6 +115,17 @@ pub struct AdminConfig {
     /// Allows the clients API beyond loopback without `tls`.
     #[serde(default)]
     pub allow_plaintext: bool,
+}
+
+/// The compiled `state` section.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// `state.backend`.
+    pub backend: crate::store::Backend,
+    /// `state.path`, resolved.
+    pub path: Option<PathBuf>,
+    /// Seals registered clients' secret values (`state.encryption_key`).
+    pub sealer: Option<Arc<crate::store::Sealer>>,
 }
 
 /// `admin.tls`: the admin listener's certificate chain and key (PEM).
@@ -235,6 +249,8 @@ pub struct Snapshot {
     pub admin_tls: Option<AdminTls>,
     /// The config file's folder: relative paths in registered clients resolve against it.
     pub base_dir: PathBuf,
+    /// `state`, compiled (read once at start: changing it needs a restart).
+    pub state: StateSettings,
     /// Interception decisions, the CA, leaf cache and upstream trust.
     pub tls: TlsPolicy,
     /// The clients, when `proxy.auth` is configured, each with its profile.
@@ -462,6 +478,7 @@ impl Config {
                 "listens beyond loopback without proxy.auth; configure clients, or set proxy.allow_unauthenticated: true",
             );
         }
+        let state = self.state_settings(&mut errors);
         let (profile, profile_errors) =
             crate::profile::compile_lenient(&self.sections(), None, "", &self.base_dir);
         errors.extend(profile_errors);
@@ -518,12 +535,41 @@ impl Config {
             admin_token,
             admin_tls,
             base_dir: self.base_dir.clone(),
+            state,
             tls,
             auth,
             profile,
             log: f.log.compile(),
             limits: f.limits.clone(),
         })
+    }
+
+    /// The `state` section: `embedded` needs a `path`; the key is read now.
+    fn state_settings(&self, errors: &mut CompileErrors) -> StateSettings {
+        let st = &self.file.state;
+        if st.backend == crate::store::Backend::Embedded && st.path.is_none() {
+            errors.push(CompileError::new(
+                "state.path".into(),
+                "is required with state.backend: embedded (the store file)".into(),
+            ));
+        }
+        let sealer = st.encryption_key.as_ref().and_then(|source| {
+            source
+                .read(&self.base_dir)
+                .map_err(|e| {
+                    errors.push(CompileError::new(
+                        "state.encryption_key".into(),
+                        e.to_string(),
+                    ))
+                })
+                .ok()
+                .map(|key| Arc::new(crate::store::Sealer::new(&key)))
+        });
+        StateSettings {
+            backend: st.backend,
+            path: st.path.as_ref().map(|p| self.resolve_path(p)),
+            sealer,
+        }
     }
 
     /// The top-level sections: the default profile, inherited by every client.

@@ -33,14 +33,14 @@ fn check(text: &str, extra: &[&str]) -> (Option<i32>, String) {
 }
 
 /// `warden run` as a child process, its stderr lines delivered as they are written.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Running {
-    fn start(file: &std::path::Path) -> Running {
+    pub(crate) fn start(file: &std::path::Path) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["run", "-c", file.to_str().unwrap()])
             .env_remove(UNSET)
@@ -66,7 +66,7 @@ impl Running {
     }
 
     /// Waits (bounded) for a line containing `text`; every line read is kept in `seen`.
-    fn wait_for(&mut self, text: &str) -> String {
+    pub(crate) fn wait_for(&mut self, text: &str) -> String {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

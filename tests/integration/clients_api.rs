@@ -622,3 +622,167 @@ async fn admin_plain_fails(addr: std::net::SocketAddr) -> bool {
         .await
         .map_or(true, |r| !r.status().is_success())
 }
+
+/// warden with `state.backend: embedded` in `dir`, `extra` appended.
+fn embedded_yaml(dir: &std::path::Path, key: bool, admin_listen: &str) -> String {
+    let key = if key {
+        "  encryption_key: { type: static, value: state-key-for-tests }\n"
+    } else {
+        ""
+    };
+    default_yaml(
+        "all",
+        "",
+        &format!(
+            "admin:\n  listen: {admin_listen}\n  token: {{ type: static, value: {ADMIN_TOKEN} }}\nstate:\n  backend: embedded\n  path: {}\n{key}",
+            dir.join("state.redb").display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_backend_keeps_clients_across_a_restart_with_secrets_sealed() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let state = tempfile::tempdir().unwrap();
+    let w = TestWarden::start(&embedded_yaml(state.path(), true, "127.0.0.1:0")).await;
+    let (status, body) = put(
+        &w,
+        "kept",
+        json!({
+            "credentials": [{
+                "host": format!("a.test:{port}"),
+                "source": { "type": "static", "value": CANARY }
+            }]
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    stop(w).await;
+    // Nothing secret is in the file: neither the credential nor the proxy token.
+    let file = std::fs::read(state.path().join("state.redb")).unwrap();
+    let has = |needle: &[u8]| file.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(CANARY.as_bytes()), "the secret is sealed at rest");
+    assert!(!has(token.as_bytes()), "only the token's hash is kept");
+
+    let w = TestWarden::start(&embedded_yaml(state.path(), true, "127.0.0.1:0")).await;
+    let r = as_client(&w, "kept", &token)
+        .get(format!("https://a.test:{port}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the client survived the restart");
+    assert_eq!(
+        origin.seen()[0].header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str())
+    );
+    // Deleted, it stays deleted.
+    assert_eq!(call(&w, "DELETE", "/v1/clients/kept", None).await.0, 204);
+    stop(w).await;
+    let w = TestWarden::start(&embedded_yaml(state.path(), true, "127.0.0.1:0")).await;
+    assert_eq!(call(&w, "GET", "/v1/clients/kept", None).await.0, 404);
+
+    // Without a key, a backend that writes refuses static values; references are fine.
+    let bare = tempfile::tempdir().unwrap();
+    let w = TestWarden::start(&embedded_yaml(bare.path(), false, "127.0.0.1:0")).await;
+    let secret =
+        json!({"credentials": [{"host": "a.test", "source": {"type": "static", "value": CANARY}}]});
+    let (status, answer) = put(&w, "plain", secret).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("state.encryption_key"));
+    let reference = json!({"credentials": [{"host": "a.test", "source": {"type": "env", "var": "SOME_TOKEN"}}]});
+    assert_eq!(put(&w, "plain", reference).await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_registration_leaves_the_embedded_store_consistent() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("origin-ca.pem"), &origin_ca().pem).unwrap();
+    let config = dir.path().join("w.yaml");
+    let dirs = tempfile::TempDir::new_in(dir.path()).unwrap();
+    std::fs::write(
+        &config,
+        fill(&embedded_yaml(state.path(), true, "127.0.0.1:0"), &dirs)
+            .replace(dirs.path().to_str().unwrap(), dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let admin_of = |line: &str| -> String {
+        let at = line
+            .find("admin=")
+            .expect("admin address in the start line")
+            + 6;
+        line[at..].split_whitespace().next().unwrap().to_string()
+    };
+    let mut first = crate::cli::Running::start(&config);
+    let admin = admin_of(&first.wait_for("warden listening"));
+    let client = admin_client();
+    // Registrations in flight, concurrently, when the process is killed.
+    let mut puts = Vec::new();
+    for i in 0..40 {
+        let (client, admin) = (client.clone(), admin.clone());
+        puts.push(tokio::spawn(async move {
+            let body =
+                json!({ "network": { "policy": "strict", "allow": [format!("h{i}.test")] } });
+            client
+                .put(format!("http://{admin}/v1/clients/c{i}"))
+                .bearer_auth(ADMIN_TOKEN)
+                .body(body.to_string())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+        if i == 20 {
+            first.child.kill().unwrap();
+        }
+    }
+    let mut accepted = Vec::new();
+    for (i, p) in puts.into_iter().enumerate() {
+        if let Ok(Ok(201)) = p.await {
+            accepted.push(format!("c{i}"));
+        }
+    }
+    let _ = first.child.wait();
+    let mut second = crate::cli::Running::start(&config);
+    let admin = admin_of(&second.wait_for("warden listening"));
+    let list: Value = client
+        .get(format!("http://{admin}/v1/clients"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<String> = list["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    // Every registration that was acknowledged is there, whole; the rest are whole or absent.
+    for name in &accepted {
+        assert!(
+            names.contains(name),
+            "{name} was acknowledged but is gone: {names:?}"
+        );
+    }
+    for c in list["clients"].as_array().unwrap() {
+        let n: usize = c["name"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(c["network"]["allow"][0], format!("h{n}.test"), "{c}");
+    }
+}
+
+/// Stops `w` and waits until it has let go of everything (its state store among them).
+async fn stop(mut w: TestWarden) {
+    let running = w.running.take().unwrap();
+    assert!(running.shutdown(Duration::from_secs(10)).await);
+}
+
+fn admin_client() -> reqwest::Client {
+    admin()
+}

@@ -1,0 +1,362 @@
+//! Where registered clients are kept beyond warden's memory (`state.backend`): `memory` keeps
+//! nothing (a restart forgets them), `embedded` writes each registration to a transactional
+//! file store (redb) before it takes effect, so clients survive a restart or a crash. Secret
+//! values a registration carries (`static` sources) are sealed with AES-256-GCM under a key
+//! from `state.encryption_key` before they are written; without that key such values are
+//! refused for a backend that writes.
+
+use crate::secret::{Secret, SecretSource};
+use async_trait::async_trait;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// `state`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Where registered clients are kept.
+    #[serde(default)]
+    pub backend: Backend,
+    /// `embedded`: the store file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Seals secret values of registered clients at rest.
+    #[serde(default)]
+    pub encryption_key: Option<SecretSource>,
+}
+
+/// `state.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In the process only.
+    #[default]
+    Memory,
+    /// A file store on local disk (`state.path`).
+    Embedded,
+}
+
+/// One registration as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredClient {
+    /// The client name.
+    pub name: String,
+    /// SHA-256 of its proxy token, hex.
+    pub token_hash: String,
+    /// Its sections, secret values sealed.
+    pub body: Value,
+    /// When it expires, in seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
+impl StoredClient {
+    /// The expiry as a time.
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.expires_at
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+    }
+}
+
+/// A store failure, for a `503` and the log.
+#[derive(Debug, thiserror::Error)]
+#[error("the state store failed: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    fn of(e: impl std::fmt::Display) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A place registrations are written to and read back from at start.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Every stored registration.
+    async fn load(&self) -> Result<Vec<StoredClient>, StoreError>;
+    /// Writes (or replaces) one, durably, before it takes effect.
+    async fn put(&self, client: &StoredClient) -> Result<(), StoreError>;
+    /// Removes one.
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Whether values written are kept beyond the process (secrets must then be sealed).
+    fn persists(&self) -> bool;
+}
+
+/// `memory`: nothing is written.
+#[derive(Debug, Default)]
+pub struct Memory;
+
+#[async_trait]
+impl Store for Memory {
+    async fn load(&self) -> Result<Vec<StoredClient>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn put(&self, _: &StoredClient) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn persists(&self) -> bool {
+        false
+    }
+}
+
+const CLIENTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("clients");
+
+/// `embedded`: a redb file. Each write is one committed transaction, so a crash leaves every
+/// registration either whole or absent.
+#[derive(Debug)]
+pub struct Embedded {
+    db: Arc<redb::Database>,
+}
+
+impl Embedded {
+    /// Opens (or creates) the store at `path`, recovering it after a crash.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(StoreError::of)?;
+        }
+        let db = redb::Database::create(path)
+            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(StoreError::of)?;
+        tx.open_table(CLIENTS).map_err(StoreError::of)?;
+        tx.commit().map_err(StoreError::of)?;
+        Ok(Embedded { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(StoreError::of)?
+    }
+}
+
+#[async_trait]
+impl Store for Embedded {
+    async fn load(&self) -> Result<Vec<StoredClient>, StoreError> {
+        self.blocking(|db| {
+            use redb::ReadableTable;
+            let tx = db.begin_read().map_err(StoreError::of)?;
+            let table = tx.open_table(CLIENTS).map_err(StoreError::of)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(StoreError::of)? {
+                let (name, bytes) = row.map_err(StoreError::of)?;
+                match serde_json::from_slice(bytes.value()) {
+                    Ok(c) => out.push(c),
+                    Err(e) => log::warn!(
+                        "state: the stored client `{}` is unreadable: {e}",
+                        name.value()
+                    ),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put(&self, client: &StoredClient) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(client).map_err(StoreError::of)?;
+        let name = client.name.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(StoreError::of)?;
+            {
+                let mut table = tx.open_table(CLIENTS).map_err(StoreError::of)?;
+                table
+                    .insert(name.as_str(), bytes.as_slice())
+                    .map_err(StoreError::of)?;
+            }
+            tx.commit().map_err(StoreError::of)
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(StoreError::of)?;
+            {
+                let mut table = tx.open_table(CLIENTS).map_err(StoreError::of)?;
+                table.remove(name.as_str()).map_err(StoreError::of)?;
+            }
+            tx.commit().map_err(StoreError::of)
+        })
+        .await
+    }
+
+    fn persists(&self) -> bool {
+        true
+    }
+}
+
+/// Seals and opens secret values with AES-256-GCM; the key is the SHA-256 of
+/// `state.encryption_key`, and the client's name is bound in as associated data, so a sealed
+/// value moved to another client does not open.
+pub struct Sealer {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer")
+    }
+}
+
+const NONCE: usize = 12;
+const TAG: usize = 16;
+
+impl Sealer {
+    /// A sealer keyed by `secret`.
+    pub fn new(secret: &Secret) -> Self {
+        Sealer {
+            key: openssl::sha::sha256(secret.expose().as_bytes()),
+        }
+    }
+
+    fn seal_one(&self, name: &str, plain: &str) -> Result<String, StoreError> {
+        let mut nonce = [0u8; NONCE];
+        openssl::rand::rand_bytes(&mut nonce).map_err(StoreError::of)?;
+        let mut tag = [0u8; TAG];
+        let ct = openssl::symm::encrypt_aead(
+            openssl::symm::Cipher::aes_256_gcm(),
+            &self.key,
+            Some(&nonce),
+            name.as_bytes(),
+            plain.as_bytes(),
+            &mut tag,
+        )
+        .map_err(StoreError::of)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        out.extend_from_slice(&tag);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    fn open_one(&self, name: &str, sealed: &str) -> Result<String, StoreError> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(StoreError::of)?;
+        if raw.len() < NONCE + TAG {
+            return Err(StoreError("a sealed value is too short".into()));
+        }
+        let (nonce, rest) = raw.split_at(NONCE);
+        let (ct, tag) = rest.split_at(rest.len() - TAG);
+        let plain = openssl::symm::decrypt_aead(
+            openssl::symm::Cipher::aes_256_gcm(),
+            &self.key,
+            Some(nonce),
+            name.as_bytes(),
+            ct,
+            tag,
+        )
+        .map_err(|_| StoreError("a sealed value does not open with state.encryption_key".into()))?;
+        String::from_utf8(plain).map_err(StoreError::of)
+    }
+}
+
+/// Whether `body` carries a secret value (a `static` source's `value`).
+pub fn has_static_value(body: &Value) -> bool {
+    match body {
+        Value::Object(map) => {
+            (map.get("type").and_then(Value::as_str) == Some("static") && map.contains_key("value"))
+                || map.values().any(has_static_value)
+        }
+        Value::Array(items) => items.iter().any(has_static_value),
+        _ => false,
+    }
+}
+
+/// `body` with every `static` source's `value` sealed (`seal`) or opened again (`!seal`).
+pub fn transform(
+    body: &Value,
+    name: &str,
+    sealer: &Sealer,
+    seal: bool,
+) -> Result<Value, StoreError> {
+    Ok(match body {
+        Value::Object(map) => {
+            let is_static = map.get("type").and_then(Value::as_str) == Some("static");
+            let mut out = Map::new();
+            for (k, v) in map {
+                match (is_static, seal, k.as_str(), v) {
+                    (true, true, "value", Value::String(plain)) => {
+                        out.insert(
+                            "sealed".into(),
+                            Value::String(sealer.seal_one(name, plain)?),
+                        );
+                    }
+                    (true, false, "sealed", Value::String(sealed)) => {
+                        out.insert(
+                            "value".into(),
+                            Value::String(sealer.open_one(name, sealed)?),
+                        );
+                    }
+                    _ => {
+                        out.insert(k.clone(), transform(v, name, sealer, seal)?);
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| transform(v, name, sealer, seal))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_the_key_and_for_their_client() {
+        let sealer = Sealer::new(&Secret::new("key-one"));
+        let body = serde_json::json!({
+            "credentials": [{"host": "a.test", "source": {"type": "static", "value": "s3cret-canary"}}],
+            "substitutions": [{"host": "b.test", "source": {"type": "env", "var": "X"}}]
+        });
+        let sealed = transform(&body, "run-1", &sealer, true).unwrap();
+        let text = sealed.to_string();
+        assert!(!text.contains("s3cret-canary"), "{text}");
+        assert!(text.contains("\"sealed\""), "{text}");
+        assert!(!has_static_value(&sealed) && has_static_value(&body));
+        assert_eq!(transform(&sealed, "run-1", &sealer, false).unwrap(), body);
+        // Another key, or another client's name, does not open it.
+        let other = Sealer::new(&Secret::new("key-two"));
+        assert!(transform(&sealed, "run-1", &other, false).is_err());
+        assert!(transform(&sealed, "run-2", &sealer, false).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_keeps_registrations_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/clients.redb");
+        let c = StoredClient {
+            name: "a".into(),
+            token_hash: "00".repeat(32),
+            body: serde_json::json!({"network": {"policy": "strict"}}),
+            expires_at: Some(4_000_000_000),
+        };
+        {
+            let store = Embedded::open(&path).unwrap();
+            store.put(&c).await.unwrap();
+            let mut b = c.clone();
+            b.name = "b".into();
+            store.put(&b).await.unwrap();
+            store.delete("b").await.unwrap();
+        }
+        let store = Embedded::open(&path).unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![c]);
+    }
+}
