@@ -83,6 +83,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         generation: std::sync::atomic::AtomicU64::new(1),
         connector: LlmConnector::default(),
     });
+    shared.configured();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
