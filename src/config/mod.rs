@@ -179,7 +179,7 @@ impl Default for Limits {
             h2_max_settings_per_second: 20,
             h2_stream_window_bytes: 256 * 1024,
             h2_connection_window_bytes: 1024 * 1024,
-            metric_clients: 1000,
+            metric_clients: crate::telemetry::DEFAULT_METRIC_CLIENTS,
         }
     }
 }

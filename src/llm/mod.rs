@@ -144,7 +144,7 @@ pub struct Denial {
     pub rule: Option<String>,
     /// The client budget that refused the call (reason `budget_exceeded`): it decides the
     /// rate-limit error type and the `retry-after`.
-    pub budget: Option<Exceeded>,
+    pub budget: Option<Box<Exceeded>>,
 }
 
 impl Denial {
@@ -166,7 +166,7 @@ impl Denial {
             tool: None,
             message: exceeded.message(client),
             rule: Some(exceeded.rule.clone()),
-            budget: Some(exceeded),
+            budget: Some(Box::new(exceeded)),
         }
     }
 

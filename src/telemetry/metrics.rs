@@ -17,6 +17,9 @@ use std::sync::{Mutex, RwLock};
 /// The `client` label of every client past `limits.metric_clients`.
 pub const OTHER_CLIENTS: &str = "other";
 
+/// `limits.metric_clients` when the file does not set it.
+pub const DEFAULT_METRIC_CLIENTS: usize = 1000;
+
 /// warden's metrics, in a registry owned by one running instance (no global registry, so two
 /// instances can share a process). Label values come from bounded sets only.
 pub struct Metrics {
@@ -290,7 +293,7 @@ impl Metrics {
             budget_remaining,
             budget_standing: Mutex::default(),
             clients: RwLock::default(),
-            client_cap: AtomicUsize::new(crate::config::Limits::default().metric_clients),
+            client_cap: AtomicUsize::new(DEFAULT_METRIC_CLIENTS),
         }
     }
 
