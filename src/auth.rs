@@ -59,6 +59,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `transforms` section for this client.
     #[serde(default)]
     pub transforms: Option<Vec<crate::transform::TransformConfig>>,
+    /// The client's budgets (there is no top-level one).
+    #[serde(default)]
+    pub budget: Option<crate::budget::BudgetConfig>,
 }
 
 /// A configured client: from the file, or registered at runtime ([`crate::registry`]).
@@ -167,6 +170,7 @@ impl ClientConfig {
             llm: self.llm.as_deref(),
             transforms: self.transforms.as_deref(),
             correlation: self.correlation.as_ref().map(Some),
+            budget: self.budget.as_ref(),
         }
     }
 }

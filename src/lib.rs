@@ -13,10 +13,10 @@
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
-//! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`tls`] (leaves from [`runtime`]) |
+//! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`], [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]) |
-//! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`) |
+//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`], [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]), then [`budget`] (`requests_per_second`) |
+//! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`), [`budget`] (before the upstream call, and the tokens after) |
 //! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
 //! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
@@ -30,6 +30,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod admission;
 pub mod auth;
+pub mod budget;
 pub mod compile_error;
 pub mod config;
 pub mod correlation;

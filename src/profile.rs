@@ -6,6 +6,7 @@
 //! file's clients and for any other source of clients alike. Requests select their profile
 //! once ([`crate::Snapshot::profile`]).
 
+use crate::budget::{Budget, BudgetConfig};
 use crate::compile_error::{keep, CompileErrors};
 use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
@@ -36,6 +37,8 @@ pub struct Profile {
     pub transforms: Arc<Transforms>,
     /// Session correlation, when configured.
     pub correlation: Option<Arc<Correlation>>,
+    /// The client's budgets; `None` for the default profile and clients without one.
+    pub budget: Option<Arc<Budget>>,
 }
 
 /// The sections a profile is compiled from, as written. `None` takes the section from the
@@ -58,6 +61,8 @@ pub struct ProfileConfig<'a> {
     pub transforms: Option<&'a [TransformConfig]>,
     /// `correlation`: `Some(None)` is "no correlation", `None` inherits.
     pub correlation: Option<Option<&'a CorrelationConfig>>,
+    /// `budget`: a client's own, never inherited (counts are kept per client name).
+    pub budget: Option<&'a BudgetConfig>,
 }
 
 impl ProfileConfig<'_> {
@@ -70,6 +75,7 @@ impl ProfileConfig<'_> {
             && self.llm.is_none()
             && self.transforms.is_none()
             && self.correlation.is_none()
+            && self.budget.is_none()
     }
 }
 
@@ -160,6 +166,10 @@ pub(crate) fn compile_lenient(
         Some(None) => Some(None),
         None => Some(inherit.and_then(|p| p.correlation.clone())),
     };
+    let budget = section
+        .budget
+        .map(|b| Arc::new(b.compile(&at("budget"))))
+        .filter(|b| !b.is_unlimited());
     let profile = match (
         network,
         headers,
@@ -183,6 +193,7 @@ pub(crate) fn compile_lenient(
             llm,
             transforms,
             correlation,
+            budget,
         }),
         _ => None,
     };
@@ -219,6 +230,7 @@ impl<'a> ProfileConfig<'a> {
             llm: Some(&[]),
             transforms: Some(&[]),
             correlation: Some(None),
+            budget: None,
         }
     }
 
@@ -233,6 +245,7 @@ impl<'a> ProfileConfig<'a> {
             llm: self.llm.or(other.llm),
             transforms: self.transforms.or(other.transforms),
             correlation: self.correlation.or(other.correlation),
+            budget: self.budget.or(other.budget),
         }
     }
 }

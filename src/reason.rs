@@ -87,6 +87,9 @@ pub enum Reason {
     LlmBodyTooLarge,
     /// An LLM response warden must check could not be read (compressed or not the API's shape).
     LlmResponseUnreadable,
+    /// The client spent one of its budgets (`proxy.auth.clients[].budget`): the request was
+    /// not sent; `retry-after` says when the window frees up.
+    BudgetExceeded,
     /// An HTTP/2 client broke a connection bound (`RST_STREAM`, `PING` or `SETTINGS` rate,
     /// header block size or frames, malformed streams): it got `GOAWAY`.
     H2Flood,
@@ -96,7 +99,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 39] = [
+    pub const ALL: [Reason; 40] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -134,6 +137,7 @@ impl Reason {
         Reason::LlmRequestTooLarge,
         Reason::LlmBodyTooLarge,
         Reason::LlmResponseUnreadable,
+        Reason::BudgetExceeded,
         Reason::H2Flood,
         Reason::Internal,
     ];
@@ -417,6 +421,13 @@ impl Reason {
                 "http_protocol_error",
                 "the LLM response could not be read to apply policy",
                 "the provider answered in a form warden cannot check (for example compressed)",
+            ),
+            BudgetExceeded => (
+                429,
+                "budget_exceeded",
+                "http_request_denied",
+                "this client has spent one of its budgets, so the request was not sent",
+                "wait the seconds retry-after gives before sending again; ask the operator to raise the client's budget if it is too small",
             ),
             H2Flood => (
                 400,

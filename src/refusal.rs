@@ -75,8 +75,19 @@ pub fn head(reason: Reason, request_id: &str, body_len: usize) -> Result<Respons
 /// The whole refusal for `reason` as raw HTTP/1.1 bytes, head and body: the head of [`head`]
 /// as Pingora puts it on the wire, for connections that never reach the HTTP engine.
 pub fn raw(reason: Reason, host: Option<&str>, rule: Option<&str>, request_id: &str) -> Vec<u8> {
+    raw_with(reason, host, rule, request_id, None)
+}
+
+/// [`raw`] with a `retry-after` of that many seconds (a spent budget).
+pub fn raw_with(
+    reason: Reason,
+    host: Option<&str>,
+    rule: Option<&str>,
+    request_id: &str,
+    retry_after: Option<u64>,
+) -> Vec<u8> {
     let body = body(reason, host, rule, Some(request_id));
-    let resp = match head(reason, request_id, body.len()) {
+    let mut resp = match head(reason, request_id, body.len()) {
         Ok(resp) => resp,
         // Ids are vetted or generated, so this is a bug: answer without the id, not at all.
         Err(_) => match head(reason, "-", body.len()) {
@@ -84,6 +95,10 @@ pub fn raw(reason: Reason, host: Option<&str>, rule: Option<&str>, request_id: &
             Err(_) => return Vec::new(),
         },
     };
+    if let Some(secs) = retry_after {
+        // A number is always a valid header value.
+        let _ = resp.insert_header(header::RETRY_AFTER, secs.to_string());
+    }
     let status = resp.status;
     let mut out = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -106,8 +121,20 @@ pub async fn write<S: AsyncWrite + Unpin>(
     rule: Option<&str>,
     request_id: &str,
 ) {
+    write_with(stream, reason, dest, rule, request_id, None).await;
+}
+
+/// [`write`] with a `retry-after` of that many seconds (a spent budget).
+pub async fn write_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    reason: Reason,
+    dest: Option<&Authority>,
+    rule: Option<&str>,
+    request_id: &str,
+    retry_after: Option<u64>,
+) {
     let host = dest.map(|d| d.host.to_string());
-    let raw = raw(reason, host.as_deref(), rule, request_id);
+    let raw = raw_with(reason, host.as_deref(), rule, request_id, retry_after);
     let _ = stream.write_all(&raw).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;

@@ -42,6 +42,7 @@ pub fn reload_from(path: &Path, shared: &Shared) -> Result<u64, ConfigErrors> {
             let snap = Arc::new(snap);
             shared.snapshot.store(snap.clone());
             shared.runtime.reloaded(&snap);
+            shared.configured();
             let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
             shared.metrics.reloaded(true, generation);
             log::info!("config_reloaded generation={generation}");

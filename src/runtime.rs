@@ -1,9 +1,10 @@
 //! Runtime state: what lives across reloads, held beside the config snapshot in the shared
 //! state. The snapshot is pure data compiled from the file; this owns the caches and counters
 //! requests build up — minted leaves, DNS answers, correlation sessions, secret files read,
-//! and the echoed-secret maskers. A reload swaps the snapshot and leaves this alone, so no
+//! the echoed-secret maskers, and the clients' budget counts. A reload swaps the snapshot and leaves this alone, so no
 //! compile step carries anything over.
 
+use crate::budget::Budgets;
 use crate::config::Snapshot;
 use crate::correlation::Sessions;
 use crate::credentials::SourceCache;
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub maskers: Maskers,
     /// Clients registered through the admin API.
     pub registry: Registry,
+    /// Budget counts per client name: a client whose budget changes keeps them.
+    pub budgets: Budgets,
 }
 
 impl Runtime {
@@ -58,6 +61,7 @@ impl Default for Runtime {
             sources: SourceCache::default(),
             maskers: Maskers::default(),
             registry: Registry::default(),
+            budgets: Budgets::default(),
         }
     }
 }

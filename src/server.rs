@@ -95,6 +95,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         connector: LlmConnector::default(),
     });
     attach_state(&shared).await?;
+    shared.configured();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()

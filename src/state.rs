@@ -24,6 +24,24 @@ pub struct Shared {
     pub runtime: crate::runtime::Runtime,
 }
 
+impl Shared {
+    /// After the start and every successful reload: `limits.metric_clients` applied, and the
+    /// budget gauges recorded afresh from the counts for the clients and budgets now in
+    /// force (a budget no longer configured stops being reported; one kept keeps its counts).
+    pub fn configured(&self) {
+        let snap = self.snapshot.load();
+        self.metrics.cap_clients(snap.limits.metric_clients);
+        self.metrics.clear_budget_standing();
+        let now = crate::budget::now_ms();
+        for client in snap.auth.iter().flat_map(|a| a.iter()) {
+            if let Some(budget) = &client.profile.budget {
+                let standing = self.runtime.budgets.standing(&client.name, budget, now);
+                self.metrics.budget_standing(&client.name, &standing);
+            }
+        }
+    }
+}
+
 /// Pingora's upstream connector for LLM exchanges (its own pool).
 pub struct LlmConnector(pub pingora_core::connectors::http::Connector);
 

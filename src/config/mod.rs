@@ -187,6 +187,9 @@ pub struct Limits {
     pub h2_stream_window_bytes: u32,
     /// Receive window of a whole HTTP/2 connection, across its streams.
     pub h2_connection_window_bytes: u32,
+    /// Most distinct client names given their own `client` metric label; later ones are
+    /// labelled `other`, so a large or changing client list cannot grow the metrics unbounded.
+    pub metric_clients: usize,
 }
 
 impl Default for Limits {
@@ -209,6 +212,7 @@ impl Default for Limits {
             h2_max_settings_per_second: 20,
             h2_stream_window_bytes: 256 * 1024,
             h2_connection_window_bytes: 1024 * 1024,
+            metric_clients: crate::telemetry::DEFAULT_METRIC_CLIENTS,
         }
     }
 }
@@ -584,6 +588,7 @@ impl Config {
             llm: Some(&f.llm),
             transforms: Some(&f.transforms),
             correlation: Some(f.correlation.as_ref()),
+            budget: None,
         }
     }
 
@@ -987,6 +992,49 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.compile(CompileOptions { create_ca: false }).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_budget_key_names_the_key_and_its_line() {
+        let err = parse(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - name: a\n        token: { type: static, value: t }\n        budget:\n          llm_tokens_per_minute: 10\n          llm_tokens_per_week: 10\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("proxy.auth.clients[0].budget"),
+            "{err}"
+        );
+        assert!(err.message.contains("llm_tokens_per_week"), "{err}");
+        assert_eq!(err.line, Some(9), "{err}");
+        // A budget alone gives the client a profile of its own, carrying it.
+        let snap = parse(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - name: a\n        token: { type: static, value: t }\n        budget: { llm_tokens_total: 5, requests_per_second: 0 }\nlimits: { metric_clients: 3 }\n",
+        )
+        .unwrap()
+        .compile(CompileOptions { create_ca: false })
+        .unwrap();
+        let budget = snap
+            .auth
+            .as_ref()
+            .unwrap()
+            .get("a")
+            .unwrap()
+            .profile
+            .budget
+            .clone();
+        let budget = budget.expect("the client's budget");
+        assert_eq!(budget.limit(crate::budget::BudgetKey::TokensTotal), Some(5));
+        assert_eq!(
+            budget.rule(crate::budget::BudgetKey::TokensTotal),
+            "proxy.auth.clients[0].budget.llm_tokens_total"
+        );
+        assert_eq!(
+            budget.limit(crate::budget::BudgetKey::RequestsPerSecond),
+            None
+        );
+        assert!(snap.profile.budget.is_none(), "no top-level budget");
+        assert_eq!(snap.limits.metric_clients, 3);
     }
 
     #[test]

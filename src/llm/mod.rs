@@ -11,6 +11,7 @@ pub mod stream;
 pub mod ws;
 
 use self::json::str_at;
+use crate::budget::Exceeded;
 use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::HostPattern;
 use crate::reason::Reason;
@@ -141,6 +142,9 @@ pub struct Denial {
     pub message: String,
     /// The config entry that decided it (`llm[0].deny_tools`), for the log line.
     pub rule: Option<String>,
+    /// The client budget that refused the call (reason `budget_exceeded`): it decides the
+    /// rate-limit error type and the `retry-after`.
+    pub budget: Option<Box<Exceeded>>,
 }
 
 impl Denial {
@@ -151,6 +155,39 @@ impl Denial {
             tool: None,
             message: message.into(),
             rule: None,
+            budget: None,
+        }
+    }
+
+    /// The call refused because `client` spent a budget.
+    pub fn over_budget(client: &str, exceeded: Exceeded) -> Self {
+        Denial {
+            reason: Reason::BudgetExceeded,
+            tool: None,
+            message: exceeded.message(client),
+            rule: Some(exceeded.rule.clone()),
+            budget: Some(Box::new(exceeded)),
+        }
+    }
+
+    /// The provider's error type: a spent budget reads as the provider's own rate limit
+    /// (or, for the lifetime total, OpenAI's quota error) so SDKs raise their rate-limit
+    /// error; every other denial is a permission error.
+    fn error_type(&self, provider: Provider) -> &'static str {
+        match (&self.budget, provider) {
+            (None, _) => "permission_error",
+            (Some(_), Provider::Anthropic) => "rate_limit_error",
+            (Some(e), Provider::Openai) if e.is_quota() => "insufficient_quota",
+            (Some(_), Provider::Openai) => "rate_limit_exceeded",
+        }
+    }
+
+    /// The OpenAI error `code`: the reason code, or for a spent budget OpenAI's own code
+    /// (which is what clients that tell a quota from a rate limit look at).
+    fn code(&self) -> &'static str {
+        match &self.budget {
+            Some(_) => self.error_type(Provider::Openai),
+            None => self.reason.code(),
         }
     }
 }
@@ -321,6 +358,7 @@ impl LlmPolicy {
                     "warden (the egress proxy) refused the model's call to tool `{name}`: {why}. Do not call it again; choose another way."
                 ),
                 rule: Some(format!("{}.{rule}", self.key)),
+                budget: None,
             })
         };
         if let Some(j) = self.deny_tools.iter().position(|(_, g)| g.is_match(name)) {
@@ -529,14 +567,14 @@ pub fn error_envelope(provider: Provider, denial: &Denial) -> Value {
     match provider {
         Provider::Anthropic => json!({
             "type": "error",
-            "error": { "type": "permission_error", "message": denial.message },
+            "error": { "type": denial.error_type(provider), "message": denial.message },
         }),
         Provider::Openai => json!({
             "error": {
                 "message": denial.message,
-                "type": "permission_error",
+                "type": denial.error_type(provider),
                 "param": null,
-                "code": denial.reason.code(),
+                "code": denial.code(),
             }
         }),
     }
@@ -550,9 +588,9 @@ pub fn error_body(provider: Provider, denial: &Denial) -> Bytes {
 /// The Responses `error` event and the `response.failed` event that follows it, numbered
 /// `seq` and `seq + 1`. `response` is the response object the stream announced, if any.
 pub fn responses_failure(denial: &Denial, seq: u64, response: Option<&Value>) -> (Value, Value) {
-    let code = denial.reason.code();
+    let code = denial.code();
     let error = json!({
-        "type": "permission_error",
+        "type": denial.error_type(Provider::Openai),
         "code": code,
         "message": denial.message,
         "param": null,
@@ -758,6 +796,7 @@ mod tests {
             tool: Some("bash".into()),
             message: "no".into(),
             rule: None,
+            budget: None,
         };
         let a = error_envelope(Provider::Anthropic, &d);
         assert_eq!(a["type"], "error");
@@ -775,5 +814,48 @@ mod tests {
         assert_eq!(f["sequence_number"], 8);
         assert_eq!(f["response"]["id"], "resp_1");
         assert_eq!(f["response"]["status"], "failed");
+    }
+
+    #[test]
+    fn a_spent_budget_reads_as_each_providers_rate_limit_or_quota_error() {
+        use crate::budget::{BudgetKey, Exceeded};
+        let over = |key, retry_after| {
+            Denial::over_budget(
+                "run-1",
+                Exceeded {
+                    key,
+                    limit: 10,
+                    retry_after,
+                    rule: format!("proxy.auth.clients[0].budget.{}", BudgetKey::name(key)),
+                },
+            )
+        };
+        let window = over(BudgetKey::TokensPerMinute, Some(12));
+        assert_eq!(window.reason, Reason::BudgetExceeded);
+        assert_eq!(
+            window.rule.as_deref(),
+            Some("proxy.auth.clients[0].budget.llm_tokens_per_minute")
+        );
+        let a = error_envelope(Provider::Anthropic, &window);
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "rate_limit_error");
+        assert!(a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("llm_tokens_per_minute"));
+        let o = error_envelope(Provider::Openai, &window);
+        assert_eq!(o["error"]["type"], "rate_limit_exceeded");
+        assert_eq!(o["error"]["code"], "rate_limit_exceeded");
+        let quota = over(BudgetKey::TokensTotal, None);
+        let o = error_envelope(Provider::Openai, &quota);
+        assert_eq!(o["error"]["type"], "insufficient_quota");
+        assert_eq!(o["error"]["code"], "insufficient_quota");
+        assert_eq!(
+            error_envelope(Provider::Anthropic, &quota)["error"]["type"],
+            "rate_limit_error"
+        );
+        let (e, _) = responses_failure(&window, 1, None);
+        assert_eq!(e["code"], "rate_limit_exceeded");
+        assert_eq!(e["error"]["type"], "rate_limit_exceeded");
     }
 }

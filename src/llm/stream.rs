@@ -63,6 +63,9 @@ pub struct EventPolicy {
     response: Option<Value>,
     finished: bool,
     passthrough: bool,
+    /// Tokens of the responses that ended since [`EventPolicy::take_ended_tokens`] was
+    /// last called: a WebSocket carries many responses, each counted as it ends.
+    ended_tokens: u64,
 }
 
 impl EventPolicy {
@@ -82,7 +85,13 @@ impl EventPolicy {
             response: None,
             finished: false,
             passthrough: false,
+            ended_tokens: 0,
         }
+    }
+
+    /// The tokens (input + output) of the Responses that ended since the last call.
+    pub fn take_ended_tokens(&mut self) -> u64 {
+        std::mem::take(&mut self.ended_tokens)
     }
 
     /// When the block being held started, if one is.
@@ -244,6 +253,12 @@ impl EventPolicy {
                 }
                 "response.completed" | "response.incomplete" | "response.failed" => {
                     if let Some(u) = v.pointer("/response/usage") {
+                        let mut one = Usage::default();
+                        one.update(u);
+                        self.ended_tokens += one
+                            .input
+                            .unwrap_or(0)
+                            .saturating_add(one.output.unwrap_or(0));
                         self.usage.update(u);
                     }
                     false

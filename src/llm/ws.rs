@@ -99,7 +99,8 @@ impl WsPolicy {
 }
 
 /// Policy on the client-to-server direction: `response.create` events are checked against
-/// `allow_models` before they are forwarded.
+/// `allow_models`, then by the caller's budget check (each is an LLM call), before they are
+/// forwarded.
 #[derive(Debug)]
 pub struct ClientCheck {
     reader: FrameReader,
@@ -128,9 +129,15 @@ impl ClientCheck {
         }
     }
 
-    /// Feeds bytes from the client; returns what to forward and, if a model was refused, the
-    /// denial (nothing is forwarded from then on).
-    pub fn feed(&mut self, chunk: &[u8]) -> (Bytes, Option<Denial>) {
+    /// Feeds bytes from the client; returns what to forward and, if a call was refused, the
+    /// denial (nothing is forwarded from then on). `admit` is asked about each
+    /// `response.create` the model check let through; its refusal (a spent budget) is
+    /// enforced even in `mode: report`, which is about `llm` policy only.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        admit: &mut dyn FnMut() -> Result<(), Denial>,
+    ) -> (Bytes, Option<Denial>) {
         let mut out = BytesMut::new();
         if self.blocked {
             return (out.freeze(), None);
@@ -168,10 +175,17 @@ impl ClientCheck {
             let Some((raw, payload)) = self.message.take() else {
                 continue;
             };
-            if let Err(d) = self.check(&payload) {
+            let (creates, checked) = self.check(&payload);
+            if let Err(d) = checked {
                 if self.policy.report {
                     self.would_deny.get_or_insert(d);
                 } else {
+                    self.blocked = true;
+                    return (out.freeze(), Some(d));
+                }
+            }
+            if creates {
+                if let Err(d) = admit() {
                     self.blocked = true;
                     return (out.freeze(), Some(d));
                 }
@@ -181,12 +195,13 @@ impl ClientCheck {
         (out.freeze(), None)
     }
 
-    fn check(&mut self, payload: &[u8]) -> Result<(), Denial> {
+    /// Whether the message starts a response (`response.create`), and the model check.
+    fn check(&mut self, payload: &[u8]) -> (bool, Result<(), Denial>) {
         let Ok(v) = serde_json::from_slice::<Value>(payload) else {
-            return Ok(());
+            return (false, Ok(()));
         };
         if v.get("type").and_then(Value::as_str) != Some("response.create") {
-            return Ok(());
+            return (false, Ok(()));
         }
         let model = v
             .get("model")
@@ -195,7 +210,7 @@ impl ClientCheck {
         if let Some(m) = model {
             self.model = Some(m.to_string());
         }
-        self.policy.check_model(model)
+        (true, self.policy.check_model(model))
     }
 }
 
@@ -250,21 +265,22 @@ mod tests {
     fn client_response_create_is_checked_against_allowed_models() {
         let p = policy(", allow_models: ['gpt-5*']");
         let mut c = ClientCheck::new(p, 1 << 20);
+        let mut admit = || Ok(());
         let ok = masked(
             TEXT,
             true,
             br#"{"type":"response.create","model":"gpt-5-codex"}"#,
         );
-        let (fwd, d) = c.feed(&ok);
+        let (fwd, d) = c.feed(&ok, &mut admit);
         assert_eq!(&fwd[..], &ok[..]);
         assert!(d.is_none());
         assert_eq!(c.model.as_deref(), Some("gpt-5-codex"));
         // Fragmented, split mid-frame.
         let mut bad = masked(TEXT, false, br#"{"type":"response.create","#);
         bad.extend(masked(CONTINUATION, true, br#""model":"gpt-4o"}"#));
-        let (fwd, d) = c.feed(&bad[..5]);
+        let (fwd, d) = c.feed(&bad[..5], &mut admit);
         assert!(fwd.is_empty() && d.is_none());
-        let (fwd, d) = c.feed(&bad[5..]);
+        let (fwd, d) = c.feed(&bad[5..], &mut admit);
         assert!(fwd.is_empty());
         assert_eq!(d.unwrap().reason, Reason::LlmModelDenied);
         assert_eq!(
@@ -273,8 +289,34 @@ mod tests {
             "the refused model is the one kept"
         );
         assert!(
-            c.feed(&ok).0.is_empty(),
+            c.feed(&ok, &mut admit).0.is_empty(),
             "nothing is forwarded after a refusal"
         );
+    }
+
+    #[test]
+    fn each_response_create_is_admitted_by_the_caller_even_in_report_mode() {
+        let mut c = ClientCheck::new(policy(", mode: report"), 1 << 20);
+        let mut asked = 0;
+        let mut admit = || {
+            asked += 1;
+            if asked > 1 {
+                Err(Denial::new(Reason::BudgetExceeded, "spent"))
+            } else {
+                Ok(())
+            }
+        };
+        let other = masked(TEXT, true, br#"{"type":"session.update"}"#);
+        let create = masked(TEXT, true, br#"{"type":"response.create","model":"gpt-5"}"#);
+        let (fwd, d) = c.feed(&other, &mut admit);
+        assert_eq!(&fwd[..], &other[..]);
+        assert!(d.is_none());
+        let (fwd, d) = c.feed(&create, &mut admit);
+        assert_eq!(&fwd[..], &create[..]);
+        assert!(d.is_none());
+        let (fwd, d) = c.feed(&create, &mut admit);
+        assert!(fwd.is_empty());
+        assert_eq!(d.unwrap().reason, Reason::BudgetExceeded);
+        assert_eq!(asked, 2, "only response.create is a call");
     }
 }

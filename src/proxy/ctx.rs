@@ -54,6 +54,8 @@ pub(super) struct Flow {
     pub(super) websocket: Option<Open>,
     /// The request is a gRPC call: refusals take gRPC's trailers-only shape.
     pub(super) grpc: bool,
+    /// Seconds a budget refusal tells the client to wait (`retry-after`).
+    pub(super) retry_after: Option<u64>,
 }
 
 /// What the session says about a finished exchange, for the last fields of the line.
@@ -87,6 +89,7 @@ impl RequestCtx {
                 ws_client: None,
                 websocket: None,
                 grpc: false,
+                retry_after: None,
             },
         }
     }
@@ -280,6 +283,8 @@ pub(super) struct LlmCall {
     pub tools: Vec<String>,
     /// allowed, denied, would_deny or error.
     pub outcome: &'static str,
+    /// `usage` is warden's estimate: the call ended without one.
+    pub estimated: bool,
 }
 
 impl LlmCall {
@@ -291,6 +296,7 @@ impl LlmCall {
             usage: Usage::default(),
             tools: Vec::new(),
             outcome: "allowed",
+            estimated: false,
         }
     }
 
@@ -301,6 +307,7 @@ impl LlmCall {
         line.tools = (!self.tools.is_empty()).then(|| self.tools.clone());
         line.input_tokens = self.usage.input;
         line.output_tokens = self.usage.output;
+        line.tokens_estimated = Some(self.estimated);
         let outcome = match (self.outcome, line.reason) {
             ("allowed", Some(_)) => "error",
             (o, _) => o,

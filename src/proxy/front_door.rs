@@ -9,7 +9,8 @@ use super::http1::{self, Peer};
 use super::http2;
 use super::tunnel::{self, established};
 use super::warden::Warden;
-use crate::admission::{admit_connect, Refusal};
+use crate::admission::{admit_connect, ConnectAdmission, Refusal};
+use crate::budget::now_ms;
 use crate::config::Snapshot;
 use crate::reason::Reason;
 use crate::refusal;
@@ -172,7 +173,7 @@ impl FrontDoor {
                     ..event
                 };
                 return self
-                    .refuse_connect(stream, &snap, &event, &head, &dest, refusal)
+                    .refuse_connect(stream, &snap, &event, &head, &dest, refusal, None)
                     .await;
             }
         };
@@ -181,6 +182,13 @@ impl FrontDoor {
             ..event
         };
         let revoked = admitted.client.as_ref().map(|c| c.revoked.clone());
+        // `requests_per_second`: a blind tunnel is one request; an intercepted one only needs
+        // a token to be there, since each request inside takes its own.
+        if let Err((refusal, retry_after)) = self.connect_budget(&admitted, !admitted.intercept) {
+            return self
+                .refuse_connect(stream, &snap, &event, &head, &dest, refusal, retry_after)
+                .await;
+        }
         let network = &snap.profile(admitted.client.as_deref()).network;
         let would_deny = admitted.would_deny;
         let mut rest = Bytes::copy_from_slice(&head.bytes[head.head_len..]);
@@ -230,8 +238,11 @@ impl FrontDoor {
                     return failed(Reason::ClientNotTls, Some(why));
                 }
                 // Nothing needs to see inside (intercept: all alone): not TLS (ws://, plain
-                // HTTP through CONNECT), so splice it blind rather than break it.
+                // HTTP through CONNECT), so splice it blind rather than break it. Blind, it is
+                // one request: it takes its token now (the 200 is already sent, so a bucket
+                // emptied meanwhile cannot refuse it any more).
                 intercept = false;
+                let _ = self.connect_budget(&admitted, true);
             }
         }
         if intercept {
@@ -451,7 +462,40 @@ impl FrontDoor {
         self.shared.metrics.record(line, snap.log);
     }
 
-    /// Refuses a CONNECT that policy denied, logs it, and closes.
+    /// The client's `requests_per_second` for a CONNECT (`take`: it counts as a request);
+    /// a spent bucket is a refusal with its `retry-after`.
+    fn connect_budget(
+        &self,
+        admitted: &ConnectAdmission,
+        take: bool,
+    ) -> Result<(), (Refusal, Option<u64>)> {
+        let Some(client) = &admitted.client else {
+            return Ok(());
+        };
+        let Some(budget) = &client.profile.budget else {
+            return Ok(());
+        };
+        let budgets = &self.shared.runtime.budgets;
+        let admitted_now = budgets.admit_request(&client.name, budget, now_ms(), take);
+        let standing = budgets.standing(&client.name, budget, now_ms());
+        self.shared.metrics.budget_standing(&client.name, &standing);
+        admitted_now.map_err(|e| {
+            self.shared.metrics.budget_denied(&client.name, e.key);
+            let refusal = Refusal {
+                reason: Reason::BudgetExceeded,
+                rule: Some(e.rule),
+                detail: None,
+                client: Some(client.clone()),
+                seq: None,
+                target: None,
+            };
+            (refusal, e.retry_after)
+        })
+    }
+
+    /// Refuses a CONNECT that policy (or a spent budget, with its `retry-after`) denied,
+    /// logs it, and closes.
+    #[allow(clippy::too_many_arguments)]
     async fn refuse_connect(
         &self,
         mut stream: L4Stream,
@@ -460,15 +504,17 @@ impl FrontDoor {
         head: &Head,
         dest: &Authority,
         refusal: Refusal,
+        retry_after: Option<u64>,
     ) {
         let rule = refusal.rule.as_deref();
         self.shared.metrics.refused(refusal.reason);
-        refusal::write(
+        refusal::write_with(
             &mut stream,
             refusal.reason,
             Some(dest),
             rule,
             &head.request_id,
+            retry_after,
         )
         .await;
         let mut line = event.line(Kind::Connect);

@@ -55,10 +55,14 @@ impl Warden {
         let status = d.reason.status();
         ctx.line.status = Some(status);
         // warden's own refusal head (JSON, Proxy-Status, X-Request-Id, close), in the
-        // provider's terms: SDKs must not retry, and a fully read request may keep the
-        // connection.
+        // provider's terms: SDKs must not retry (a spent window they may, after
+        // `retry-after`), and a fully read request may keep the connection.
         let mut head = crate::refusal::head(d.reason, ctx.request_id(), body.len())?;
-        head.insert_header("x-should-retry", "false")?;
+        let retry_after = d.budget.as_ref().and_then(|b| b.retry_after);
+        match retry_after {
+            Some(secs) => head.insert_header(header::RETRY_AFTER, secs.to_string())?,
+            None => head.insert_header("x-should-retry", "false")?,
+        }
         if provider == llm::Provider::Anthropic {
             head.insert_header("request-id", ctx.request_id())?;
         }
@@ -143,6 +147,12 @@ impl Warden {
                 self.note_denial(ctx, &d, true);
             }
         }
+        // The client's budgets, last before the upstream: a refused call is not counted.
+        if let Some(spender) = ctx.spender() {
+            if let Err(d) = self.admit_llm_call(&spender, true) {
+                return self.refuse_llm(session, ctx, provider, &d, !complete).await;
+            }
+        }
 
         // 2. The upstream request, through the same phases as any other.
         let peer = self.upstream_peer(session, ctx).await?;
@@ -192,6 +202,8 @@ impl Warden {
             }
         };
         let result = self.relay(session, ctx, &mut up, &policy, api).await;
+        let answered = up.response_header().is_some_and(|r| r.status.is_success());
+        self.charge_llm_call(session, ctx, answered);
         if result.is_ok() && up.response_done() {
             self.shared
                 .connector
@@ -516,23 +528,14 @@ impl Warden {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        let plan = ctx.plan()?;
-        let Some(policy) = plan.llm.clone() else {
+        let Some((policy, api)) = self.llm_api(session, ctx)? else {
             return Ok(false);
         };
-        let upgrade = super::edit::upgrade(session);
-        let path = &plan.target.path;
-        let Some(api) = crate::llm::api_for(policy.provider, ctx.method(), path, upgrade) else {
-            return Ok(false);
-        };
-        if upgrade && api != crate::llm::Api::Responses {
-            return Ok(false);
-        }
-        if !upgrade {
+        if !super::edit::upgrade(session) {
             return self.llm_exchange(session, ctx, policy, api).await;
         }
         let mut call = LlmCall::new(policy.clone());
-        call.model = query_param(path, "model");
+        call.model = query_param(&ctx.plan()?.target.path, "model");
         let model = call.model.clone();
         ctx.flow.llm = Some(call);
         if let Some(model) = model {
@@ -545,10 +548,37 @@ impl Warden {
                 self.note_denial(ctx, &d, true);
             }
         }
+        // The socket's calls are counted one `response.create` at a time; a client whose
+        // budget is spent now is refused before the 101.
+        if let Some(spender) = ctx.spender() {
+            if let Err(d) = self.admit_llm_call(&spender, false) {
+                return self
+                    .refuse_llm(session, ctx, policy.provider, &d, true)
+                    .await;
+            }
+        }
         let limit = ctx.snap.limits.llm_buffer_bytes;
         ctx.flow.ws_policy = Some(crate::llm::ws::WsPolicy::new(policy.clone(), limit));
         ctx.flow.ws_client = Some(crate::llm::ws::ClientCheck::new(policy, limit));
         Ok(false)
+    }
+
+    /// The LLM API an admitted request calls, with the `llm` entry that applies: `None` when
+    /// it calls none warden understands (a WebSocket other than the Responses one included).
+    pub(super) fn llm_api(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+    ) -> Result<Option<(Arc<LlmPolicy>, Api)>> {
+        let plan = ctx.plan()?;
+        let Some(policy) = plan.llm.clone() else {
+            return Ok(None);
+        };
+        let upgrade = super::edit::upgrade(session);
+        let api = crate::llm::api_for(policy.provider, ctx.method(), &plan.target.path, upgrade);
+        Ok(api
+            .filter(|a| !upgrade || *a == Api::Responses)
+            .map(|a| (policy, a)))
     }
 
     /// Client frames of a Responses WebSocket: a `response.create` naming a refused model is
@@ -576,11 +606,17 @@ impl Warden {
                 "WebSocket closed after an llm policy denial",
             );
         }
+        let spender = ctx.spender();
         let Some(check) = ctx.flow.ws_client.as_mut() else {
             *body = Some(chunk);
             return Ok(());
         };
-        let (forward, denial) = check.feed(&chunk);
+        // Each `response.create` is a call: counted, and refused on a spent budget.
+        let mut admit = || match &spender {
+            Some(s) => self.admit_llm_call(s, true),
+            None => Ok(()),
+        };
+        let (forward, denial) = check.feed(&chunk, &mut admit);
         *body = Some(forward);
         if let Some(d) = denial {
             let mut out = bytes::BytesMut::new();

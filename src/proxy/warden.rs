@@ -50,6 +50,12 @@ impl Warden {
             ctx.line.rule.as_deref(),
             ctx.request_id(),
         );
+        let head = head.and_then(|(mut head, body)| {
+            if let Some(secs) = ctx.flow.retry_after {
+                head.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+            }
+            Ok((head, body))
+        });
         match head {
             Ok((head, body)) => {
                 if let Err(e) = session.write_error_response(head, body).await {
@@ -111,6 +117,9 @@ impl ProxyHttp for Warden {
             }
         }
         edit::set_timeouts(session, &ctx.snap.limits);
+        if self.over_request_budget(session, ctx).await? {
+            return Ok(true);
+        }
         self.route_llm(session, ctx).await
     }
 
@@ -244,6 +253,7 @@ impl ProxyHttp for Warden {
             if let Some(d) = ws.events.denied.clone().filter(|_| !was_finished) {
                 self.note_denial(ctx, &d, false);
             }
+            self.charge_ws_responses(ctx);
         }
         let chunk = body.take().unwrap_or_default();
         *body = Some(edit::outgoing(ctx, chunk, end_of_stream));
@@ -288,6 +298,7 @@ impl ProxyHttp for Warden {
             // The head never parsed; Pingora answered it. Nothing reached warden's phases.
             return;
         }
+        self.charge_ws_end(session, ctx);
         let delivered = Delivered {
             status: session.response_written().map(|r| r.status.as_u16()),
             bytes_in: session.body_bytes_read() as u64,

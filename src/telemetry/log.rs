@@ -430,6 +430,9 @@ pub struct CanonicalLog {
     pub input_tokens: Option<u64>,
     /// LLM API calls: generated tokens the provider reported.
     pub output_tokens: Option<u64>,
+    /// LLM API calls: `true` when the call ended without usage and `input_tokens` and
+    /// `output_tokens` are warden's estimate from the body bytes (about 4 bytes a token).
+    pub tokens_estimated: Option<bool>,
     /// gRPC calls: the service (`package.Service`) from the path.
     pub grpc_service: Option<String>,
     /// gRPC calls: the method from the path.
@@ -477,6 +480,7 @@ impl CanonicalLog {
             tools: None,
             input_tokens: None,
             output_tokens: None,
+            tokens_estimated: None,
             grpc_service: None,
             grpc_method: None,
             grpc_status: None,

@@ -3,12 +3,22 @@
 //! TLS layer and reloads. Rendered for the admin endpoint's `/metrics`.
 
 use super::log::{CanonicalLog, Kind, LogSettings};
+use crate::budget::{BudgetKey, Standing};
 use crate::reason::Reason;
 use crate::tls::Leaves;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+
+/// The `client` label of every client past `limits.metric_clients`.
+pub const OTHER_CLIENTS: &str = "other";
+
+/// `limits.metric_clients` when the file does not set it.
+pub const DEFAULT_METRIC_CLIENTS: usize = 1000;
 
 /// warden's metrics, in a registry owned by one running instance (no global registry, so two
 /// instances can share a process). Label values come from bounded sets only.
@@ -37,6 +47,14 @@ pub struct Metrics {
     admin_requests: IntCounterVec,
     /// Clients registered through the admin API now.
     pub clients_registered: IntGauge,
+    budget_denials: IntCounterVec,
+    budget_remaining: GaugeVec,
+    /// The latest standing of each labelled client's budgets, turned into the gauge at each
+    /// scrape (a window that ended since reads as full).
+    budget_standing: Mutex<HashMap<(String, &'static str), Standing>>,
+    /// Client names with their own label, first come first labelled, up to `client_cap`.
+    clients: RwLock<HashSet<String>>,
+    client_cap: AtomicUsize,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -195,7 +213,7 @@ impl Metrics {
         let llm_tokens = IntCounterVec::new(
             Opts::new(
                 "warden_llm_tokens_total",
-                "Tokens the providers reported, by provider, model and kind (input or output).",
+                "Tokens the providers reported (or warden estimated from the bytes, when a call ended without usage: tokens_estimated in the log line), by provider, model and kind (input or output).",
             ),
             &["provider", "model", "kind"],
         )
@@ -227,6 +245,22 @@ impl Metrics {
             "Clients registered through the admin API.",
         )
         .expect("static metric definition");
+        let budget_denials = IntCounterVec::new(
+            Opts::new(
+                "warden_budget_denials_total",
+                "Requests refused because the client spent a budget, by client and budget (the budget key, e.g. llm_tokens_per_minute).",
+            ),
+            &["client", "budget"],
+        )
+        .expect("static metric definition");
+        let budget_remaining = GaugeVec::new(
+            Opts::new(
+                "warden_budget_remaining_ratio",
+                "The share of each configured client budget left now, 0 to 1 (clients labelled \"other\" have none).",
+            ),
+            &["client", "budget"],
+        )
+        .expect("static metric definition");
         let collectors = [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -248,6 +282,8 @@ impl Metrics {
             Box::new(accept_errors.clone()),
             Box::new(admin_requests.clone()),
             Box::new(clients_registered.clone()),
+            Box::new(budget_denials.clone()),
+            Box::new(budget_remaining.clone()),
         ];
         let mut names = Vec::new();
         for c in collectors {
@@ -276,12 +312,75 @@ impl Metrics {
             accept_errors,
             admin_requests,
             clients_registered,
+            budget_denials,
+            budget_remaining,
+            budget_standing: Mutex::default(),
+            clients: RwLock::default(),
+            client_cap: AtomicUsize::new(DEFAULT_METRIC_CLIENTS),
         }
     }
 
     /// Counts a clients API request by its result: `ok`, `refused` or `unauthorized`.
     pub fn admin_request(&self, result: &'static str) {
         self.admin_requests.with_label_values(&[result]).inc();
+    }
+
+    /// Sets `limits.metric_clients`: how many client names get a label of their own. Names
+    /// already labelled keep theirs; a lower cap labels only new names `other`.
+    pub fn cap_clients(&self, cap: usize) {
+        self.client_cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// The `client` label for `name`: its own while fewer than `limits.metric_clients`
+    /// names have one (or it already has one), else [`OTHER_CLIENTS`].
+    pub fn client_label<'a>(&self, name: &'a str) -> &'a str {
+        // Every line asks: the common answer takes only the shared lock.
+        let known = self.clients.read().unwrap_or_else(|p| p.into_inner());
+        if known.contains(name) {
+            return name;
+        }
+        drop(known);
+        let mut clients = self.clients.write().unwrap_or_else(|p| p.into_inner());
+        if clients.contains(name) || clients.len() < self.client_cap.load(Ordering::Relaxed) {
+            clients.insert(name.to_string());
+            return name;
+        }
+        OTHER_CLIENTS
+    }
+
+    /// Counts a request `client` sent that budget `key` refused.
+    pub fn budget_denied(&self, client: &str, key: BudgetKey) {
+        let label = self.client_label(client);
+        self.budget_denials
+            .with_label_values(&[label, key.name()])
+            .inc();
+    }
+
+    /// Records how much of each of `client`'s budgets is left. A client labelled `other`
+    /// gets no gauge: shares of different clients' budgets do not add up.
+    pub fn budget_standing(&self, client: &str, standing: &[(BudgetKey, Standing)]) {
+        let label = self.client_label(client);
+        if label == OTHER_CLIENTS && client != OTHER_CLIENTS {
+            return;
+        }
+        let mut map = self
+            .budget_standing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (key, s) in standing {
+            map.insert((label.to_string(), key.name()), *s);
+        }
+    }
+
+    /// Forgets every budget gauge: after a reload, before the budgets in force are recorded
+    /// again, so a budget no longer configured stops being reported.
+    pub fn clear_budget_standing(&self) {
+        let mut map = self
+            .budget_standing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        self.budget_remaining.reset();
     }
 
     /// Counts a failed accept; `fds` when the process is out of file descriptors.
@@ -325,7 +424,7 @@ impl Metrics {
                 .unwrap_or("other"),
             None => "none",
         };
-        let client = line.client.as_deref().unwrap_or("-");
+        let client = line.client.as_deref().map_or("-", |c| self.client_label(c));
         let version = line.http_version.unwrap_or("-");
         self.requests
             .with_label_values(&[kind, status_class, client, version])
@@ -381,6 +480,17 @@ impl Metrics {
     /// The Prometheus text for a scrape, with the certificate figures read from `leaves`.
     pub fn render(&self, leaves: &Leaves) -> Vec<u8> {
         self.cert_cache_entries.set(leaves.cached() as i64);
+        let now_ms = crate::budget::now_ms();
+        let standing = self
+            .budget_standing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for ((client, key), s) in standing.iter() {
+            self.budget_remaining
+                .with_label_values(&[client.as_str(), key])
+                .set(s.remaining_at(now_ms));
+        }
+        drop(standing);
         let minted = leaves.mints();
         let seen = self.cert_mints.get();
         if minted > seen {

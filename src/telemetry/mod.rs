@@ -10,4 +10,4 @@ pub use self::log::{
     error_text, init_logger, redact_query, CanonicalLog, Capture, Kind, LogConfig, LogFormat,
     LogLevel, LogSettings, ACCESS_TARGET, FRAME_EXCERPT_BYTES,
 };
-pub use self::metrics::{Metrics, Open};
+pub use self::metrics::{Metrics, Open, DEFAULT_METRIC_CLIENTS, OTHER_CLIENTS};

@@ -1,6 +1,7 @@
 //! Real Python clients through warden's HTTP/2 inside intercepted tunnels: grpcio (all four
 //! call kinds, trailers, statuses, an injected credential, refusals), httpx with `http2=True`
-//! and the official OpenAI SDK against the fake LLM provider. The scripts live in
+//! and the official OpenAI SDK against the fake LLM provider; and both official SDKs raising
+//! their rate-limit errors on a spent client budget. The scripts live in
 //! tests/clients/ and run on the venv `.ci/deps` makes; each prints its result as JSON.
 
 use crate::common::*;
@@ -529,4 +530,83 @@ async fn the_openai_sdk_over_http2_streams_allowed_tool_calls_whole_and_raises_o
             .is_some_and(|t| t.contains(&json!("read_file"))),
         "{line}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_and_anthropic_sdks_raise_their_rate_limit_errors_on_a_spent_budget() {
+    use crate::budget::{budget_yaml, clear_of_a_window_end, CHAT_JSON, MESSAGE_JSON};
+    // Day windows (UTC), and a minute to spare for Python's start-up.
+    clear_of_a_window_end(Duration::from_secs(86_400), Duration::from_secs(60)).await;
+    let openai = LlmOrigin::start(Script::json(200, CHAT_JSON)).await;
+    let anthropic = LlmOrigin::start(Script::json(200, MESSAGE_JSON)).await;
+    let w = TestWarden::start(&budget_yaml(
+        &[
+            ("openai", "openai.test", openai.port()),
+            ("anthropic", "anthropic.test", anthropic.port()),
+        ],
+        &[
+            ("run-window", "{ llm_tokens_per_day: 10 }"),
+            ("run-quota", "{ llm_tokens_total: 10 }"),
+            ("run-claude", "{ llm_tokens_per_day: 10 }"),
+        ],
+        "",
+    ))
+    .await;
+    let proxy = |name: &str| format!("http://{name}:tok-{name}@{}", w.addr);
+    let openai_base = format!("https://openai.test:{}/v1", openai.port());
+    let calls = json!([
+        {"sdk": "openai", "base_url": openai_base, "proxy": proxy("run-window"), "id": "sdk-budget-window"},
+        {"sdk": "openai", "base_url": openai_base, "proxy": proxy("run-quota"), "id": "sdk-budget-quota"},
+        {"sdk": "anthropic", "base_url": format!("https://anthropic.test:{}", anthropic.port()),
+         "proxy": proxy("run-claude"), "id": "sdk-budget-claude"},
+    ]);
+    let mut cmd = client_script("budget_sdks.py", &w, &w.proxy_url());
+    cmd.arg(calls.to_string());
+    let out = run(cmd, "budget_sdks.py").await;
+
+    // The first call of each went through and reported its usage; the second raised the
+    // SDK's own rate-limit error (max_retries=0: nothing was waited out).
+    let window = &out[0];
+    assert_eq!(window["usage"]["prompt_tokens"], 11, "{out}");
+    assert_eq!(window["error"]["type"], "RateLimitError", "{out}");
+    assert_eq!(window["error"]["status"], 429);
+    assert_eq!(
+        window["error"]["body"]["code"], "rate_limit_exceeded",
+        "{out}"
+    );
+    assert!(window["error"]["retry_after"].is_string(), "{out}");
+    assert!(window["error"]["should_retry"].is_null(), "{out}");
+    let quota = &out[1];
+    assert_eq!(quota["error"]["type"], "RateLimitError", "{out}");
+    assert_eq!(
+        quota["error"]["body"]["code"], "insufficient_quota",
+        "{out}"
+    );
+    assert_eq!(
+        quota["error"]["body"]["type"], "insufficient_quota",
+        "{out}"
+    );
+    assert_eq!(quota["error"]["should_retry"], "false", "{out}");
+    assert!(quota["error"]["retry_after"].is_null(), "{out}");
+    let claude = &out[2];
+    assert_eq!(claude["usage"]["input_tokens"], 11, "{out}");
+    assert_eq!(claude["error"]["type"], "RateLimitError", "{out}");
+    assert_eq!(claude["error"]["status"], 429);
+    assert_eq!(
+        claude["error"]["body"]["error"]["type"], "rate_limit_error",
+        "{out}"
+    );
+    assert!(claude["error"]["retry_after"].is_string(), "{out}");
+    // The refused calls never reached the providers.
+    assert_eq!(openai.received().len(), 2);
+    assert_eq!(anthropic.received().len(), 1);
+    for (id, client) in [
+        ("sdk-budget-window-2", "run-window"),
+        ("sdk-budget-quota-2", "run-quota"),
+        ("sdk-budget-claude-2", "run-claude"),
+    ] {
+        let line = log_for(id).await;
+        assert_eq!(line["reason"], "budget_exceeded", "{line}");
+        assert_eq!(line["client"], client, "{line}");
+    }
 }

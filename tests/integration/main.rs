@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod budget;
 mod capture;
 mod cli;
 mod clients;
