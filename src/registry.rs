@@ -390,11 +390,11 @@ impl Registry {
         sealer: Option<Arc<Sealer>>,
         snap: &Snapshot,
     ) -> Result<usize, crate::store::StoreError> {
-        let stored = store.load().await?;
         self.backing.store(Some(Arc::new(Backing {
             store: store.clone(),
             sealer: sealer.clone(),
         })));
+        let stored = store.load().await?;
         let now = SystemTime::now();
         let mut loaded = 0;
         for c in stored {
@@ -560,6 +560,69 @@ impl Registry {
         }
     }
 
+    /// A registration another instance made (or changed) and the store announced: taken in
+    /// unless it is what this instance already has. A new token closes the old one's
+    /// connections, as a local `PUT` does.
+    pub fn apply(&self, c: &StoredClient, snap: &Snapshot) {
+        let sealer = self.backing.load().as_ref().and_then(|b| b.sealer.clone());
+        let fresh = match self.restore(c, sealer.as_deref(), snap) {
+            Ok(r) => r,
+            Err(why) => return log::warn!("state: the client `{}` is not taken in: {why}", c.name),
+        };
+        let current = self.state.load().by_name.get(c.name.as_str()).cloned();
+        let same = current.as_ref().is_some_and(|r| {
+            r.token_hash == fresh.token_hash
+                && r.body == fresh.body
+                && r.expires_at == fresh.expires_at
+        });
+        if same {
+            return;
+        }
+        let kept = current
+            .as_ref()
+            .filter(|r| r.token_hash == fresh.token_hash)
+            .map(|r| r.client.revoked.clone());
+        let fresh = match kept {
+            Some(revoked) => Registration {
+                client: Arc::new(Client::registered(
+                    &c.name,
+                    Token::Hash(fresh.token_hash),
+                    fresh.client.profile.clone(),
+                    revoked,
+                )),
+                ..fresh
+            },
+            None => fresh,
+        };
+        self.publish(&c.name, Some(fresh));
+        if let Some(old) = current.filter(|r| r.token_hash != c_hash(c)) {
+            old.client.revoked.cancel();
+        }
+    }
+
+    /// A registration another instance removed: revoked here too.
+    pub fn remove(&self, name: &str) {
+        let Some(gone) = self.state.load().by_name.get(name).cloned() else {
+            return;
+        };
+        self.publish(name, None);
+        gone.client.revoked.cancel();
+        log::info!("client `{name}` revoked (by another instance)");
+    }
+
+    /// Makes this instance's registrations exactly `all` (after a reconnect to the store).
+    pub fn reconcile(&self, all: &[StoredClient], snap: &Snapshot) {
+        for c in all {
+            self.apply(c, snap);
+        }
+        let names: Vec<Arc<str>> = self.state.load().by_name.keys().cloned().collect();
+        for name in names {
+            if !all.iter().any(|c| *c.name == *name) {
+                self.remove(&name);
+            }
+        }
+    }
+
     /// The profiles of the registered clients (their correlation sections are kept across
     /// reloads).
     pub fn profiles(&self) -> Vec<Arc<crate::profile::Profile>> {
@@ -570,6 +633,19 @@ impl Registry {
             .map(|r| r.client.profile.clone())
             .collect()
     }
+}
+
+/// The token hash a stored registration names (zeros when malformed: matches nothing).
+fn c_hash(c: &StoredClient) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = c
+            .token_hash
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    out
 }
 
 /// How often the server looks for expired registrations ([`Registry::expire`]).

@@ -94,7 +94,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         generation: std::sync::atomic::AtomicU64::new(1),
         connector: LlmConnector::default(),
     });
-    attach_state(&shared).await?;
+    let redis = attach_state(&shared).await?;
     shared.configured();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -121,6 +121,9 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         move |stream, shutdown| front.clone().serve(stream, shutdown),
     ));
     tracker.spawn(expire_registrations(shared.clone(), shutdown_rx.clone()));
+    if let Some(redis) = redis {
+        tracker.spawn(follow_state(shared.clone(), redis, shutdown_rx.clone()));
+    }
     if let Some(listener) = admin_listener {
         let admin = Arc::new(HttpServer::new_app(Admin::new(shared.clone())));
         let tls = match &shared.snapshot.load().admin_tls {
@@ -182,25 +185,101 @@ fn admin_acceptor(t: &crate::config::AdminTls) -> Result<openssl::ssl::SslAccept
 }
 
 /// Opens `state`'s store and loads the clients registered in it.
-async fn attach_state(shared: &Shared) -> Result<(), StartError> {
+/// A Redis store comes back with the follower that keeps this instance in step with it.
+async fn attach_state(
+    shared: &Shared,
+) -> Result<Option<Arc<crate::store::RedisStore>>, StartError> {
+    use crate::store::{Backend, Embedded, Memory, RedisStore, Store};
     let snap = shared.snapshot.load_full();
     let st = &snap.state;
-    let store: Arc<dyn crate::store::Store> = match (st.backend, &st.path) {
-        (crate::store::Backend::Embedded, Some(path)) => {
-            Arc::new(crate::store::Embedded::open(path)?)
+    let registry = &shared.runtime.registry;
+    let (store, redis): (Arc<dyn Store>, _) = match (st.backend, &st.path, &st.url) {
+        (Backend::Embedded, Some(path), _) => (Arc::new(Embedded::open(path)?), None),
+        (Backend::Redis, _, Some(url)) => {
+            let redis = Arc::new(RedisStore::new(url, &st.key_prefix)?);
+            (redis.clone() as Arc<dyn Store>, Some(redis))
         }
-        _ => Arc::new(crate::store::Memory),
+        _ => (Arc::new(Memory), None),
     };
-    let loaded = shared
-        .runtime
-        .registry
-        .attach(store, st.sealer.clone(), &snap)
-        .await?;
-    if loaded > 0 {
-        log::info!("state: {loaded} registered clients loaded");
+    match registry.attach(store, st.sealer.clone(), &snap).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("state: {n} registered clients loaded"),
+        // A fleet's shared store may be down when one instance starts: it starts anyway and
+        // takes the registrations in when the store answers.
+        Err(e) if redis.is_some() => {
+            shared.metrics.state_available.set(0);
+            log::warn!("{e}; starting without registered clients until redis answers");
+        }
+        Err(e) => return Err(e.into()),
     }
-    Ok(())
+    Ok(redis)
 }
+
+/// Keeps this instance's registered clients in step with a Redis store: every announced
+/// change is taken in, and after each (re)connection the whole set is read again, so what
+/// changed while the connection was down is not missed.
+async fn follow_state(
+    shared: Arc<Shared>,
+    redis: Arc<crate::store::RedisStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::store::Store;
+    use futures_util::StreamExt;
+    let registry = &shared.runtime.registry;
+    let mut down = false;
+    loop {
+        match redis.subscribe().await {
+            Ok(mut changes) => {
+                match redis.load().await {
+                    Ok(all) => {
+                        registry.reconcile(&all, &shared.snapshot.load());
+                        shared.metrics.state_available.set(1);
+                        if std::mem::take(&mut down) {
+                            log::info!("state: redis answers again; registrations resynced");
+                        }
+                    }
+                    // Try the whole subscription again: nothing may be missed in between.
+                    Err(e) => {
+                        log::debug!("state: resync failed: {e}");
+                        down = true;
+                        tokio::select! {
+                            _ = tokio::time::sleep(FOLLOW_RETRY) => continue,
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+                loop {
+                    let change = tokio::select! {
+                        c = changes.next() => c,
+                        _ = shutdown.changed() => return,
+                    };
+                    let Some(change) = change else { break };
+                    let Ok(name) = change.get_payload::<String>() else {
+                        continue;
+                    };
+                    match redis.get(&name).await {
+                        Ok(Some(c)) => registry.apply(&c, &shared.snapshot.load()),
+                        Ok(None) => registry.remove(&name),
+                        Err(e) => log::warn!("state: reading client `{name}` failed: {e}"),
+                    }
+                }
+            }
+            Err(e) => log::debug!("state: {e}"),
+        }
+        if !down {
+            down = true;
+            shared.metrics.state_available.set(0);
+            log::warn!("state: lost redis; known clients keep working, registration answers 503 until it is back");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How soon the follower tries Redis again after losing it.
+const FOLLOW_RETRY: Duration = Duration::from_millis(250);
 
 /// Revokes registered clients as they expire, until shutdown.
 async fn expire_registrations(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {

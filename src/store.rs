@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// `state`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Where registered clients are kept.
@@ -27,6 +27,28 @@ pub struct StateConfig {
     /// Seals secret values of registered clients at rest.
     #[serde(default)]
     pub encryption_key: Option<SecretSource>,
+    /// `redis`: the server (`redis://host:port/db`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `redis`: the prefix of every key and of the change channel.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "warden:".into()
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: Backend::Memory,
+            path: None,
+            encryption_key: None,
+            url: None,
+            key_prefix: default_prefix(),
+        }
+    }
 }
 
 /// `state.backend`.
@@ -38,6 +60,8 @@ pub enum Backend {
     Memory,
     /// A file store on local disk (`state.path`).
     Embedded,
+    /// A Redis server shared by a fleet (`state.url`).
+    Redis,
 }
 
 /// One registration as a store keeps it.
@@ -189,6 +213,178 @@ impl Store for Embedded {
             tx.commit().map_err(StoreError::of)
         })
         .await
+    }
+
+    fn persists(&self) -> bool {
+        true
+    }
+}
+
+/// How long one Redis connection attempt or command may take: past it the store is down for
+/// that request (`503`), and the request path never waits on it.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `redis`: registrations under `{prefix}client:{name}` (JSON), their names in the set
+/// `{prefix}clients`, and every change announced on the channel `{prefix}changes` (the name),
+/// so each instance pointed at the server follows the others.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A store on the server at `url` (not contacted yet).
+    pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError(format!("state.url: {e}")))?;
+        Ok(RedisStore {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}client:{name}", self.prefix)
+    }
+
+    fn index(&self) -> String {
+        format!("{}clients", self.prefix)
+    }
+
+    /// The channel changes are announced on.
+    pub fn channel(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
+        let mut held = self.conn.lock().await;
+        if let Some(c) = held.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(1);
+        let connect = redis::aio::ConnectionManager::new_with_config(self.client.clone(), config);
+        let c = tokio::time::timeout(REDIS_TIMEOUT * 2, connect)
+            .await
+            .map_err(|_| StoreError("redis did not answer".into()))?
+            .map_err(StoreError::of)?;
+        *held = Some(c.clone());
+        Ok(c)
+    }
+
+    /// A failed command drops the connection: the next one dials afresh rather than reuse
+    /// one the server closed.
+    async fn failed(&self, e: redis::RedisError) -> StoreError {
+        *self.conn.lock().await = None;
+        StoreError::of(e)
+    }
+
+    /// One registration, as the server has it now.
+    pub async fn get(&self, name: &str) -> Result<Option<StoredClient>, StoreError> {
+        let mut c = self.conn().await?;
+        let raw: Option<Vec<u8>> = match redis::cmd("GET")
+            .arg(self.key(name))
+            .query_async(&mut c)
+            .await
+        {
+            Ok(raw) => raw,
+            Err(e) => return Err(self.failed(e).await),
+        };
+        raw.map(|b| serde_json::from_slice(&b).map_err(StoreError::of))
+            .transpose()
+    }
+
+    /// A subscription to the change channel: each message is a client's name.
+    pub async fn subscribe(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = redis::Msg> + use<>, StoreError> {
+        let connect = self.client.get_async_pubsub();
+        let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT * 2, connect)
+            .await
+            .map_err(|_| StoreError("redis did not answer".into()))?
+            .map_err(StoreError::of)?;
+        pubsub
+            .subscribe(self.channel())
+            .await
+            .map_err(StoreError::of)?;
+        Ok(pubsub.into_on_message())
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn load(&self) -> Result<Vec<StoredClient>, StoreError> {
+        let mut c = self.conn().await?;
+        let names: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(self.index())
+            .query_async(&mut c)
+            .await
+        {
+            Ok(names) => names,
+            Err(e) => return Err(self.failed(e).await),
+        };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+        let raws: Vec<Option<Vec<u8>>> =
+            match redis::cmd("MGET").arg(&keys).query_async(&mut c).await {
+                Ok(raws) => raws,
+                Err(e) => return Err(self.failed(e).await),
+            };
+        Ok(raws
+            .into_iter()
+            .flatten()
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect())
+    }
+
+    async fn put(&self, client: &StoredClient) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(client).map_err(StoreError::of)?;
+        let mut c = self.conn().await?;
+        let done = redis::pipe()
+            .atomic()
+            .set(self.key(&client.name), json)
+            .ignore()
+            .sadd(self.index(), &client.name)
+            .ignore()
+            .publish(self.channel(), &client.name)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let done = redis::pipe()
+            .atomic()
+            .del(self.key(name))
+            .ignore()
+            .srem(self.index(), name)
+            .ignore()
+            .publish(self.channel(), name)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(e).await),
+        }
     }
 
     fn persists(&self) -> bool {

@@ -124,6 +124,10 @@ pub struct StateSettings {
     pub backend: crate::store::Backend,
     /// `state.path`, resolved.
     pub path: Option<PathBuf>,
+    /// `state.url`.
+    pub url: Option<String>,
+    /// `state.key_prefix`.
+    pub key_prefix: String,
     /// Seals registered clients' secret values (`state.encryption_key`).
     pub sealer: Option<Arc<crate::store::Sealer>>,
 }
@@ -557,6 +561,18 @@ impl Config {
                 "is required with state.backend: embedded (the store file)".into(),
             ));
         }
+        if st.backend == crate::store::Backend::Redis {
+            match &st.url {
+                None => errors.push(CompileError::new(
+                    "state.url".into(),
+                    "is required with state.backend: redis (redis://host:port/db)".into(),
+                )),
+                Some(url) if redis::Client::open(url.as_str()).is_err() => errors.push(
+                    CompileError::new("state.url".into(), "is not a redis:// URL".into()),
+                ),
+                Some(_) => {}
+            }
+        }
         let sealer = st.encryption_key.as_ref().and_then(|source| {
             source
                 .read(&self.base_dir)
@@ -572,6 +588,8 @@ impl Config {
         StateSettings {
             backend: st.backend,
             path: st.path.as_ref().map(|p| self.resolve_path(p)),
+            url: st.url.clone(),
+            key_prefix: st.key_prefix.clone(),
             sealer,
         }
     }

@@ -47,6 +47,8 @@ pub struct Metrics {
     admin_requests: IntCounterVec,
     /// Clients registered through the admin API now.
     pub clients_registered: IntGauge,
+    /// 1 while the state store answers (always, for memory and embedded), 0 while it is down.
+    pub state_available: IntGauge,
     budget_denials: IntCounterVec,
     budget_remaining: GaugeVec,
     /// The latest standing of each labelled client's budgets, turned into the gauge at each
@@ -245,6 +247,12 @@ impl Metrics {
             "Clients registered through the admin API.",
         )
         .expect("static metric definition");
+        let state_available = IntGauge::new(
+            "warden_state_available",
+            "1 while the state store (state.backend) answers, 0 while it is down: registration then answers 503 and known clients keep working.",
+        )
+        .expect("static metric definition");
+        state_available.set(1);
         let budget_denials = IntCounterVec::new(
             Opts::new(
                 "warden_budget_denials_total",
@@ -282,6 +290,7 @@ impl Metrics {
             Box::new(accept_errors.clone()),
             Box::new(admin_requests.clone()),
             Box::new(clients_registered.clone()),
+            Box::new(state_available.clone()),
             Box::new(budget_denials.clone()),
             Box::new(budget_remaining.clone()),
         ];
@@ -312,6 +321,7 @@ impl Metrics {
             accept_errors,
             admin_requests,
             clients_registered,
+            state_available,
             budget_denials,
             budget_remaining,
             budget_standing: Mutex::default(),

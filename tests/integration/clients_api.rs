@@ -786,3 +786,181 @@ async fn stop(mut w: TestWarden) {
 fn admin_client() -> reqwest::Client {
     admin()
 }
+
+/// A real `redis-server` on a loopback port, with its data in a folder (append-only file on,
+/// so a restart keeps what was written).
+struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: closed_port().await,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.run().await;
+        r
+    }
+
+    async fn run(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "yes", "--dir"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (installed by .ci/deps)");
+        self.child = Some(child);
+        // Ready once it answers PING.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
+                        .await
+                        .is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+fn redis_yaml(url: &str, prefix: &str) -> String {
+    default_yaml(
+        "all",
+        "",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\n  token: {{ type: static, value: {ADMIN_TOKEN} }}\nstate:\n  backend: redis\n  url: {url}\n  key_prefix: \"{prefix}\"\n  encryption_key: {{ type: static, value: fleet-key }}\n"
+        ),
+    )
+}
+
+/// Polls `f` until true; the time it took.
+async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f().await {
+        assert!(started.elapsed() < WAIT, "not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    assert!(took <= limit, "took {took:?}, more than {limit:?}");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_registrations_and_revocations() {
+    let origin = Origin::https().await;
+    let port = origin.port();
+    let mut redis = RedisServer::start().await;
+    let a = TestWarden::start(&redis_yaml(&redis.url(), "fleet1:")).await;
+    let b = TestWarden::start(&redis_yaml(&redis.url(), "fleet1:")).await;
+    let url = format!("https://a.test:{port}/echo");
+
+    // Registered on A, usable through B within a second.
+    let (status, body) = put(
+        &a,
+        "shared",
+        json!({ "credentials": [{ "host": format!("a.test:{port}"), "source": { "type": "static", "value": CANARY } }] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    within(Duration::from_secs(1), async || {
+        call(&b, "GET", "/v1/clients/shared", None).await.0 == 200
+    })
+    .await;
+    let r = as_client(&b, "shared", &token)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        origin.seen()[0].header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str()),
+        "the sealed secret opened on the other instance"
+    );
+
+    // Revoked on B, refused by A within a second; A's open tunnel closes.
+    let auth = openssl::base64::encode_block(format!("shared:{token}").as_bytes());
+    let tcp = a
+        .connect_with(
+            &format!("a.test:{port}"),
+            &format!("Proxy-Authorization: Basic {auth}\r\n"),
+        )
+        .await;
+    let mut tunnel = tls_connect(tcp, "a.test", &a.ca_pem).await;
+    assert_eq!(call(&b, "DELETE", "/v1/clients/shared", None).await.0, 204);
+    within(Duration::from_secs(1), async || {
+        call(&a, "GET", "/v1/clients/shared", None).await.0 == 404
+    })
+    .await;
+    assert_closed(&mut tunnel).await;
+    assert!(as_client(&a, "shared", &token)
+        .get(&url)
+        .send()
+        .await
+        .is_err());
+
+    // Redis down: known clients keep working from each instance's copy; registration is 503.
+    let (_, body) = put(&a, "known", json!({})).await;
+    let known = body["token"].as_str().unwrap().to_string();
+    within(Duration::from_secs(1), async || {
+        call(&b, "GET", "/v1/clients/known", None).await.0 == 200
+    })
+    .await;
+    redis.stop().await;
+    for w in [&a, &b] {
+        let r = as_client(w, "known", &known)
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a known client works while redis is down");
+    }
+    let (status, answer) = put(&a, "while-down", json!({})).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("state store"),
+        "{answer}"
+    );
+    eventually(async || metric_value(&a.scrape().await, "warden_state_available") == Some(0.0))
+        .await;
+
+    // Redis back: both follow it again, and what is registered on one reaches the other.
+    redis.run().await;
+    eventually(async || metric_value(&b.scrape().await, "warden_state_available") == Some(1.0))
+        .await;
+    eventually(async || put(&a, "after", json!({})).await.0 == 201).await;
+    within(Duration::from_secs(1), async || {
+        call(&b, "GET", "/v1/clients/after", None).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        call(&b, "GET", "/v1/clients/known", None).await.0,
+        200,
+        "kept across the outage"
+    );
+    assert_eq!(call(&b, "GET", "/v1/clients/while-down", None).await.0, 404);
+}
