@@ -78,6 +78,10 @@ impl Admin {
             .metrics
             .clients_registered
             .set(i64::try_from(registered).unwrap_or(i64::MAX));
+        let budgets = &self.shared.runtime.budgets;
+        self.shared
+            .metrics
+            .refresh_budget_windows(|client, key, window| budgets.used(client, key, window));
         self.shared.metrics.render(&self.shared.runtime.leaves)
     }
 

@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `budget`, in a client's entry (`proxy.auth.clients[i].budget`). 0 or absent: unlimited.
@@ -361,7 +361,9 @@ impl BudgetStore for MemoryStore {
 /// The budget counts of every client, kept across reloads.
 #[derive(Debug)]
 pub struct Budgets {
-    store: Box<dyn BudgetStore>,
+    memory: Box<dyn BudgetStore>,
+    /// A store shared by the fleet (`state.backend: redis`), once set at start.
+    shared: std::sync::OnceLock<Arc<dyn BudgetStore>>,
 }
 
 impl Default for Budgets {
@@ -388,7 +390,27 @@ fn until_next(key: BudgetKey, now_ms: u64) -> Option<u64> {
 impl Budgets {
     /// Budgets counted in `store`.
     pub fn new(store: Box<dyn BudgetStore>) -> Self {
-        Budgets { store }
+        Budgets {
+            memory: store,
+            shared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts in `store` from now on (set once, at start).
+    pub fn share(&self, store: Arc<dyn BudgetStore>) {
+        let _ = self.shared.set(store);
+    }
+
+    /// What `client` has used of `key` in the window starting at `window`.
+    pub fn used(&self, client: &str, key: BudgetKey, window: u64) -> u64 {
+        self.store().get(client, key, window)
+    }
+
+    fn store(&self) -> &dyn BudgetStore {
+        match self.shared.get() {
+            Some(s) => s.as_ref(),
+            None => self.memory.as_ref(),
+        }
     }
 
     /// One request of any kind (`requests_per_second`): takes a token from the client's
@@ -405,7 +427,7 @@ impl Budgets {
         let Some(rate) = budget.limit(key) else {
             return Ok(());
         };
-        let (there, tokens) = self.store.bucket(client, rate, now_ms, take);
+        let (there, tokens) = self.store().bucket(client, rate, now_ms, take);
         if there {
             return Ok(());
         }
@@ -438,7 +460,7 @@ impl Budgets {
             let Some(limit) = budget.limit(key) else {
                 continue;
             };
-            if self.store.get(client, key, key.window_at(now_ms)) < limit {
+            if self.store().get(client, key, key.window_at(now_ms)) < limit {
                 continue;
             }
             let e = Exceeded {
@@ -469,7 +491,10 @@ impl Budgets {
         self.check_call(client, budget, now_ms)?;
         let key = BudgetKey::RequestsPerMinute;
         let limit = budget.and_then(|b| b.limit(key));
-        match self.store.add(client, key, key.window_at(now_ms), 1, limit) {
+        match self
+            .store()
+            .add(client, key, key.window_at(now_ms), 1, limit)
+        {
             Ok(_) => Ok(()),
             Err(_) => Err(Exceeded {
                 key,
@@ -488,7 +513,7 @@ impl Budgets {
         }
         for key in BudgetKey::TOKENS {
             let _ = self
-                .store
+                .store()
                 .add(client, key, key.window_at(now_ms), tokens, None);
         }
     }
@@ -506,7 +531,7 @@ impl Budgets {
             .map(|&(key, limit)| {
                 let standing = match key {
                     BudgetKey::RequestsPerSecond => {
-                        let (_, tokens) = self.store.bucket(client, limit, now_ms, false);
+                        let (_, tokens) = self.store().bucket(client, limit, now_ms, false);
                         Standing::Bucket {
                             tokens,
                             rate: limit,
@@ -517,7 +542,7 @@ impl Budgets {
                         let window = key.window_at(now_ms);
                         Standing::Window {
                             limit,
-                            used: self.store.get(client, key, window),
+                            used: self.store().get(client, key, window),
                             ends_ms: key.window_secs().map_or(u64::MAX, |w| (window + w) * 1000),
                         }
                     }

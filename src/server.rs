@@ -122,6 +122,13 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
     ));
     tracker.spawn(expire_registrations(shared.clone(), shutdown_rx.clone()));
     if let Some(redis) = redis {
+        let on_unavailable = shared.snapshot.load().state.on_unavailable;
+        let budgets = Arc::new(crate::store::SharedBudgets::new(
+            redis.clone(),
+            on_unavailable,
+        ));
+        shared.runtime.budgets.share(budgets.clone());
+        tracker.spawn(sync_budgets(budgets, shutdown_rx.clone()));
         tracker.spawn(follow_state(shared.clone(), redis, shutdown_rx.clone()));
     }
     if let Some(listener) = admin_listener {
@@ -277,6 +284,38 @@ async fn follow_state(
         }
     }
 }
+
+/// Hands budget counts to Redis and takes the fleet's totals back, every [`BUDGET_SYNC`].
+async fn sync_budgets(
+    budgets: Arc<crate::store::SharedBudgets>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BUDGET_SYNC) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match budgets.sync(now).await {
+            Ok(()) if std::mem::take(&mut failing) => {
+                log::info!("state: budget counts are shared through redis again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                log::warn!("{e}; budgets follow state.on_unavailable until redis is back");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// How often budget counts are exchanged with Redis: the most a fleet's budget can be passed
+/// by, in time, before every instance knows.
+const BUDGET_SYNC: Duration = Duration::from_millis(200);
 
 /// How soon the follower tries Redis again after losing it.
 const FOLLOW_RETRY: Duration = Duration::from_millis(250);

@@ -33,6 +33,9 @@ pub struct StateConfig {
     /// `redis`: the prefix of every key and of the change channel.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
+    /// `redis`: what budgets do while Redis is down.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
 }
 
 fn default_prefix() -> String {
@@ -47,6 +50,7 @@ impl Default for StateConfig {
             encryption_key: None,
             url: None,
             key_prefix: default_prefix(),
+            on_unavailable: OnUnavailable::Local,
         }
     }
 }
@@ -389,6 +393,167 @@ impl Store for RedisStore {
 
     fn persists(&self) -> bool {
         true
+    }
+}
+
+impl RedisStore {
+    /// Adds `by` to the counter `key` (0 just reads it) and returns its total; a counter with
+    /// a `ttl` expires after it (its window has long ended by then).
+    async fn count(&self, key: &str, by: u64, ttl: Option<u64>) -> Result<u64, StoreError> {
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().incr(key, by);
+        if let Some(ttl) = ttl {
+            pipe.expire(key, i64::try_from(ttl).unwrap_or(i64::MAX))
+                .ignore();
+        }
+        match pipe.query_async::<(u64,)>(&mut c).await {
+            Ok((total,)) => Ok(total),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+}
+
+/// `state.on_unavailable`: what budgets do while the shared store is down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Count in this process, and hand the counts over when the store is back.
+    #[default]
+    Local,
+    /// Refuse what a budget governs until the store is back.
+    FailClosed,
+}
+
+/// One counter as this instance knows it: the fleet's total at the last sync, and what this
+/// instance counted since.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cell {
+    synced: u64,
+    pending: u64,
+}
+
+/// Budget counts shared by a fleet through Redis. The request path only touches local
+/// memory: each count is the fleet's total at the last sync plus this instance's own since;
+/// [`SharedBudgets::sync`] (a few times a second) adds those to Redis (`INCRBY`, so
+/// concurrent instances sum exactly) and reads the totals back. Token buckets
+/// (`requests_per_second`) stay per instance.
+pub struct SharedBudgets {
+    redis: Arc<RedisStore>,
+    cells: std::sync::Mutex<std::collections::HashMap<(String, BudgetKey, u64), Cell>>,
+    local: crate::budget::MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+    on_unavailable: OnUnavailable,
+}
+
+impl std::fmt::Debug for SharedBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBudgets").finish_non_exhaustive()
+    }
+}
+
+use crate::budget::{BudgetKey, BudgetStore};
+
+impl SharedBudgets {
+    /// Counts shared through `redis`.
+    pub fn new(redis: Arc<RedisStore>, on_unavailable: OnUnavailable) -> Self {
+        SharedBudgets {
+            redis,
+            cells: Default::default(),
+            local: Default::default(),
+            down: Default::default(),
+            on_unavailable,
+        }
+    }
+
+    fn key(&self, client: &str, key: BudgetKey, window: u64) -> String {
+        format!(
+            "{}budget:{client}:{}:{window}",
+            self.redis.prefix,
+            key.name()
+        )
+    }
+
+    /// Hands this instance's counts to Redis and takes the fleet's totals back. Counters of
+    /// windows that have ended are forgotten once handed over.
+    pub async fn sync(&self, now_secs: u64) -> Result<(), StoreError> {
+        let cells: Vec<((String, BudgetKey, u64), Cell)> = self
+            .cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, c)| (k.clone(), *c))
+            .collect();
+        for ((client, key, window), cell) in cells {
+            let ttl = key.window_secs().map(|w| w * 2);
+            let total = match self
+                .count(&self.key(&client, key, window), cell.pending, ttl)
+                .await
+            {
+                Ok(total) => total,
+                Err(e) => {
+                    self.down.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+            let ended = key.window_secs().is_some_and(|w| window + w < now_secs);
+            let id = (client, key, window);
+            if let Some(c) = cells.get_mut(&id) {
+                c.synced = total;
+                c.pending -= cell.pending.min(c.pending);
+                if ended && c.pending == 0 {
+                    cells.remove(&id);
+                }
+            }
+        }
+        self.down.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn count(&self, key: &str, by: u64, ttl: Option<u64>) -> Result<u64, StoreError> {
+        self.redis.count(key, by, ttl).await
+    }
+}
+
+impl BudgetStore for SharedBudgets {
+    fn get(&self, client: &str, key: BudgetKey, window: u64) -> u64 {
+        // A counter asked about is followed from now on: the next sync reads the fleet's total.
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let c = cells.entry((client.to_string(), key, window)).or_default();
+        // fail_closed: while the fleet's count is unknown, every budget reads as spent.
+        let down = self.down.load(std::sync::atomic::Ordering::Relaxed);
+        if down && self.on_unavailable == OnUnavailable::FailClosed {
+            return u64::MAX;
+        }
+        c.synced + c.pending
+    }
+
+    fn add(
+        &self,
+        client: &str,
+        key: BudgetKey,
+        window: u64,
+        n: u64,
+        limit: Option<u64>,
+    ) -> Result<u64, u64> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let cell = cells.entry((client.to_string(), key, window)).or_default();
+        let now = cell.synced + cell.pending;
+        let down = self.down.load(std::sync::atomic::Ordering::Relaxed);
+        if limit.is_some() && down && self.on_unavailable == OnUnavailable::FailClosed {
+            return Err(now);
+        }
+        let sum = now.saturating_add(n);
+        if limit.is_some_and(|l| sum > l) {
+            return Err(now);
+        }
+        cell.pending += n;
+        Ok(sum)
+    }
+
+    fn bucket(&self, client: &str, rate: u64, now_ms: u64, take: bool) -> (bool, f64) {
+        self.local.bucket(client, rate, now_ms, take)
     }
 }
 

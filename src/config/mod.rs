@@ -128,6 +128,8 @@ pub struct StateSettings {
     pub url: Option<String>,
     /// `state.key_prefix`.
     pub key_prefix: String,
+    /// `state.on_unavailable`.
+    pub on_unavailable: crate::store::OnUnavailable,
     /// Seals registered clients' secret values (`state.encryption_key`).
     pub sealer: Option<Arc<crate::store::Sealer>>,
 }
@@ -590,6 +592,7 @@ impl Config {
             path: st.path.as_ref().map(|p| self.resolve_path(p)),
             url: st.url.clone(),
             key_prefix: st.key_prefix.clone(),
+            on_unavailable: st.on_unavailable,
             sealer,
         }
     }

@@ -382,6 +382,31 @@ impl Metrics {
         }
     }
 
+    /// Reads every recorded window's use again (`used(client, budget, window start)`), so the
+    /// gauge is current at the scrape: with a store shared by a fleet, other instances' use
+    /// shows as soon as it is synced.
+    pub fn refresh_budget_windows(&self, used: impl Fn(&str, BudgetKey, u64) -> u64) {
+        let mut map = self
+            .budget_standing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for ((client, name), s) in map.iter_mut() {
+            let Some(key) = BudgetKey::ALL.into_iter().find(|k| k.name() == *name) else {
+                continue;
+            };
+            if let Standing::Window {
+                used: u, ends_ms, ..
+            } = s
+            {
+                let window = match key.window_secs() {
+                    Some(w) => (*ends_ms / 1000).saturating_sub(w),
+                    None => 0,
+                };
+                *u = used(client, key, window);
+            }
+        }
+    }
+
     /// Forgets every budget gauge: after a reload, before the budgets in force are recorded
     /// again, so a budget no longer configured stops being reported.
     pub fn clear_budget_standing(&self) {

@@ -644,3 +644,96 @@ mod websocket {
         assert_eq!(line["reason"], "budget_exceeded", "{line}");
     }
 }
+
+fn fleet_state(url: &str, prefix: &str, on_unavailable: &str) -> String {
+    format!("state:\n  backend: redis\n  url: {url}\n  key_prefix: \"{prefix}\"\n  on_unavailable: {on_unavailable}\n")
+}
+
+/// What is left of `fleet`'s daily token budget on `w`, as its gauge says.
+async fn left_on(w: &TestWarden) -> Option<f64> {
+    series(
+        &w.scrape().await,
+        "warden_budget_remaining_ratio",
+        &[("client", "fleet"), ("budget", "llm_tokens_per_day")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_spent_through_two_instances_on_one_redis_holds_in_total() {
+    clear_of_a_window_end(Duration::from_secs(86_400), Duration::from_secs(60)).await;
+    let redis = crate::clients_api::RedisServer::start().await;
+    let openai = LlmOrigin::start(Script::json(200, CHAT_JSON)).await;
+    let yaml = budget_yaml(
+        &[("openai", "openai.test", openai.port())],
+        &[("fleet", "{ llm_tokens_per_day: 40 }")],
+        &fleet_state(&redis.url(), "budget1:", "local"),
+    );
+    let (a, b) = (
+        TestWarden::start(&yaml).await,
+        TestWarden::start(&yaml).await,
+    );
+    let chat = format!("https://openai.test:{}/v1/chat/completions", openai.port());
+    let (ca, cb) = (client_as(&a, "fleet"), client_as(&b, "fleet"));
+    // B follows the client's counters from its first CONNECT (which spends nothing).
+    let _tunnel = b
+        .connect_with(
+            &format!("openai.test:{}", openai.port()),
+            &proxy_auth("fleet"),
+        )
+        .await;
+    // Each call reports 18 tokens. A spends 18; B learns it.
+    assert_eq!(call(&ca, &chat, "fleet-1").await.status(), 200);
+    crate::clients_api::eventually(async || left_on(&b).await == Some(22.0 / 40.0)).await;
+    // B spends 18 more (36 < 40 still admits); A learns the total.
+    assert_eq!(call(&cb, &chat, "fleet-2").await.status(), 200);
+    crate::clients_api::eventually(async || left_on(&a).await == Some(4.0 / 40.0)).await;
+    assert_eq!(call(&ca, &chat, "fleet-3").await.status(), 200);
+    // 54 counted by the fleet: B refuses, though it spent only 18 itself.
+    crate::clients_api::eventually(async || left_on(&b).await == Some(0.0)).await;
+    let refused = call(&cb, &chat, "fleet-4").await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        openai.received().len(),
+        3,
+        "the refused call never reached the origin"
+    );
+    assert_eq!(log_for("fleet-4").await["reason"], "budget_exceeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_budgets_count_locally_or_fail_closed() {
+    clear_of_a_window_end(Duration::from_secs(86_400), Duration::from_secs(60)).await;
+    let mut redis = crate::clients_api::RedisServer::start().await;
+    let openai = LlmOrigin::start(Script::json(200, CHAT_JSON)).await;
+    let chat = format!("https://openai.test:{}/v1/chat/completions", openai.port());
+    let start = |mode: &str, prefix: &str| {
+        budget_yaml(
+            &[("openai", "openai.test", openai.port())],
+            &[("fleet", "{ llm_tokens_per_day: 1000 }")],
+            &fleet_state(&redis.url(), prefix, mode),
+        )
+    };
+    let local = TestWarden::start(&start("local", "down-local:")).await;
+    let closed = TestWarden::start(&start("fail_closed", "down-closed:")).await;
+    let (cl, cc) = (client_as(&local, "fleet"), client_as(&closed, "fleet"));
+    assert_eq!(call(&cl, &chat, "down-0").await.status(), 200);
+    assert_eq!(call(&cc, &chat, "down-1").await.status(), 200);
+    redis.stop().await;
+    // fail_closed refuses what a budget governs once it knows Redis is gone; local goes on.
+    let mut n = 0;
+    crate::clients_api::eventually(async || {
+        n += 1;
+        call(&cc, &chat, &format!("down-closed-{n}")).await.status() == 429
+    })
+    .await;
+    assert_eq!(call(&cl, &chat, "down-local-1").await.status(), 200);
+    // Back: the local counts are handed over, and fail_closed admits again.
+    redis.run().await;
+    crate::clients_api::eventually(async || {
+        n += 1;
+        call(&cc, &chat, &format!("down-closed-{n}")).await.status() == 200
+    })
+    .await;
+    crate::clients_api::eventually(async || left_on(&local).await == Some(1.0 - 36.0 / 1000.0))
+        .await;
+}

@@ -415,7 +415,7 @@ async fn bad_registrations_get_a_clear_4xx_and_change_nothing() {
 }
 
 /// Polls `f` until it is true, within `WAIT`.
-async fn eventually(mut f: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f().await {
         assert!(
@@ -789,14 +789,14 @@ fn admin_client() -> reqwest::Client {
 
 /// A real `redis-server` on a loopback port, with its data in a folder (append-only file on,
 /// so a restart keeps what was written).
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<tokio::process::Child>,
 }
 
 impl RedisServer {
-    async fn start() -> RedisServer {
+    pub(crate) async fn start() -> RedisServer {
         let mut r = RedisServer {
             port: closed_port().await,
             dir: tempfile::tempdir().unwrap(),
@@ -806,10 +806,18 @@ impl RedisServer {
         r
     }
 
-    async fn run(&mut self) {
+    pub(crate) async fn run(&mut self) {
         let child = tokio::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--dir"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+            ])
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -835,13 +843,13 @@ impl RedisServer {
         }
     }
 
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
