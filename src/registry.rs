@@ -11,7 +11,6 @@ use crate::auth::{Client, ClientConfig, Presented, Token};
 use crate::compile_error::CompileError;
 use crate::config::Snapshot;
 use crate::store::{Sealer, Store, StoredClient};
-use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -34,17 +33,18 @@ pub struct Registration {
     pub expires_at: Option<SystemTime>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Registered {
     by_token: HashMap<[u8; 32], Arc<Client>>,
     by_name: BTreeMap<Arc<str>, Registration>,
 }
 
-/// The runtime clients. Reads are lock-free snapshots; writes are serialised, and each is
-/// written to the store before it takes effect.
+/// The runtime clients. Lookups take a shared lock on two hash maps (cost independent of how
+/// many clients there are); writes are serialised, each written to the store before it
+/// takes effect, and change one entry in place.
 #[derive(Debug, Default)]
 pub struct Registry {
-    state: ArcSwap<Registered>,
+    state: std::sync::RwLock<Registered>,
     write: tokio::sync::Mutex<()>,
     backing: arc_swap::ArcSwapOption<Backing>,
 }
@@ -283,17 +283,19 @@ impl Registry {
         let stored = self.stored(name, &body, &token_hash, expires_at)?;
 
         let _guard = self.write.lock().await;
-        let current = self.state.load_full();
-        if let Some(t) = current.by_token.get(&token_hash) {
-            if &*t.name != name {
-                return Err(Refused::bad("/token", "is another client's token"));
-            }
+        let taken = self
+            .read()
+            .by_token
+            .get(&token_hash)
+            .is_some_and(|t| &*t.name != name);
+        if taken {
+            return Err(Refused::bad("/token", "is another client's token"));
         }
         self.store()
             .put(&stored)
             .await
             .map_err(|e| Refused::new(503, None, e.to_string()))?;
-        let previous = current.by_name.get(name).cloned();
+        let previous = self.current(name);
         let created = previous.is_none();
         let revoked = match &previous {
             Some(p) if p.token_hash == token_hash => p.client.revoked.clone(),
@@ -366,20 +368,29 @@ impl Registry {
         })
     }
 
-    /// Puts (`Some`) or removes (`None`) one registration in the in-memory maps, atomically
-    /// against a concurrent reload's recompilation.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registered> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_maps(&self) -> std::sync::RwLockWriteGuard<'_, Registered> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current registration of `name`.
+    fn current(&self, name: &str) -> Option<Registration> {
+        self.read().by_name.get(name).cloned()
+    }
+
+    /// Puts (`Some`) or removes (`None`) one registration in the in-memory maps.
     fn publish(&self, name: &str, registration: Option<Registration>) {
-        self.state.rcu(|current| {
-            let mut next = Registered::clone(current);
-            if let Some(old) = next.by_name.remove(name) {
-                next.by_token.remove(&old.token_hash);
-            }
-            if let Some(r) = &registration {
-                next.by_token.insert(r.token_hash, r.client.clone());
-                next.by_name.insert(Arc::from(name), r.clone());
-            }
-            next
-        });
+        let mut maps = self.write_maps();
+        if let Some(old) = maps.by_name.remove(name) {
+            maps.by_token.remove(&old.token_hash);
+        }
+        if let Some(r) = registration {
+            maps.by_token.insert(r.token_hash, r.client.clone());
+            maps.by_name.insert(Arc::from(name), r);
+        }
     }
 
     /// Uses `store` from now on, and takes in every registration it holds, compiled over
@@ -455,7 +466,7 @@ impl Registry {
     /// (nothing changed).
     pub async fn delete(&self, name: &str, why: &str) -> Result<bool, crate::store::StoreError> {
         let _guard = self.write.lock().await;
-        let Some(gone) = self.state.load().by_name.get(name).cloned() else {
+        let Some(gone) = self.current(name) else {
             return Ok(false);
         };
         self.store().delete(name).await?;
@@ -468,8 +479,7 @@ impl Registry {
     /// Revokes every registration whose expiry is at or before `now`; returns how many.
     pub async fn expire(&self, now: SystemTime) -> usize {
         let due: Vec<Arc<str>> = self
-            .state
-            .load()
+            .read()
             .by_name
             .iter()
             .filter(|(_, r)| r.expires_at.is_some_and(|t| t <= now))
@@ -489,7 +499,7 @@ impl Registry {
     /// The client presenting `presented`, if a registration has its token.
     pub fn authenticate(&self, presented: &Presented) -> Option<Arc<Client>> {
         let hash = openssl::sha::sha256(&presented.token);
-        let state = self.state.load();
+        let state = self.read();
         let client = state.by_token.get(&hash)?;
         presented
             .name
@@ -500,17 +510,12 @@ impl Registry {
 
     /// The registered client named `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Client>> {
-        self.state
-            .load()
-            .by_name
-            .get(name)
-            .map(|r| r.client.clone())
+        self.read().by_name.get(name).map(|r| r.client.clone())
     }
 
     /// Every registration, by name: its sections as `GET` shows them and its expiry.
     pub fn list(&self) -> Vec<(Arc<str>, Value, Option<SystemTime>)> {
-        self.state
-            .load()
+        self.read()
             .by_name
             .iter()
             .map(|(n, r)| (n.clone(), redacted(&r.body), r.expires_at))
@@ -519,7 +524,7 @@ impl Registry {
 
     /// How many clients are registered.
     pub fn len(&self) -> usize {
-        self.state.load().by_name.len()
+        self.read().by_name.len()
     }
 
     /// Whether none is.
@@ -530,27 +535,40 @@ impl Registry {
     /// After a reload: every registration compiled again over the new top level. One that no
     /// longer compiles keeps its previous profile, and the log says why.
     pub fn recompile(&self, snap: &Snapshot) {
+        // Compiled outside the lock; an entry replaced or removed meanwhile is left as it is.
+        let entries: Vec<(Arc<str>, Registration)> = self
+            .read()
+            .by_name
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
         let mut failed = Vec::new();
-        self.state.rcu(|current| {
-            failed.clear();
-            let mut next = Registered::clone(current);
-            for (name, reg) in next.by_name.iter_mut() {
-                match compile(name, &reg.body, snap) {
-                    Ok(profile) => {
-                        let client = Arc::new(Client::registered(
-                            name,
-                            Token::Hash(reg.token_hash),
-                            profile,
-                            reg.client.revoked.clone(),
-                        ));
-                        next.by_token.insert(reg.token_hash, client.clone());
-                        reg.client = client;
-                    }
-                    Err(e) => failed.push((name.clone(), e)),
-                }
+        let mut compiled = Vec::with_capacity(entries.len());
+        for (name, reg) in entries {
+            match compile(&name, &reg.body, snap) {
+                Ok(profile) => compiled.push((name, reg, profile)),
+                Err(e) => failed.push((name, e)),
             }
-            next
-        });
+        }
+        {
+            let mut maps = self.write_maps();
+            for (name, reg, profile) in compiled {
+                let Some(cur) = maps.by_name.get_mut(&name) else {
+                    continue;
+                };
+                if !Arc::ptr_eq(&cur.body, &reg.body) {
+                    continue;
+                }
+                let client = Arc::new(Client::registered(
+                    &name,
+                    Token::Hash(reg.token_hash),
+                    profile,
+                    reg.client.revoked.clone(),
+                ));
+                cur.client = client.clone();
+                maps.by_token.insert(reg.token_hash, client);
+            }
+        }
         for (name, e) in failed {
             log::warn!(
                 "client `{name}` keeps its previous policy: after the reload {} {}",
@@ -569,7 +587,7 @@ impl Registry {
             Ok(r) => r,
             Err(why) => return log::warn!("state: the client `{}` is not taken in: {why}", c.name),
         };
-        let current = self.state.load().by_name.get(c.name.as_str()).cloned();
+        let current = self.current(&c.name);
         let same = current.as_ref().is_some_and(|r| {
             r.token_hash == fresh.token_hash
                 && r.body == fresh.body
@@ -602,7 +620,7 @@ impl Registry {
 
     /// A registration another instance removed: revoked here too.
     pub fn remove(&self, name: &str) {
-        let Some(gone) = self.state.load().by_name.get(name).cloned() else {
+        let Some(gone) = self.current(name) else {
             return;
         };
         self.publish(name, None);
@@ -615,7 +633,7 @@ impl Registry {
         for c in all {
             self.apply(c, snap);
         }
-        let names: Vec<Arc<str>> = self.state.load().by_name.keys().cloned().collect();
+        let names: Vec<Arc<str>> = self.read().by_name.keys().cloned().collect();
         for name in names {
             if !all.iter().any(|c| *c.name == *name) {
                 self.remove(&name);
@@ -626,8 +644,7 @@ impl Registry {
     /// The profiles of the registered clients (their correlation sections are kept across
     /// reloads).
     pub fn profiles(&self) -> Vec<Arc<crate::profile::Profile>> {
-        self.state
-            .load()
+        self.read()
             .by_name
             .values()
             .map(|r| r.client.profile.clone())
