@@ -245,6 +245,21 @@ pub(super) fn peer(
     Box::new(peer)
 }
 
+/// An upgraded connection (WebSocket) whose client was revoked ends at its next frame, either
+/// way: a plain `ws://` connection has no tunnel for the revocation to close.
+pub(super) fn still_admitted(session: &Session, ctx: &mut RequestCtx) -> Result<()> {
+    let revoked = ctx
+        .plan
+        .as_ref()
+        .and_then(|p| p.client.as_ref())
+        .is_some_and(|c| c.revoked.is_cancelled());
+    if revoked && session.was_upgraded() {
+        ctx.reason = Some(Reason::ClientRevoked);
+        return Error::e_explain(ErrorType::ConnectionClosed, "the client was revoked");
+    }
+    Ok(())
+}
+
 /// Streams warden opens at once on one upstream HTTP/2 connection before it dials another.
 const H2_STREAMS_PER_UPSTREAM: usize = 100;
 

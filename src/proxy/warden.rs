@@ -185,6 +185,7 @@ impl ProxyHttp for Warden {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        edit::still_admitted(session, ctx)?;
         if let Some(chunk) = body.as_deref() {
             ctx.flow.request_capture.record(chunk);
         }
@@ -241,11 +242,12 @@ impl ProxyHttp for Warden {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        edit::still_admitted(session, ctx)?;
         if let Some(ws) = ctx.flow.ws_policy.as_mut() {
             let was_finished = ws.events.finished();
             let chunk = body.take().unwrap_or_default();

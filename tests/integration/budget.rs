@@ -661,7 +661,7 @@ async fn left_on(w: &TestWarden) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_spent_through_two_instances_on_one_redis_holds_in_total() {
     clear_of_a_window_end(Duration::from_secs(86_400), Duration::from_secs(60)).await;
-    let redis = crate::clients_api::RedisServer::start().await;
+    let redis = RedisServer::start().await;
     let openai = LlmOrigin::start(Script::json(200, CHAT_JSON)).await;
     let yaml = budget_yaml(
         &[("openai", "openai.test", openai.port())],
@@ -703,7 +703,7 @@ async fn a_budget_spent_through_two_instances_on_one_redis_holds_in_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_is_down_budgets_count_locally_or_fail_closed() {
     clear_of_a_window_end(Duration::from_secs(86_400), Duration::from_secs(60)).await;
-    let mut redis = crate::clients_api::RedisServer::start().await;
+    let mut redis = RedisServer::start().await;
     let openai = LlmOrigin::start(Script::json(200, CHAT_JSON)).await;
     let chat = format!("https://openai.test:{}/v1/chat/completions", openai.port());
     let start = |mode: &str, prefix: &str| {

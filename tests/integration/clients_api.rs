@@ -787,73 +787,6 @@ fn admin_client() -> reqwest::Client {
     admin()
 }
 
-/// A real `redis-server` on a loopback port, with its data in a folder (append-only file on,
-/// so a restart keeps what was written).
-pub(crate) struct RedisServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl RedisServer {
-    pub(crate) async fn start() -> RedisServer {
-        let mut r = RedisServer {
-            port: closed_port().await,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.run().await;
-        r
-    }
-
-    pub(crate) async fn run(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-            ])
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server runs (installed by .ci/deps)");
-        self.child = Some(child);
-        // Ready once it answers PING.
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                let mut buf = [0u8; 7];
-                if s.write_all(b"PING\r\n").await.is_ok()
-                    && tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
-                        .await
-                        .is_ok()
-                    && &buf == b"+PONG\r\n"
-                {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub(crate) async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
 fn redis_yaml(url: &str, prefix: &str) -> String {
     default_yaml(
         "all",
@@ -971,4 +904,74 @@ async fn two_instances_on_one_redis_share_registrations_and_revocations() {
         "kept across the outage"
     );
     assert_eq!(call(&b, "GET", "/v1/clients/while-down", None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_clients_budget_is_enforced_and_shown() {
+    let origin = Origin::http().await;
+    let port = origin.port();
+    let w = api_warden("").await;
+    let (status, body) = put(
+        &w,
+        "metered",
+        json!({ "budget": { "requests_per_second": 1 } }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(&w, "GET", "/v1/clients/metered", None).await.1["budget"]["requests_per_second"],
+        1
+    );
+    let client = as_client(&w, "metered", &token);
+    let url = format!("http://origin.test:{port}/echo");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let over = client.get(&url).send().await.unwrap();
+    assert_eq!(over.status(), 429, "one request a second");
+    assert!(over.headers().contains_key("retry-after"));
+    assert_eq!(origin.seen().len(), 1);
+    // A bad budget key is refused with its pointer.
+    let (status, answer) = put(&w, "metered", json!({ "budget": { "tokens_per_week": 5 } })).await;
+    assert_eq!(
+        (status, answer["pointer"].as_str()),
+        (400, Some("/budget/tokens_per_week")),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_websocket_of_a_revoked_client_ends_at_its_next_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+    let origin = WsOrigin::start(false).await;
+    let w = api_warden("").await;
+    let (_, body) = put(&w, "ws-run", json!({})).await;
+    let token = body["token"].as_str().unwrap().to_string();
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let auth = openssl::base64::encode_block(format!("ws-run:{token}").as_bytes());
+    let mut s = w.tcp().await;
+    let req = format!(
+        "GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nProxy-Authorization: Basic {auth}\r\nX-Request-Id: ws-revoked\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(s, Role::Client, None).await;
+    ws.send(Message::text("before")).await.unwrap();
+    let echo = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "before");
+    assert_eq!(call(&w, "DELETE", "/v1/clients/ws-run", None).await.0, 204);
+    let _ = ws.send(Message::text("after")).await;
+    let next = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the socket ends");
+    assert!(
+        !matches!(next, Some(Ok(Message::Text(_)))),
+        "nothing is relayed after the revocation: {next:?}"
+    );
+    let line = log_for("ws-revoked").await;
+    assert_eq!(line["reason"], "client_revoked");
 }

@@ -1196,3 +1196,73 @@ impl Launched {
         &self.seen
     }
 }
+
+/// A real `redis-server` on a loopback port, with its data in a folder (append-only file on,
+/// so a restart keeps what was written).
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: closed_port().await,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.run().await;
+        r
+    }
+
+    pub async fn run(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (installed by .ci/deps)");
+        self.child = Some(child);
+        // Ready once it answers PING.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
+                        .await
+                        .is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
