@@ -84,7 +84,7 @@ impl Refused {
 
 /// What a successful `PUT` reports.
 #[derive(Debug)]
-pub struct Registered1 {
+pub struct PutOutcome {
     /// A new name (201), not a replacement (200).
     pub created: bool,
     /// The token warden generated, shown this once; `None` when the body carried one.
@@ -246,7 +246,7 @@ impl Registry {
         name: &str,
         body: &[u8],
         snap: &Snapshot,
-    ) -> Result<Registered1, Refused> {
+    ) -> Result<PutOutcome, Refused> {
         if !valid_name(name) {
             return Err(Refused::new(
                 400,
@@ -318,7 +318,7 @@ impl Registry {
             p.client.revoked.cancel();
         }
         log::info!("client `{name}` registered");
-        Ok(Registered1 {
+        Ok(PutOutcome {
             created,
             token: generated.then(|| String::from_utf8_lossy(&token).into_owned()),
             expires_at,
@@ -351,7 +351,7 @@ impl Registry {
             (None, true) if crate::store::has_static_value(body) => {
                 return Err(Refused::bad(
                     "",
-                    "a static secret value needs state.encryption_key to be kept by this state backend; use an env, file or process source, or set the key",
+                    "a static secret value needs state.encryption_key to be kept by this state backend; use an env or file source, or set the key",
                 ))
             }
             _ => body.clone(),
@@ -596,9 +596,10 @@ impl Registry {
         if same {
             return;
         }
+        let new_hash = fresh.token_hash;
         let kept = current
             .as_ref()
-            .filter(|r| r.token_hash == fresh.token_hash)
+            .filter(|r| r.token_hash == new_hash)
             .map(|r| r.client.revoked.clone());
         let fresh = match kept {
             Some(revoked) => Registration {
@@ -613,7 +614,7 @@ impl Registry {
             None => fresh,
         };
         self.publish(&c.name, Some(fresh));
-        if let Some(old) = current.filter(|r| r.token_hash != c_hash(c)) {
+        if let Some(old) = current.filter(|r| r.token_hash != new_hash) {
             old.client.revoked.cancel();
         }
     }
@@ -650,19 +651,6 @@ impl Registry {
             .map(|r| r.client.profile.clone())
             .collect()
     }
-}
-
-/// The token hash a stored registration names (zeros when malformed: matches nothing).
-fn c_hash(c: &StoredClient) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = c
-            .token_hash
-            .get(2 * i..2 * i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .unwrap_or(0);
-    }
-    out
 }
 
 /// How often the server looks for expired registrations ([`Registry::expire`]).

@@ -354,10 +354,26 @@ async fn requests_per_second_refuses_plain_requests_connects_and_llm_calls_with_
 
     // Once a token is back, an intercepted CONNECT takes none itself: the call inside takes
     // it, and the next call on the same tunnel gets the provider's shape.
-    // Waiting for the bucket to refill is waiting for what retry-after said.
+    // Waiting for the bucket to refill is waiting for what retry-after said; a CONNECT that
+    // comes too early (a loaded machine) is refused without taking a token, so try again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let chat = format!("https://{authority}/v1/chat/completions");
-    let first = call(&c, &chat, "budget-rps-llm-ok").await;
+    let started = std::time::Instant::now();
+    let first = loop {
+        let sent = c
+            .post(&chat)
+            .header("x-request-id", "budget-rps-llm-ok")
+            .json(&json!({"model": "m-1", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await;
+        match sent {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(started.elapsed() < WAIT, "the CONNECT stayed refused: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     assert_eq!(first.status(), 200);
     let refused = call(&c, &chat, "budget-rps-llm").await;
     assert_eq!(refused.status(), 429);
