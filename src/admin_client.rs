@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Target {
     addr: SocketAddr,
-    token: String,
+    token: crate::secret::Secret,
     /// `admin.tls`'s certificate, trusted as the listener's root.
     cert: Option<std::path::PathBuf>,
 }
@@ -41,11 +41,7 @@ impl Target {
                 IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
             });
         }
-        let token = source
-            .read(&cfg.base_dir)
-            .with_context(|| "admin.token")?
-            .expose()
-            .to_string();
+        let token = source.read(&cfg.base_dir).with_context(|| "admin.token")?;
         let cert = admin.tls.as_ref().map(|t| cfg.base_dir.join(&t.cert));
         Ok(Target { addr, token, cert })
     }
@@ -76,7 +72,7 @@ impl Target {
             .with_context(|| format!("cannot reach the admin listener at {}", self.addr))?;
         let mut req = RequestHeader::build(method, path.as_bytes(), None)?;
         req.insert_header("host", self.addr.to_string())?;
-        req.insert_header("authorization", format!("Bearer {}", self.token))?;
+        req.insert_header("authorization", format!("Bearer {}", self.token.expose()))?;
         let body = body.unwrap_or_default();
         req.insert_header("content-type", "application/json")?;
         req.insert_header("content-length", body.len().to_string())?;

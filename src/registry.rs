@@ -22,7 +22,7 @@ const TOKEN_BYTES: usize = 32;
 
 /// One registration as stored: the body as sent (without its token), its compiled client,
 /// and when it ends.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Registration {
     /// The compiled client (its profile over the current top level).
     pub client: Arc<Client>,
@@ -31,6 +31,21 @@ pub struct Registration {
     token_hash: [u8; 32],
     /// When the client is revoked by itself.
     pub expires_at: Option<SystemTime>,
+}
+
+/// Never shows the body: in memory it holds `static` secret values in plaintext.
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("client", &self.client.name)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Default)]
@@ -221,7 +236,7 @@ fn token_of(body: &Map<String, Value>) -> Result<(Vec<u8>, bool), Refused> {
             let mut raw = [0u8; TOKEN_BYTES];
             openssl::rand::rand_bytes(&mut raw)
                 .map_err(|e| Refused::new(500, None, format!("no randomness: {e}")))?;
-            let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            let text = hex(&raw);
             Ok((text.into_bytes(), true))
         }
         Some(Value::String(t))
@@ -358,7 +373,7 @@ impl Registry {
         };
         Ok(StoredClient {
             name: name.to_string(),
-            token_hash: token_hash.iter().map(|b| format!("{b:02x}")).collect(),
+            token_hash: hex(token_hash),
             body,
             expires_at: expires_at.and_then(|t| {
                 t.duration_since(SystemTime::UNIX_EPOCH)

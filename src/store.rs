@@ -248,7 +248,9 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store on the server at `url` (not contacted yet).
     pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(format!("state.url: {e}")))?;
+        // The URL may carry a password: the error names the key, not the URL.
+        let client = redis::Client::open(url)
+            .map_err(|_| StoreError("state.url is not a usable redis:// URL".into()))?;
         Ok(RedisStore {
             client,
             conn: tokio::sync::Mutex::new(None),
@@ -486,10 +488,8 @@ impl SharedBudgets {
             .collect();
         for ((client, key, window), cell) in cells {
             let ttl = key.window_secs().map(|w| w * 2);
-            let total = match self
-                .count(&self.key(&client, key, window), cell.pending, ttl)
-                .await
-            {
+            let counter = self.key(&client, key, window);
+            let total = match self.redis.count(&counter, cell.pending, ttl).await {
                 Ok(total) => total,
                 Err(e) => {
                     self.down.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -509,10 +509,6 @@ impl SharedBudgets {
         }
         self.down.store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(())
-    }
-
-    async fn count(&self, key: &str, by: u64, ttl: Option<u64>) -> Result<u64, StoreError> {
-        self.redis.count(key, by, ttl).await
     }
 }
 
