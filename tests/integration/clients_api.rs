@@ -721,31 +721,40 @@ async fn a_sigkill_mid_registration_leaves_the_embedded_store_consistent() {
     let mut first = crate::cli::Running::start(&config);
     let admin = admin_of(&first.wait_for("warden listening"));
     let client = admin_client();
-    // Registrations in flight, concurrently, when the process is killed.
-    let mut puts = Vec::new();
-    for i in 0..40 {
-        let (client, admin) = (client.clone(), admin.clone());
-        puts.push(tokio::spawn(async move {
-            let body =
-                json!({ "network": { "policy": "strict", "allow": [format!("h{i}.test")] } });
-            client
-                .put(format!("http://{admin}/v1/clients/c{i}"))
-                .bearer_auth(ADMIN_TOKEN)
-                .body(body.to_string())
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
+    // Four writers register clients one after another, concurrently; the process is killed
+    // once ten are acknowledged, with the others' registrations in flight.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (client, admin, acked) = (client.clone(), admin.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for j in 0..100 {
+                let i = w * 100 + j;
+                let body =
+                    json!({ "network": { "policy": "strict", "allow": [format!("h{i}.test")] } });
+                let sent = client
+                    .put(format!("http://{admin}/v1/clients/c{i}"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 201 => acked.lock().unwrap().push(format!("c{i}")),
+                    _ => return,
+                }
+            }
         }));
-        if i == 20 {
-            first.child.kill().unwrap();
-        }
     }
-    let mut accepted = Vec::new();
-    for (i, p) in puts.into_iter().enumerate() {
-        if let Ok(Ok(201)) = p.await {
-            accepted.push(format!("c{i}"));
-        }
+    eventually(async || acked.lock().unwrap().len() >= 10).await;
+    first.child.kill().unwrap();
+    for w in writers {
+        let _ = w.await;
     }
+    let accepted = acked.lock().unwrap().clone();
+    assert!(
+        accepted.len() < 400,
+        "the kill came before every registration was made"
+    );
     let _ = first.child.wait();
     let mut second = crate::cli::Running::start(&config);
     let admin = admin_of(&second.wait_for("warden listening"));
@@ -974,4 +983,25 @@ async fn a_plain_websocket_of_a_revoked_client_ends_at_its_next_frame() {
     );
     let line = log_for("ws-revoked").await;
     assert_eq!(line["reason"], "client_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleets_with_different_key_prefixes_share_nothing_on_one_redis() {
+    let redis = RedisServer::start().await;
+    let one = TestWarden::start(&redis_yaml(&redis.url(), "one:")).await;
+    let also_one = TestWarden::start(&redis_yaml(&redis.url(), "one:")).await;
+    let two = TestWarden::start(&redis_yaml(&redis.url(), "two:")).await;
+    assert_eq!(put(&one, "mine", json!({})).await.0, 201);
+    // The same prefix sees it; once it has, the other prefix has had as long and has not.
+    within(Duration::from_secs(1), async || {
+        call(&also_one, "GET", "/v1/clients/mine", None).await.0 == 200
+    })
+    .await;
+    assert_eq!(call(&two, "GET", "/v1/clients/mine", None).await.0, 404);
+    // A name taken under one prefix is free under the other.
+    assert_eq!(
+        put(&two, "mine", json!({})).await.0,
+        201,
+        "a new client there"
+    );
 }
