@@ -150,15 +150,8 @@ impl Admin {
     }
 
     fn get(&self, name: &str) -> Answer {
-        let found = self
-            .shared
-            .runtime
-            .registry
-            .list()
-            .into_iter()
-            .find(|(n, _, _)| &**n == name);
-        match found {
-            Some((n, s, e)) => json_answer(200, &shown(&n, s, e)),
+        match self.shared.runtime.registry.show(name) {
+            Some((s, e)) => json_answer(200, &shown(name, s, e)),
             None => error(404, &format!("no registered client `{name}`")),
         }
     }

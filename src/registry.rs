@@ -537,6 +537,14 @@ impl Registry {
             .collect()
     }
 
+    /// One registration as `GET` shows it: its sections and expiry.
+    pub fn show(&self, name: &str) -> Option<(Value, Option<SystemTime>)> {
+        self.read()
+            .by_name
+            .get(name)
+            .map(|r| (redacted(&r.body), r.expires_at))
+    }
+
     /// How many clients are registered.
     pub fn len(&self) -> usize {
         self.read().by_name.len()

@@ -241,6 +241,8 @@ pub(super) struct FrameGuard {
     inner: Stream,
     scan: FrameScan,
     tripped: watch::Sender<Option<Flood>>,
+    /// A bound was broken: nothing more is read.
+    stopped: bool,
 }
 
 impl std::fmt::Debug for FrameGuard {
@@ -258,12 +260,13 @@ impl AsyncRead for FrameGuard {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tripped.borrow().is_some() {
+        if this.stopped {
             return Poll::Pending;
         }
         let before = buf.filled().len();
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if let Err(flood) = this.scan.feed(&buf.filled()[before..], Instant::now) {
+            this.stopped = true;
             this.tripped.send_replace(Some(flood));
         }
         Poll::Ready(Ok(()))
@@ -309,6 +312,7 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
         inner: stream,
         scan: FrameScan::new(FrameLimits::of(limits)),
         tripped,
+        stopped: false,
     };
     let handshake = h2_server::handshake(Box::new(guard), Some(options(limits)));
     let mut conn = match tokio::time::timeout(limits.request_header_timeout, handshake).await {
