@@ -211,6 +211,7 @@ fn planning(c: &mut Criterion) {
         raw_target: b"/v1/messages",
         hosts: &hosts,
         proxy_auth: &[],
+        authorization: &[],
         raw,
         tunnel: Some(&tunnel),
         upgrade: false,

@@ -48,6 +48,9 @@ pub struct RequestHead<'a> {
     pub hosts: &'a [&'a [u8]],
     /// Every `Proxy-Authorization` header value.
     pub proxy_auth: &'a [&'a [u8]],
+    /// Every `Authorization` header value: a relayed request's identity may come as
+    /// `Basic` userinfo from the relay URL.
+    pub authorization: &'a [&'a [u8]],
     /// The raw head as read, for its size and for placeholders bound elsewhere.
     pub raw: &'a [u8],
     /// The intercepted tunnel the request came through, if any.
@@ -84,6 +87,18 @@ pub struct RequestPlan {
     pub transforms: Vec<Arc<Transform>>,
     /// A note for the log that did not stop the request.
     pub alert: Option<&'static str>,
+    /// The relay the request came through, if it did.
+    pub relay: Option<RelayUse>,
+}
+
+/// A request that came through a relay (`/relay/{name}/…`).
+#[derive(Debug)]
+pub struct RelayUse {
+    /// The relay's name.
+    pub name: Arc<str>,
+    /// The client identified itself with `Authorization: Basic` (userinfo in the relay URL),
+    /// which is warden's and is not forwarded.
+    pub strip_authorization: bool,
 }
 
 impl RequestPlan {
@@ -122,6 +137,8 @@ pub struct Refusal {
     pub seq: Option<u64>,
     /// Where the request was going, once that was known.
     pub target: Option<Box<Target>>,
+    /// The relay it came through, once that was known.
+    pub relay: Option<Arc<str>>,
 }
 
 impl Refusal {
@@ -133,6 +150,7 @@ impl Refusal {
             client,
             seq: None,
             target: None,
+            relay: None,
         }
     }
 
@@ -240,17 +258,32 @@ pub fn admit_request(
     {
         return Err(Refusal::new(Reason::UnsupportedScheme, None));
     }
-    let target = check_head(
-        head.raw.len(),
-        head.raw_target,
-        head.hosts,
-        head.tunnel,
-        snap.limits.max_request_header_bytes,
-    )
-    .map_err(|r| Refusal::new(r, None))?;
+    let (target, relay) = locate(snap, head).map_err(|r| Refusal::new(r, None))?;
+    // A relay URL cannot carry proxy headers: its userinfo (`Authorization: Basic`) may
+    // identify the client instead, and is then warden's alone.
+    let from_userinfo = relay.is_some() && head.proxy_auth.is_empty() && snap.requires_auth();
+    let userinfo: Vec<&[u8]> = match from_userinfo {
+        true => head
+            .authorization
+            .iter()
+            .copied()
+            .filter(|v| v.len() > 6 && v[..6].eq_ignore_ascii_case(b"basic "))
+            .collect(),
+        false => Vec::new(),
+    };
+    let presented = if from_userinfo {
+        &userinfo[..]
+    } else {
+        head.proxy_auth
+    };
+    let relay = relay.map(|name| RelayUse {
+        name,
+        strip_authorization: !userinfo.is_empty(),
+    });
     let client =
-        identify(snap, &runtime.registry, head.tunnel, head.proxy_auth).map_err(|r| Refusal {
+        identify(snap, &runtime.registry, head.tunnel, presented).map_err(|r| Refusal {
             target: Some(Box::new(target.clone())),
+            relay: relay.as_ref().map(|r| r.name.clone()),
             ..Refusal::new(r, None)
         })?;
     let profile = snap.profile(client.as_deref()).clone();
@@ -266,6 +299,7 @@ pub fn admit_request(
         client: client.clone(),
         seq: seq.as_ref().map(|c| c.seq),
         target: Some(Box::new(target.clone())),
+        relay: relay.as_ref().map(|r| r.name.clone()),
     };
     let denied = |d: Denial| refused(d.reason, d.rule, None);
     let network = &profile.network;
@@ -323,7 +357,36 @@ pub fn admit_request(
         llm,
         transforms,
         alert,
+        relay,
     })
+}
+
+/// Where a request goes: through a relay (an origin-form `/relay/{name}/…` outside a tunnel),
+/// or where its target and the tunnel say ([`check_head`]).
+fn locate(snap: &Snapshot, head: &RequestHead<'_>) -> Result<(Target, Option<Arc<str>>), Reason> {
+    let routed = match head.tunnel {
+        None => snap.relays.route(head.raw_target),
+        Some(_) => None,
+    };
+    let Some(routed) = routed else {
+        let target = check_head(
+            head.raw.len(),
+            head.raw_target,
+            head.hosts,
+            head.tunnel,
+            snap.limits.max_request_header_bytes,
+        )?;
+        return Ok((target, None));
+    };
+    if head.raw.len() > snap.limits.max_request_header_bytes {
+        return Err(Reason::HeadersTooLarge);
+    }
+    if head.hosts.len() > 1 {
+        return Err(Reason::AmbiguousFraming);
+    }
+    // The Host names warden itself; the target is the relay's.
+    let routed = routed?;
+    Ok((routed.target, Some(routed.name)))
 }
 
 #[cfg(test)]
@@ -374,6 +437,7 @@ mod tests {
             raw_target: raw_target.as_bytes(),
             hosts: &[],
             proxy_auth,
+            authorization: &[],
             raw: b"",
             tunnel: tunnel.as_ref(),
             upgrade: false,
@@ -392,6 +456,85 @@ mod tests {
         let r = admit(&s, AUTH, "GET", "http://bad.test/").unwrap_err();
         assert_eq!(r.reason, Reason::PolicyDeniedHost);
         assert_eq!(r.client.as_deref().map(|c| &*c.name), Some("a"));
+    }
+
+    fn relayed(
+        s: &Snapshot,
+        proxy_auth: &[&[u8]],
+        authorization: &[&[u8]],
+        raw_target: &str,
+    ) -> Result<RequestPlan, Refusal> {
+        let head = RequestHead {
+            method: "GET",
+            raw_target: raw_target.as_bytes(),
+            hosts: &[b"127.0.0.1:9080"],
+            proxy_auth,
+            authorization,
+            raw: b"",
+            tunnel: None,
+            upgrade: false,
+            scheme: None,
+        };
+        admit_request(s, &Runtime::default(), &[], &head)
+    }
+
+    #[test]
+    fn a_relayed_request_is_identified_by_proxy_authorization_or_the_urls_userinfo() {
+        let s = snap(
+            "relays: [{ name: h, target: 'https://api.test:8443/base' }]
+",
+        );
+        // base64("a:tok")
+        let basic: &[&[u8]] = &[b"Basic YTp0b2s="];
+        let p = relayed(&s, AUTH, &[b"Bearer agent-own"], "/relay/h/x?q=1").unwrap();
+        assert_eq!(p.target.path, "/base/x?q=1");
+        assert_eq!(p.target.authority.to_string(), "api.test:8443");
+        let r = p.relay.unwrap();
+        assert_eq!((&*r.name, r.strip_authorization), ("h", false));
+        let p = relayed(&s, &[], basic, "/relay/h/x").unwrap();
+        assert_eq!(p.client.as_deref().map(|c| &*c.name), Some("a"));
+        assert!(p.relay.unwrap().strip_authorization);
+        // The same 407 rules as elsewhere: nothing, a Bearer meant for the target, a bad login.
+        for auth in [
+            &[][..],
+            &[&b"Bearer tok"[..]][..],
+            &[&b"Basic YTp3cm9uZw=="[..]][..],
+        ] {
+            let r = relayed(&s, &[], auth, "/relay/h/x").unwrap_err();
+            assert!(matches!(
+                r.reason,
+                Reason::AuthRequired | Reason::AuthInvalid
+            ));
+            assert_eq!(r.relay.as_deref(), Some("h"));
+        }
+        let r = relayed(&s, AUTH, &[], "/relay/nope/x").unwrap_err();
+        assert_eq!(r.reason, Reason::RelayUnknown);
+        let r = relayed(&s, AUTH, &[], "/relay/h/../x").unwrap_err();
+        assert_eq!(r.reason, Reason::RelayPathInvalid);
+        // Anything else origin-form to the proxy port is still refused.
+        let r = relayed(&s, AUTH, &[], "/other").unwrap_err();
+        assert_eq!(r.reason, Reason::OriginFormToProxy);
+    }
+
+    #[test]
+    fn a_relayed_request_meets_the_targets_policy() {
+        let s = snap(
+            "relays: [{ name: h, target: 'https://api.test/base' }]
+network: { policy: strict, allow: [api.test], rules: ['deny * api.test /base/admin/**', 'allow * api.test /**'] }
+credentials: [{ host: api.test, source: { type: static, value: s3cr3t } }]
+",
+        );
+        let p = relayed(&s, AUTH, &[], "/relay/h/ok").unwrap();
+        assert!(p.credential.is_some());
+        let r = relayed(&s, AUTH, &[], "/relay/h/admin/x").unwrap_err();
+        assert_eq!(r.reason, Reason::PolicyDeniedRule);
+        let other = snap(
+            "relays: [{ name: h, target: 'https://other.test/' }]
+network: { policy: strict, allow: [api.test] }
+",
+        );
+        let r = relayed(&other, AUTH, &[], "/relay/h/").unwrap_err();
+        assert_eq!(r.reason, Reason::PolicyDeniedHost);
     }
 
     #[test]

@@ -74,6 +74,22 @@ pub struct EditError(&'static str);
 /// The edits `plan` makes to `req` on its way upstream.
 pub fn upstream_edits(plan: &RequestPlan, req: Incoming<'_>) -> Result<Edits, EditError> {
     let mut ops = Vec::with_capacity(16);
+    // A relayed request goes to the relay target's path, not to `/relay/{name}/…`.
+    let relayed: http::Uri;
+    let req = match &plan.relay {
+        Some(_) => {
+            relayed = plan
+                .target
+                .path
+                .parse()
+                .map_err(|_| EditError("a relayed path does not parse as a URI"))?;
+            Incoming {
+                uri: &relayed,
+                ..req
+            }
+        }
+        None => req,
+    };
     ops.push(HeaderOp::Uri(req.uri.clone()));
     for name in HOP_BY_HOP {
         ops.push(HeaderOp::Remove(name));
@@ -112,7 +128,8 @@ pub fn upstream_edits(plan: &RequestPlan, req: Incoming<'_>) -> Result<Edits, Ed
         ops.push(HeaderOp::Remove(header::UPGRADE));
     }
     let target = &plan.target;
-    if host_listed || !req.headers.contains_key(header::HOST) {
+    // A relayed request's Host names warden; the target's goes upstream.
+    if host_listed || plan.relay.is_some() || !req.headers.contains_key(header::HOST) {
         let default_port = match target.scheme {
             Scheme::Http => 80,
             Scheme::Https => 443,
@@ -142,6 +159,10 @@ pub fn upstream_edits(plan: &RequestPlan, req: Incoming<'_>) -> Result<Edits, Ed
                 .into_iter()
                 .map(|(n, v)| HeaderOp::Set(n, v)),
         );
+    }
+    if plan.relay.as_ref().is_some_and(|r| r.strip_authorization) {
+        // The userinfo of the relay URL identified the client to warden.
+        ops.push(HeaderOp::Remove(header::AUTHORIZATION));
     }
     let mut body = None;
     if !plan.substitutions.is_empty() {
@@ -267,6 +288,7 @@ mod tests {
             raw_target: url.as_bytes(),
             hosts: &[],
             proxy_auth: &[],
+            authorization: &[],
             raw: b"",
             tunnel: None,
             upgrade: false,

@@ -15,7 +15,7 @@
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
 //! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`], [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]), then [`budget`] (`requests_per_second`) |
+//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]), then [`budget`] (`requests_per_second`) |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`), [`budget`] (before the upstream call, and the tokens after) |
 //! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
 //! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential) |
@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod reason;
 pub mod refusal;
 pub mod registry;
+pub mod relay;
 pub mod reload;
 pub mod runtime;
 pub mod scrub;

@@ -27,6 +27,10 @@ pub enum Reason {
     AmbiguousPath,
     /// An origin-form request (`GET /path`) sent to the proxy port outside a tunnel.
     OriginFormToProxy,
+    /// `/relay/{name}/` names no configured relay.
+    RelayUnknown,
+    /// A relay path that could climb out of the target's base path (`..`, encoded slashes).
+    RelayPathInvalid,
     /// `https://` in absolute form: the client asked the proxy to downgrade TLS.
     TlsDowngrade,
     /// An absolute-form URI with a scheme other than `http`.
@@ -99,7 +103,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 40] = [
+    pub const ALL: [Reason; 42] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -107,6 +111,8 @@ impl Reason {
         Reason::AmbiguousFraming,
         Reason::AmbiguousPath,
         Reason::OriginFormToProxy,
+        Reason::RelayUnknown,
+        Reason::RelayPathInvalid,
         Reason::TlsDowngrade,
         Reason::UnsupportedScheme,
         Reason::HostMismatch,
@@ -211,6 +217,20 @@ impl Reason {
                 "http_request_error",
                 "this port is a forward proxy; requests need an absolute URI",
                 "set HTTP_PROXY/HTTPS_PROXY to this address instead of calling it directly",
+            ),
+            RelayUnknown => (
+                404,
+                "relay_unknown",
+                "http_request_error",
+                "no relay has this name",
+                "use /relay/{name}/path with a name from the relays section",
+            ),
+            RelayPathInvalid => (
+                400,
+                "relay_path_invalid",
+                "http_request_error",
+                "the relay path could climb out of the target's base path (a . or .. segment, an encoded / or \\, or a broken escape)",
+                "send the path below the relay without dot segments or encoded slashes",
             ),
             TlsDowngrade => (
                 400,

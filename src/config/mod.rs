@@ -72,6 +72,9 @@ pub struct FileConfig {
     /// Where clients registered at runtime are kept.
     #[serde(default)]
     pub state: crate::store::StateConfig,
+    /// Named targets reached as `/relay/{name}/…` on the proxy port.
+    #[serde(default)]
+    pub relays: Vec<crate::relay::RelayConfig>,
 }
 
 fn default_version() -> u32 {
@@ -272,6 +275,8 @@ pub struct Snapshot {
     pub log: crate::telemetry::LogSettings,
     /// Timeouts and bounds.
     pub limits: Limits,
+    /// `relays`, compiled.
+    pub relays: crate::relay::Relays,
 }
 
 impl Snapshot {
@@ -489,6 +494,7 @@ impl Config {
             );
         }
         let state = self.state_settings(&mut errors);
+        let relays = keep(crate::relay::compile(&f.relays, "relays"), &mut errors);
         let (profile, profile_errors) =
             crate::profile::compile_lenient(&self.sections(), None, "", &self.base_dir);
         errors.extend(profile_errors);
@@ -532,7 +538,8 @@ impl Config {
         .map_err(|e| errors.push(CompileError::new(e.key().into(), e.to_string())))
         .ok()
         .flatten();
-        let (Some(tls), Some(auth), Some(profile)) = (tls, auth, profile) else {
+        let (Some(tls), Some(auth), Some(profile), Some(relays)) = (tls, auth, profile, relays)
+        else {
             return Err(self.errors(errors));
         };
         if !errors.is_empty() {
@@ -551,6 +558,7 @@ impl Config {
             profile,
             log: f.log.compile(),
             limits: f.limits.clone(),
+            relays,
         })
     }
 

@@ -127,6 +127,7 @@ impl RequestCtx {
         self.line.seq = plan.seq.as_ref().map(|c| c.seq);
         self.line.would_deny = plan.would_deny.map(Reason::code);
         self.line.alert = plan.alert;
+        self.line.relay = plan.relay.as_ref().map(|r| r.name.to_string());
         self.plan = Some(plan);
     }
 
@@ -142,6 +143,7 @@ impl RequestCtx {
             self.line.client = Some(c.name.to_string());
         }
         self.line.seq = refusal.seq;
+        self.line.relay = refusal.relay.as_deref().map(str::to_string);
         self.line.rule = refusal.rule;
         self.line.error = refusal.detail;
         refusal.reason
@@ -205,6 +207,13 @@ impl RequestCtx {
             Kind::Websocket
         } else if self.tunnel.is_some() {
             Kind::Intercepted
+        } else if line.relay.is_some()
+            || matches!(
+                self.reason,
+                Some(Reason::RelayUnknown | Reason::RelayPathInvalid)
+            )
+        {
+            Kind::Relay
         } else {
             Kind::Plain
         };

@@ -98,6 +98,7 @@ pub(super) struct Heard<'s> {
     raw: Bytes,
     hosts: Vec<&'s [u8]>,
     proxy_auth: Vec<&'s [u8]>,
+    authorization: Vec<&'s [u8]>,
     upgrade: bool,
 }
 
@@ -124,6 +125,7 @@ impl<'s> Heard<'s> {
             raw,
             hosts,
             proxy_auth: values(req, header::PROXY_AUTHORIZATION),
+            authorization: values(req, header::AUTHORIZATION),
             upgrade: upgrade(session),
         }
     }
@@ -135,6 +137,7 @@ impl<'s> Heard<'s> {
             raw_target: self.req.raw_path(),
             hosts: &self.hosts,
             proxy_auth: &self.proxy_auth,
+            authorization: &self.authorization,
             raw: &self.raw,
             tunnel,
             upgrade: self.upgrade,

@@ -116,14 +116,22 @@ impl FrontDoor {
         if !head.method.eq_ignore_ascii_case("CONNECT") {
             // Pre-check the first head with the rules request_filter applies, so requests that
             // Pingora's parser would answer with a bare 400 still get a reason and a log line.
+            // Relays and warden's own endpoints are routed by request_filter.
             let hosts: Vec<&[u8]> = head.hosts.iter().map(Vec::as_slice).collect();
-            let checked = check_head(
-                head.head_len,
-                &head.target,
-                &hosts,
-                None,
-                snap.limits.max_request_header_bytes,
-            )
+            let checked = if crate::relay::served_locally(&head.target) {
+                (head.head_len <= snap.limits.max_request_header_bytes)
+                    .then_some(())
+                    .ok_or(Reason::HeadersTooLarge)
+            } else {
+                check_head(
+                    head.head_len,
+                    &head.target,
+                    &hosts,
+                    None,
+                    snap.limits.max_request_header_bytes,
+                )
+                .map(|_| ())
+            }
             .map_err(|r| (r, None))
             .and_then(|_| head.vet().map_err(|(r, d)| (r, Some(d))));
             if let Err((reason, detail)) = checked {
@@ -488,6 +496,7 @@ impl FrontDoor {
                 client: Some(client.clone()),
                 seq: None,
                 target: None,
+                relay: None,
             };
             (refusal, e.retry_after)
         })

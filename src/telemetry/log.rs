@@ -341,6 +341,8 @@ pub enum Kind {
     Plain,
     /// A request inside an intercepted CONNECT tunnel.
     Intercepted,
+    /// An origin-form request through a relay (`/relay/{name}/…`).
+    Relay,
     /// A blind CONNECT tunnel.
     Tunnel,
     /// A WebSocket (logged when it closes).
@@ -355,6 +357,7 @@ impl Kind {
         match self {
             Kind::Plain => "plain",
             Kind::Intercepted => "intercepted",
+            Kind::Relay => "relay",
             Kind::Tunnel => "tunnel",
             Kind::Websocket => "websocket",
             Kind::Connect => "connect",
@@ -411,6 +414,8 @@ pub struct CanonicalLog {
     pub injected: Option<String>,
     /// The injected credential's grant.
     pub grant: Option<String>,
+    /// The relay a request came through (`/relay/{name}/…`).
+    pub relay: Option<String>,
     /// The first `log.body_capture_bytes` of the request body as the agent sent it.
     pub request_body: Option<String>,
     /// The first `log.body_capture_bytes` of the response body as the agent received it.
@@ -471,6 +476,7 @@ impl CanonicalLog {
             would_deny: None,
             injected: None,
             grant: None,
+            relay: None,
             request_body: None,
             response_body: None,
             alert: None,

@@ -1,7 +1,8 @@
 //! Real Python clients through warden's HTTP/2 inside intercepted tunnels: grpcio (all four
 //! call kinds, trailers, statuses, an injected credential, refusals), httpx with `http2=True`
 //! and the official OpenAI SDK against the fake LLM provider; and both official SDKs raising
-//! their rate-limit errors on a spent client budget. The scripts live in
+//! their rate-limit errors on a spent client budget; the Anthropic SDK through a relay, its
+//! login in the base URL. The scripts live in
 //! tests/clients/ and run on the venv `.ci/deps` makes; each prints its result as JSON.
 
 use crate::common::*;
@@ -608,5 +609,68 @@ async fn the_openai_and_anthropic_sdks_raise_their_rate_limit_errors_on_a_spent_
         let line = log_for(id).await;
         assert_eq!(line["reason"], "budget_exceeded", "{line}");
         assert_eq!(line["client"], client, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_reaches_its_api_through_a_relay_with_its_login_in_the_base_url() {
+    use crate::budget::MESSAGE_JSON;
+    let json_origin = LlmOrigin::start(Script::json(200, MESSAGE_JSON)).await;
+    let sse_origin = LlmOrigin::start(Script::sse(&fixture("anthropic.sse", "read_file"), 7)).await;
+    let yaml = default_yaml(
+        "auto",
+        "",
+        &format!(
+            "relays:\n  - {{ name: claude, target: \"https://anthropic.test:{0}\" }}\n  - {{ name: claude-stream, target: \"https://anthropic.test:{1}\" }}\n\
+             credentials:\n  - {{ host: \"anthropic.test:{0}\", header: x-api-key, source: {{ type: static, value: sk-ant-REAL-relay }} }}\n  - {{ host: \"anthropic.test:{1}\", header: x-api-key, source: {{ type: static, value: sk-ant-REAL-relay }} }}\n\
+             llm:\n  - {{ host: \"anthropic.test:{0}\", provider: anthropic }}\n  - {{ host: \"anthropic.test:{1}\", provider: anthropic }}\n",
+            json_origin.port(),
+            sse_origin.port()
+        ),
+    )
+    .replace(
+        "proxy:\n  listen: 127.0.0.1:0\n",
+        "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - { name: run-42, token: { type: static, value: relay-tok } }\n",
+    );
+    let w = TestWarden::start(&yaml).await;
+    // The JSON call goes through one relay, the stream through the other: two base URLs.
+    let mut cmd = script("relay_sdk.py");
+    cmd.args([
+        format!("http://run-42:relay-tok@{}/relay/claude", w.addr),
+        "json".into(),
+    ]);
+    let out = run(cmd, "relay_sdk.py").await;
+    assert_eq!(out["json"]["text"], "ok", "{out}");
+    assert_eq!(out["json"]["usage"], 11, "{out}");
+    let mut cmd = script("relay_sdk.py");
+    cmd.args([
+        format!("http://run-42:relay-tok@{}/relay/claude-stream", w.addr),
+        "stream".into(),
+    ]);
+    let streamed = run(cmd, "relay_sdk.py").await;
+    assert!(
+        streamed["stream"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Let me look.")),
+        "{streamed}"
+    );
+    let got = &json_origin.received()[0];
+    assert!(got.head.starts_with("POST /v1/messages "), "{}", got.head);
+    let lower = got.head.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-api-key: sk-ant-real-relay"),
+        "{}",
+        got.head
+    );
+    assert!(
+        !lower.contains("authorization"),
+        "the login stays with warden: {}",
+        got.head
+    );
+    for id in ["relay-sdk-json", "relay-sdk-stream"] {
+        let line = log_for(id).await;
+        assert_eq!(line["kind"], "relay", "{line}");
+        assert_eq!(line["client"], "run-42", "{line}");
+        assert_eq!(line["provider"], "anthropic", "{line}");
     }
 }

@@ -25,6 +25,7 @@ mod metrics;
 mod paths;
 mod plain;
 mod policy;
+mod relays;
 mod reload;
 mod substitutions;
 mod transforms;
