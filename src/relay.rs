@@ -132,6 +132,11 @@ impl Relays {
         self.list.is_empty()
     }
 
+    /// Each relay's index and target authority, in config order.
+    pub fn targets(&self) -> impl Iterator<Item = (usize, &crate::target::Authority)> {
+        self.list.iter().map(|r| &r.authority).enumerate()
+    }
+
     /// Maps `raw_target` (`/relay/{name}/{path}?{query}`) through its relay: `None` when it is
     /// not a relay path, [`Reason::RelayUnknown`] for a name no relay has, and
     /// [`Reason::RelayPathInvalid`] for a path that could climb out of the target's base

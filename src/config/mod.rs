@@ -665,6 +665,7 @@ impl Config {
             warnings: self.unreadable_sources(),
             notes: self.port_notes(),
         };
+        findings.notes.extend(self.relay_notes());
         if !self.file.tls.http2 && !self.file.tls.http1_only.is_empty() {
             findings.warnings.push(self.error(
                 "tls.http1_only",
@@ -675,6 +676,29 @@ impl Config {
             list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         }
         findings
+    }
+
+    /// A note for each relay whose target the top-level network section refuses: requests
+    /// through it get 403 unless a client's own network section allows the target.
+    fn relay_notes(&self) -> Vec<ConfigError> {
+        let Ok(relays) = crate::relay::compile(&self.file.relays, "relays") else {
+            return Vec::new();
+        };
+        let (Some(profile), _) =
+            crate::profile::compile_lenient(&self.sections(), None, "", &self.base_dir)
+        else {
+            return Vec::new();
+        };
+        relays
+            .targets()
+            .filter(|(_, dest)| profile.network.authorize(dest, &[]).is_err())
+            .map(|(i, dest)| {
+                self.error(
+                    &format!("relays[{i}].target"),
+                    format!("names {dest}, which the network section refuses: requests through this relay get 403 unless a client's own network section allows it"),
+                )
+            })
+            .collect()
     }
 
     fn unreadable_sources(&self) -> Vec<ConfigError> {

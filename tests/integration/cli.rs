@@ -317,6 +317,19 @@ fn check_notes_a_portless_entry_whose_host_is_allowed_only_on_another_port() {
 }
 
 #[test]
+fn check_notes_a_relay_whose_target_the_network_section_refuses() {
+    let yaml = "proxy:\n  listen: 127.0.0.1:0\nnetwork:\n  policy: strict\n  allow: [api.example.test]\nrelays:\n  - { name: ok, target: \"https://api.example.test/v1\" }\n  - { name: off, target: \"https://other.example.test:8443\" }\n";
+    let (code, out) = check(yaml, &[]);
+    assert_eq!(code, Some(0), "a note is not an error:\n{out}");
+    assert!(
+        out.contains("note: ")
+            && out.contains("w.yaml:8: relays[1].target: names other.example.test:8443"),
+        "{out}"
+    );
+    assert!(!out.contains("relays[0]"), "{out}");
+}
+
+#[test]
 fn run_logs_an_unreadable_source_once_at_start_without_secret_values() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.yaml");
