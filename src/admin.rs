@@ -1,8 +1,10 @@
-//! The admin listener: liveness, readiness, the metrics scrape, and — with `admin.token` —
+//! The admin listener: liveness, readiness, the metrics scrape (Bearer `admin.metrics_token`
+//! when set), and — with `admin.token` —
 //! the clients API (`/v1/clients`), read from and written to the shared state. Served on its
 //! own address by `server`; never reachable through the proxy.
 
 use crate::registry::Refused;
+use crate::secret::Secret;
 use crate::state::Shared;
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
@@ -85,12 +87,15 @@ impl Admin {
         self.shared.metrics.render(&self.shared.runtime.leaves)
     }
 
-    /// `/v1/clients[/{name}]`: `404` while `admin.token` is unset, `401` without it.
-    async fn clients(&self, session: &mut ServerSession, rest: &str) -> Answer {
-        let snap = self.shared.snapshot.load_full();
-        let Some(token) = &snap.admin_token else {
-            return error(404, "the clients API is off: set admin.token to enable it");
-        };
+    /// Checks `Authorization: Bearer <token>` in constant time: `None` when it matches, else
+    /// the `401`, counted and logged (naming `what` and the key, never a value).
+    fn unauthorized(
+        &self,
+        session: &ServerSession,
+        token: &Secret,
+        what: &str,
+        key: &str,
+    ) -> Option<Answer> {
         let presented = session
             .req_header()
             .headers
@@ -99,18 +104,39 @@ impl Admin {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim().as_bytes().to_vec());
-        if !presented.is_some_and(|t| token.matches(&t)) {
-            self.shared.metrics.admin_request("unauthorized");
-            let from = session
-                .client_addr()
-                .map_or_else(|| "-".to_string(), |a| a.to_string());
-            log::warn!(
-                "clients API: a request from {from} without a valid admin token was refused"
-            );
-            let mut a = error(401, "send Authorization: Bearer <admin.token>");
-            if let Ok(v) = header::HeaderValue::from_str("Bearer realm=\"warden\"") {
-                a.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        if presented.is_some_and(|t| token.matches(&t)) {
+            return None;
+        }
+        self.shared.metrics.admin_request("unauthorized");
+        let from = session
+            .client_addr()
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        log::warn!("{what}: a request from {from} without a valid {key} was refused");
+        let mut a = error(401, &format!("send Authorization: Bearer <{key}>"));
+        if let Ok(v) = header::HeaderValue::from_str("Bearer realm=\"warden\"") {
+            a.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        Some(a)
+    }
+
+    /// `/metrics`, behind `admin.metrics_token` when it is set.
+    fn metrics(&self, session: &ServerSession) -> Answer {
+        let snap = self.shared.snapshot.load_full();
+        if let Some(token) = &snap.metrics_token {
+            if let Some(a) = self.unauthorized(session, token, "metrics", "admin.metrics_token") {
+                return a;
             }
+        }
+        answer(200, "text/plain; version=0.0.4", self.metrics_text())
+    }
+
+    /// `/v1/clients[/{name}]`: `404` while `admin.token` is unset, `401` without it.
+    async fn clients(&self, session: &mut ServerSession, rest: &str) -> Answer {
+        let snap = self.shared.snapshot.load_full();
+        let Some(token) = &snap.admin_token else {
+            return error(404, "the clients API is off: set admin.token to enable it");
+        };
+        if let Some(a) = self.unauthorized(session, token, "clients API", "admin.token") {
             return a;
         }
         let method = session.req_header().method.clone();
@@ -227,7 +253,7 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/healthz" => answer(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => answer(200, "text/plain", b"ready\n".to_vec()),
-            "/metrics" => answer(200, "text/plain; version=0.0.4", self.metrics_text()),
+            "/metrics" => self.metrics(session),
             _ => answer(
                 StatusCode::NOT_FOUND.as_u16(),
                 "text/plain",

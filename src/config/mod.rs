@@ -112,6 +112,9 @@ pub struct AdminConfig {
     /// Enables the clients API (`/v1/clients`, `Authorization: Bearer`).
     #[serde(default)]
     pub token: Option<SecretSource>,
+    /// Requires `Authorization: Bearer` on `/metrics`.
+    #[serde(default)]
+    pub metrics_token: Option<SecretSource>,
     /// Serves the admin listener over TLS.
     #[serde(default)]
     pub tls: Option<AdminTls>,
@@ -258,6 +261,8 @@ pub struct Snapshot {
     pub admin_listen: Option<SocketAddr>,
     /// `admin.token`, read: the clients API is on (and proxy auth with it).
     pub admin_token: Option<Secret>,
+    /// `admin.metrics_token`, read: `/metrics` wants it as a Bearer token.
+    pub metrics_token: Option<Secret>,
     /// `admin.tls`, paths resolved.
     pub admin_tls: Option<AdminTls>,
     /// The config file's folder: relative paths in registered clients resolve against it.
@@ -479,6 +484,18 @@ impl Config {
                     .ok()
             }
         };
+        let metrics_token = f.admin.metrics_token.as_ref().and_then(|source| {
+            if f.admin.listen.is_none() {
+                fail(
+                    "admin.metrics_token",
+                    "needs admin.listen: /metrics is served there",
+                );
+            }
+            source
+                .read(&self.base_dir)
+                .map_err(|e| fail("admin.metrics_token", &e.to_string()))
+                .ok()
+        });
         let admin_tls = f.admin.tls.as_ref().map(|t| AdminTls {
             cert: self.resolve_path(&t.cert),
             key: self.resolve_path(&t.key),
@@ -550,6 +567,7 @@ impl Config {
             proxy_backlog: f.proxy.backlog,
             admin_listen: f.admin.listen,
             admin_token,
+            metrics_token,
             admin_tls,
             base_dir: self.base_dir.clone(),
             state,

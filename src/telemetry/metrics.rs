@@ -269,7 +269,7 @@ impl Metrics {
             &["client", "budget"],
         )
         .expect("static metric definition");
-        let collectors = [
+        let mut collectors = vec![
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
             Box::new(durations.clone()),
@@ -294,6 +294,12 @@ impl Metrics {
             Box::new(budget_denials.clone()),
             Box::new(budget_remaining.clone()),
         ];
+        // CPU seconds, resident memory, open and maximum file descriptors, read from /proc
+        // at each scrape (`process_*`, the names every Prometheus exporter uses).
+        #[cfg(target_os = "linux")]
+        collectors.push(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let mut names = Vec::new();
         for c in collectors {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
