@@ -13,6 +13,7 @@ use super::warden::Warden;
 use crate::llm::stream::{SsePolicy, KEEPALIVE};
 use crate::llm::{self, Api, Denial, LlmPolicy};
 use crate::reason::Reason;
+use crate::telemetry::Capture;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora_core::protocols::http::client::HttpSession;
@@ -531,6 +532,11 @@ impl Warden {
         let Some((policy, api)) = self.llm_api(session, ctx)? else {
             return Ok(false);
         };
+        if !ctx.snap.log.capture_llm_bodies {
+            // Prompts and completions stay out of the log unless asked for.
+            ctx.flow.request_capture = Capture::new(0);
+            ctx.flow.response_capture = Capture::new(0);
+        }
         if !super::edit::upgrade(session) {
             return self.llm_exchange(session, ctx, policy, api).await;
         }

@@ -25,6 +25,9 @@ pub struct LogConfig {
     /// Request and response body bytes kept for the log line (each); 0 = none.
     #[serde(default = "default_capture")]
     pub body_capture_bytes: usize,
+    /// Also capture the bodies of LLM API calls (prompts and completions); off by default.
+    #[serde(default)]
+    pub capture_llm_bodies: bool,
 }
 
 fn default_capture() -> usize {
@@ -66,6 +69,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Body bytes kept for the log, per direction.
     pub body_capture_bytes: usize,
+    /// LLM API calls' bodies are captured too.
+    pub capture_llm_bodies: bool,
 }
 
 impl LogConfig {
@@ -80,6 +85,7 @@ impl LogConfig {
             },
             format: self.format,
             body_capture_bytes: self.body_capture_bytes,
+            capture_llm_bodies: self.capture_llm_bodies,
         }
     }
 }

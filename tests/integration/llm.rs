@@ -246,6 +246,61 @@ async fn json_responses_are_checked_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_completions_are_logged_only_with_capture_llm_bodies() {
+    let path = "/v1/messages";
+    let body = json_response(path, "read_file");
+    for (capture, id) in [(false, "llm-capture-off"), (true, "llm-capture-on")] {
+        let extra = format!("log:\n  capture_llm_bodies: {capture}\n");
+        let (_origin, w, url) = provider_with(
+            Script::json(200, &body),
+            "anthropic.test",
+            "anthropic",
+            path,
+            &extra,
+        )
+        .await;
+        let mut request = request_for(path, "claude-x", false);
+        request["messages"][0]["content"] = json!("PROMPT-CANARY-4471");
+        let resp = post(&w, &url, id, request).await;
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap();
+        let line = log_for(id).await;
+        if capture {
+            assert!(
+                line["request_body"]
+                    .as_str()
+                    .unwrap()
+                    .contains("PROMPT-CANARY-4471"),
+                "{line}"
+            );
+            assert!(
+                line["response_body"]
+                    .as_str()
+                    .unwrap()
+                    .contains("read_file"),
+                "{line}"
+            );
+        } else {
+            assert!(line["request_body"].is_null(), "{line}");
+            assert!(line["response_body"].is_null(), "{line}");
+            assert!(!line.to_string().contains("PROMPT-CANARY-4471"));
+        }
+        // Other calls keep their captures either way.
+        let plain = w
+            .client()
+            .post(url.replace("/v1/messages", "/v1/other"))
+            .header("x-request-id", format!("{id}-other"))
+            .body("not an llm call")
+            .send()
+            .await
+            .unwrap();
+        plain.text().await.unwrap();
+        let other = log_for(&format!("{id}-other")).await;
+        assert_eq!(other["request_body"], "not an llm call", "{other}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_model_never_reaches_the_origin() {
     let (origin, w, url) = provider_with(
         Script::json(200, "{}"),
