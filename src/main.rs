@@ -31,6 +31,10 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "conf/warden.yaml")]
         config: PathBuf,
+        /// Also reload when the config file changes (as SIGHUP does), including a symlink
+        /// swap such as Kubernetes' update of a mounted ConfigMap.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a config file: every error with its key and line (exit 1), then warnings
     /// (what will fail at request time, such as an unset secret variable) and notes.
@@ -90,7 +94,7 @@ enum ClientAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, watch } => run(&config, watch),
         Command::Check { config, strict } => check(&config, strict),
         Command::Ca { config } => ca(&config),
         Command::Client { config, action } => client(&config, action),
@@ -236,7 +240,7 @@ fn proxy_url(listen: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let snap = cfg.compile(CompileOptions { create_ca: true })?;
     warden::telemetry::init_logger(snap.log);
@@ -251,17 +255,18 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .thread_name("warden")
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(snap, path));
+    let result = runtime.block_on(serve(snap, path, watch));
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
 }
 
-async fn serve(snap: warden::Snapshot, path: &Path) -> anyhow::Result<()> {
+async fn serve(snap: warden::Snapshot, path: &Path, watch: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Registered before the listeners open: SIGHUP's default action would kill the process.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut watcher = warden::reload::Watcher::new(path, warden::reload::WATCH_INTERVAL);
     let ca_path = snap.tls.ca.cert_path().display().to_string();
     let running = warden::start(snap).await?;
     log::info!(
@@ -287,6 +292,10 @@ async fn serve(snap: warden::Snapshot, path: &Path) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 // Logged and counted inside; a failure leaves the old config in force.
+                let _ = warden::reload::reload_from(path, running.shared());
+            }
+            _ = watcher.changed(), if watch => {
+                log::info!("{} changed: reloading", path.display());
                 let _ = warden::reload::reload_from(path, running.shared());
             }
         }

@@ -41,8 +41,14 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn start(file: &std::path::Path) -> Running {
+        Running::start_with(file, &[])
+    }
+
+    /// `warden run -c <file>` with `extra` arguments.
+    pub(crate) fn start_with(file: &std::path::Path, extra: &[&str]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["run", "-c", file.to_str().unwrap()])
+            .args(extra)
             .env_remove(UNSET)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -381,5 +387,62 @@ fn a_reload_with_several_errors_logs_each_and_keeps_running() {
     let second = w.wait_for("config reload failed (2 of 2)");
     assert!(second.contains("w.yaml:7: headers[0].remove"), "{second}");
     assert!(second.contains("generation 1 stays in force"), "{second}");
+    assert!(w.child.try_wait().unwrap().is_none(), "still running");
+}
+
+#[test]
+fn run_watch_reloads_a_file_written_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(&file, "proxy:\n  listen: 127.0.0.1:0\n").unwrap();
+    let mut w = Running::start_with(&file, &["--watch"]);
+    w.wait_for("warden listening");
+    std::fs::write(
+        &file,
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 60s\n",
+    )
+    .unwrap();
+    w.wait_for("config_reloaded generation=2");
+    // A bad file keeps the config in force, as with SIGHUP.
+    std::fs::write(
+        &file,
+        "proxy:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 0s\n",
+    )
+    .unwrap();
+    let failed = w.wait_for("config reload failed");
+    assert!(failed.contains("generation 2 stays in force"), "{failed}");
+    std::fs::write(&file, "proxy:\n  listen: 127.0.0.1:0\n").unwrap();
+    w.wait_for("config_reloaded generation=3");
+    assert!(w.child.try_wait().unwrap().is_none(), "still running");
+}
+
+#[test]
+fn run_watch_follows_a_kubernetes_configmap_symlink_swap() {
+    // How the kubelet updates a mounted ConfigMap: each version in its own folder, `..data`
+    // a symlink to the current one swapped by rename, and the file a symlink through it.
+    let dir = tempfile::tempdir().unwrap();
+    let version = |name: &str, text: &str| {
+        let v = dir.path().join(name);
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("w.yaml"), text).unwrap();
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(name, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+    };
+    version("..v1", "proxy:\n  listen: 127.0.0.1:0\n");
+    let file = dir.path().join("w.yaml");
+    std::os::unix::fs::symlink("..data/w.yaml", &file).unwrap();
+    let mut w = Running::start_with(&file, &["--watch"]);
+    w.wait_for("warden listening");
+    // The same size and, possibly, the same mtime: only the file behind the links differs.
+    version("..v2", "proxy:\n  listen: 127.0.0.1:0\n");
+    w.wait_for("config_reloaded generation=2");
+    version("..v3", "proxy:\n  listen: 127.0.0.1:0\nnope: 1\n");
+    w.wait_for("config reload failed");
+    version(
+        "..v4",
+        "proxy:\n  listen: 127.0.0.1:0\nlog:\n  level: info\n",
+    );
+    w.wait_for("config_reloaded generation=3");
     assert!(w.child.try_wait().unwrap().is_none(), "still running");
 }
