@@ -11,6 +11,7 @@ mod clients_api;
 mod common;
 mod correlation;
 mod credentials;
+mod deploy;
 mod errors;
 mod framing;
 mod hardening;
