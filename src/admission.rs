@@ -80,6 +80,8 @@ pub struct RequestPlan {
     pub scrub: Option<Replacer>,
     /// The LLM entry for the destination, if it has one.
     pub llm: Option<Arc<LlmPolicy>>,
+    /// The MCP entry for the destination and path, if it has one.
+    pub mcp: Option<Arc<crate::mcp::McpPolicy>>,
     /// Response transformers for the destination.
     pub transforms: Vec<Arc<Transform>>,
     /// A note for the log that did not stop the request.
@@ -92,6 +94,7 @@ impl RequestPlan {
     pub fn needs_identity(&self) -> bool {
         self.scrub.is_some()
             || self.llm.is_some()
+            || self.mcp.is_some()
             || self.transforms.iter().any(|t| !t.replace_body.is_empty())
     }
 }
@@ -197,7 +200,7 @@ pub fn admit_connect(
     let inspect = profile.inspects(dest);
     let intercept = snap.tls.intercepts(dest, inspect);
     if inspect && !intercept {
-        let rule = "network.rules, credentials, headers, substitutions, correlation, llm or transforms apply to this host, but tls.intercept/passthrough tunnel it blind";
+        let rule = "network.rules, credentials, headers, substitutions, correlation, llm, mcp or transforms apply to this host, but tls.intercept/passthrough tunnel it blind";
         match network.mode {
             Mode::Enforce => {
                 return Err(Refusal::denied(
@@ -310,6 +313,7 @@ pub fn admit_request(
         .foreign_placeholder_in(dest, head.raw)
         .then_some("placeholder_to_foreign_host");
     let llm = profile.llm.for_dest(dest).cloned();
+    let mcp = profile.mcp.for_request(dest, &target.path).cloned();
     let transforms = profile.transforms.for_dest(dest);
     Ok(RequestPlan {
         target,
@@ -321,6 +325,7 @@ pub fn admit_request(
         substitutions,
         scrub,
         llm,
+        mcp,
         transforms,
         alert,
     })

@@ -63,6 +63,9 @@ pub struct FileConfig {
     /// Model and tool-call policy per LLM API host.
     #[serde(default)]
     pub llm: Vec<crate::llm::LlmConfig>,
+    /// Tool policy per MCP endpoint.
+    #[serde(default)]
+    pub mcp: Vec<crate::mcp::McpConfig>,
     /// Response transformers per destination.
     #[serde(default)]
     pub transforms: Vec<crate::transform::TransformConfig>,
@@ -607,6 +610,7 @@ impl Config {
             headers: Some(&f.headers),
             substitutions: Some(&f.substitutions),
             llm: Some(&f.llm),
+            mcp: Some(&f.mcp),
             transforms: Some(&f.transforms),
             correlation: Some(f.correlation.as_ref()),
             budget: None,
@@ -828,6 +832,7 @@ impl<'a> HostEntries<'a> {
         substitutions: Option<&'a [SubstitutionConfig]>,
         headers: Option<&'a [HeaderRuleConfig]>,
         llm: Option<&'a [crate::llm::LlmConfig]>,
+        mcp: Option<&'a [crate::mcp::McpConfig]>,
         correlation: Option<&'a CorrelationConfig>,
     ) -> Vec<Section<'a>> {
         vec![
@@ -835,6 +840,7 @@ impl<'a> HostEntries<'a> {
             Self::section(prefix, "substitutions", substitutions, |s| &s.host),
             Self::section(prefix, "headers", headers, |h| &h.host),
             Self::section(prefix, "llm", llm, |l| &l.host),
+            Self::section(prefix, "mcp", mcp, |m| &m.host),
             Self::section(
                 &format!("{prefix}correlation."),
                 "targets",
@@ -852,6 +858,7 @@ impl<'a> HostEntries<'a> {
             Some(&f.substitutions),
             Some(&f.headers),
             Some(&f.llm),
+            Some(&f.mcp),
             f.correlation.as_ref(),
         );
         sections.push(Self::section("", "transforms", Some(&f.transforms), |t| {
@@ -875,6 +882,7 @@ impl<'a> HostEntries<'a> {
                 c.substitutions.as_deref(),
                 c.headers.as_deref(),
                 c.llm.as_deref(),
+                c.mcp.as_deref(),
                 c.correlation.as_ref(),
             ),
         }
