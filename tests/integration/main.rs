@@ -20,6 +20,7 @@ mod http2;
 mod intercept;
 mod layout;
 mod llm;
+mod mcp;
 mod logs;
 mod metrics;
 mod paths;
