@@ -64,8 +64,9 @@ pub fn compile(entries: &[McpConfig], key: &str) -> Result<McpRules, CompileErro
     for (i, e) in entries.iter().enumerate() {
         let at = |field: &str, j: usize| format!("{key}[{i}].{field}[{j}]");
         let glob = |field: &str, j: usize, g: &str| {
-            Glob::new(g)
-                .map_err(|err| CompileError::new(at(field, j), format!("`{g}` is not a glob: {err}")))
+            Glob::new(g).map_err(|err| {
+                CompileError::new(at(field, j), format!("`{g}` is not a glob: {err}"))
+            })
         };
         let mut deny_tools = Vec::new();
         for (j, t) in e.deny_tools.iter().enumerate() {
@@ -117,9 +118,9 @@ impl McpRules {
         let mut segments = None;
         self.list.iter().find(|p| {
             p.host.matches(dest)
-                && p.path.as_ref().is_none_or(|g| {
-                    g.matches(segments.get_or_insert_with(|| normalize_path(path)))
-                })
+                && p.path
+                    .as_ref()
+                    .is_none_or(|g| g.matches(segments.get_or_insert_with(|| normalize_path(path))))
         })
     }
 
@@ -304,7 +305,9 @@ fn read_message(v: &Value) -> Result<(Message, Option<String>), Unreadable> {
     };
     let params = m.get("params");
     if params.is_some_and(|p| !p.is_object() && !p.is_array()) {
-        return Err(malformed(format!("`{method}` has params that are not an object")));
+        return Err(malformed(format!(
+            "`{method}` has params that are not an object"
+        )));
     }
     // What the `mcp-name` header must match: the tool, prompt or resource the body names.
     let named = match name_key(method) {
@@ -349,10 +352,14 @@ pub fn read_request(body: &[u8], headers: RoutingHeaders<'_>) -> Result<Exchange
         named = n;
     }
     if headers.method.len() > 1 || headers.name.len() > 1 {
-        return Err(ambiguous("an mcp-method or mcp-name header is sent more than once"));
+        return Err(ambiguous(
+            "an mcp-method or mcp-name header is sent more than once",
+        ));
     }
     if (!headers.method.is_empty() || !headers.name.is_empty()) && batch {
-        return Err(ambiguous("a batch carries an mcp-method or mcp-name header, which names one message"));
+        return Err(ambiguous(
+            "a batch carries an mcp-method or mcp-name header, which names one message",
+        ));
     }
     let body_method = messages.first().and_then(Message::method);
     if let Some(raw) = headers.method.first() {
@@ -478,7 +485,13 @@ pub fn accepts_only_sse(accept: Option<&str>) -> bool {
     };
     let types: Vec<String> = accept
         .split(',')
-        .map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .collect();
     let json = types
         .iter()
@@ -700,12 +713,17 @@ mod tests {
 
     #[test]
     fn deny_wins_over_allow_and_allow_lists_the_only_tools() {
-        let p = policy("[{ host: a.test, allow_tools: ['read_*', delete_x], deny_tools: ['delete_*'] }]");
+        let p = policy(
+            "[{ host: a.test, allow_tools: ['read_*', delete_x], deny_tools: ['delete_*'] }]",
+        );
         assert!(p.check_tool("read_file").is_ok());
         let d = p.check_tool("delete_x").unwrap_err();
         assert_eq!(d.rule, "mcp[0].deny_tools[0]");
         assert!(d.message().contains("mcp_tool_denied"), "{}", d.message());
-        assert_eq!(p.check_tool("write").unwrap_err().rule, "mcp[0].allow_tools");
+        assert_eq!(
+            p.check_tool("write").unwrap_err().rule,
+            "mcp[0].allow_tools"
+        );
     }
 
     #[test]
@@ -723,7 +741,10 @@ mod tests {
         assert_eq!(answer[0]["id"], "a-7");
         assert_eq!(answer[0]["result"]["isError"], true);
         let text = answer[0]["result"]["content"][0]["text"].as_str().unwrap();
-        assert!(text.contains("mcp_tool_denied") && text.contains("delete_all"), "{text}");
+        assert!(
+            text.contains("mcp_tool_denied") && text.contains("delete_all"),
+            "{text}"
+        );
         let (ct, body) = render(&answer, ex.batch, false);
         assert_eq!(ct, "application/json");
         assert!(body.starts_with(b"{\"jsonrpc\""));
@@ -731,7 +752,12 @@ mod tests {
         assert_eq!(ct, "text/event-stream");
         assert!(body.starts_with(b"event: message\ndata: {") && body.ends_with(b"}\n\n"));
         // An allowed call goes through; report mode forwards a denied one too.
-        let ok = read(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#, &[], &[]).unwrap();
+        let ok = read(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#,
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(decide(&p, &ok).answer, None);
         let report = policy("[{ host: a.test, deny_tools: ['delete_*'], mode: report }]");
         let v = decide(&report, &ex);
@@ -751,43 +777,111 @@ mod tests {
         )
         .unwrap();
         assert!(ex.batch);
-        assert_eq!(ex.methods().as_deref(), Some("tools/list,tools/call,notifications/progress"));
+        assert_eq!(
+            ex.methods().as_deref(),
+            Some("tools/list,tools/call,notifications/progress")
+        );
         assert_eq!(ex.tools().as_deref(), Some("delete_all"));
         let answer = decide(&p, &ex).answer.unwrap();
         assert_eq!(answer.len(), 2);
-        assert_eq!((&answer[0]["id"], &answer[0]["error"]["code"]), (&json!(1), &json!(-32000)));
-        assert_eq!((&answer[1]["id"], &answer[1]["result"]["isError"]), (&json!(2), &json!(true)));
+        assert_eq!(
+            (&answer[0]["id"], &answer[0]["error"]["code"]),
+            (&json!(1), &json!(-32000))
+        );
+        assert_eq!(
+            (&answer[1]["id"], &answer[1]["result"]["isError"]),
+            (&json!(2), &json!(true))
+        );
         let (_, body) = render(&answer, true, false);
         assert!(body.starts_with(b"["));
         // A denied call sent as a notification is not forwarded, and nothing answers it.
-        let note = read(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_x"}}"#, &[], &[]).unwrap();
+        let note = read(
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_x"}}"#,
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(decide(&p, &note).answer, Some(vec![]));
     }
 
+    /// A body, its `mcp-method` and `mcp-name` values, and the refusal it gets.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], Option<Reason>);
+
     #[test]
     fn headers_that_disagree_with_the_body_are_ambiguous() {
-        let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all"}}"#;
-        let table: &[(&str, &[&str], &[&str], Option<Reason>)] = &[
+        let call =
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all"}}"#;
+        let table: &[Case] = &[
             (call, &["tools/call"], &["delete_all"], None),
             (call, &[], &[], None),
             (call, &["tools/list"], &[], Some(Reason::McpAmbiguous)),
             (call, &["tools/call"], &["echo"], Some(Reason::McpAmbiguous)),
-            (call, &["tools/call", "tools/call"], &[], Some(Reason::McpAmbiguous)),
-            (call, &[], &["delete_all", "delete_all"], Some(Reason::McpAmbiguous)),
+            (
+                call,
+                &["tools/call", "tools/call"],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                call,
+                &[],
+                &["delete_all", "delete_all"],
+                Some(Reason::McpAmbiguous),
+            ),
             // The SDKs' base64 form of a name decodes before it is compared.
             (call, &[], &["=?base64?ZGVsZXRlX2FsbA==?="], None),
-            (call, &[], &["=?base64?ZWNobw==?="], Some(Reason::McpAmbiguous)),
+            (
+                call,
+                &[],
+                &["=?base64?ZWNobw==?="],
+                Some(Reason::McpAmbiguous),
+            ),
             (call, &[], &["=?base64?!!?="], Some(Reason::McpAmbiguous)),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, &[], &["echo"], Some(Reason::McpAmbiguous)),
-            (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, &["tools/call"], &[], Some(Reason::McpAmbiguous)),
-            (&format!("[{call}]"), &["tools/call"], &[], Some(Reason::McpAmbiguous)),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+                &[],
+                &["echo"],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+                &["tools/call"],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                &format!("[{call}]"),
+                &["tools/call"],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
             ("{not json", &[], &[], Some(Reason::McpMalformed)),
             ("[]", &[], &[], Some(Reason::McpMalformed)),
             ("[1]", &[], &[], Some(Reason::McpMalformed)),
-            (r#"{"jsonrpc":"2.0","id":1}"#, &[], &[], Some(Reason::McpMalformed)),
-            (r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#, &[], &[], Some(Reason::McpMalformed)),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#, &[], &[], Some(Reason::McpMalformed)),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"x"}"#, &[], &[], Some(Reason::McpMalformed)),
+            (
+                r#"{"jsonrpc":"2.0","id":1}"#,
+                &[],
+                &[],
+                Some(Reason::McpMalformed),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
+                &[],
+                &[],
+                Some(Reason::McpMalformed),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+                &[],
+                &[],
+                Some(Reason::McpMalformed),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"x"}"#,
+                &[],
+                &[],
+                Some(Reason::McpMalformed),
+            ),
         ];
         for (body, method, name, want) in table {
             let got = read(body, method, name).err().map(|u| u.reason);
@@ -812,7 +906,11 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"x","params":{"result":{"tools":[{"name":"delete_a"}]}}}"#,
             "not json",
         ] {
-            assert_eq!(filter_listing(&p, text.as_bytes()), Listing::default(), "{text}");
+            assert_eq!(
+                filter_listing(&p, text.as_bytes()),
+                Listing::default(),
+                "{text}"
+            );
         }
         let report = policy("[{ host: a.test, deny_tools: ['delete_*'], mode: report }]");
         let l = filter_listing(&report, page.as_bytes());
@@ -840,17 +938,24 @@ mod tests {
     fn an_sse_event_over_the_limit_ends_the_stream_unless_reporting() {
         let mut f = SseFilter::new(policy(DENY), 16);
         assert_eq!(&f.feed(b"data: 1\n\n", false)[..], b"data: 1\n\n");
-        assert!(f.feed(b"data: a long event without an end", false).is_empty());
+        assert!(f
+            .feed(b"data: a long event without an end", false)
+            .is_empty());
         assert!(f.over);
         assert!(f.feed(b"\n\ndata: 2\n\n", true).is_empty());
         let mut r = SseFilter::new(policy("[{ host: a.test, mode: report }]"), 16);
-        assert_eq!(&r.feed(b"data: a long event without an end", false)[..], b"data: a long event without an end");
+        assert_eq!(
+            &r.feed(b"data: a long event without an end", false)[..],
+            b"data: a long event without an end"
+        );
     }
 
     #[test]
     fn only_an_sse_only_accept_gets_sse_answers() {
         assert!(accepts_only_sse(Some("text/event-stream")));
-        assert!(!accepts_only_sse(Some("application/json, text/event-stream")));
+        assert!(!accepts_only_sse(Some(
+            "application/json, text/event-stream"
+        )));
         assert!(!accepts_only_sse(Some("text/event-stream, */*;q=0.1")));
         assert!(!accepts_only_sse(None));
     }

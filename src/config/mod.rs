@@ -928,6 +928,32 @@ mod tests {
     }
 
     #[test]
+    fn mcp_errors_name_the_entry_key_and_line_in_a_client_too() {
+        let err = parse(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - name: a\n        token: { type: static, value: t }\n        mcp:\n          - host: m.test\n            deny_tools: ['[x']\nmcp:\n  - host: m.test\n    path: /mcp\n    allow_tools: ['{']\n",
+        )
+        .unwrap()
+        .compile(CompileOptions { create_ca: false })
+        .unwrap_err();
+        let found: Vec<(Option<&str>, Option<usize>)> =
+            err.iter().map(|e| (e.key.as_deref(), e.line)).collect();
+        assert!(
+            found.contains(&(Some("mcp[0].allow_tools[0]"), Some(13))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(Some("proxy.auth.clients[0].mcp[0].deny_tools[0]"), Some(9))),
+            "{found:?}"
+        );
+        for bad in ["tools: [x]", "path: mcp", "mode: audit"] {
+            let text =
+                format!("proxy: {{ listen: 127.0.0.1:0 }}\nmcp:\n  - {{ host: m.test, {bad} }}\n");
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.line, Some(3), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn llm_and_transform_errors_name_the_entry_and_line() {
         let err = parse(
             "proxy: { listen: 127.0.0.1:0 }\nllm:\n  - host: a.test\n    provider: openai\n    deny_arguments: [{ tool: x, pattern: '(' }]\n",

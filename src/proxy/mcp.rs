@@ -42,7 +42,10 @@ impl Warden {
             "POST" => {
                 let limit = ctx.snap.limits.llm_buffer_bytes;
                 let (body, complete) = super::llm::read_bounded(session, ctx, limit).await?;
-                match self.mcp_decide(session, ctx, &policy, &body, complete).await? {
+                match self
+                    .mcp_decide(session, ctx, &policy, &body, complete)
+                    .await?
+                {
                     true => return Ok(Some(true)),
                     false => (body, complete),
                 }
@@ -140,7 +143,9 @@ impl Warden {
         let tools: Vec<&str> = denials.iter().map(|d| d.tool.as_str()).collect();
         ctx.line.rule.get_or_insert_with(|| first.rule.clone());
         if policy.report {
-            ctx.line.would_deny.get_or_insert(Reason::McpToolDenied.code());
+            ctx.line
+                .would_deny
+                .get_or_insert(Reason::McpToolDenied.code());
             return;
         }
         ctx.line.error = Some(format!("tool {} denied", tools.join(",")));
@@ -159,14 +164,21 @@ impl Warden {
         batch: bool,
     ) -> Result<()> {
         let req = session.req_header();
-        let accept = req.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let accept = req
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
         let (content_type, body) = mcp::render(answer, batch, mcp::accepts_only_sse(accept));
         let status = if answer.is_empty() { 202 } else { 200 };
         let mut head = ResponseHeader::build(status, Some(4))?;
         if !answer.is_empty() {
             head.insert_header(header::CONTENT_TYPE, content_type)?;
         }
-        let body = if answer.is_empty() { Bytes::new() } else { body };
+        let body = if answer.is_empty() {
+            Bytes::new()
+        } else {
+            body
+        };
         head.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
         head.insert_header(super::edit::X_REQUEST_ID, ctx.request_id())?;
         if let Some(id) = req.headers.get(SESSION_ID) {
@@ -216,7 +228,10 @@ impl Warden {
         if encoded && !matches!(mode, Body::Pass) {
             let detail = "the MCP server answered compressed".to_string();
             let reason = Reason::McpResponseUnreadable;
-            if self.mcp_unreadable(session, ctx, policy, reason, detail).await? {
+            if self
+                .mcp_unreadable(session, ctx, policy, reason, detail)
+                .await?
+            {
                 return Ok(true);
             }
             mode = Body::Pass;
@@ -258,7 +273,10 @@ impl Warden {
         if over {
             let detail = format!("the response is larger than limits.llm_buffer_bytes ({limit})");
             let reason = Reason::McpResponseUnreadable;
-            if self.mcp_unreadable(session, ctx, policy, reason, detail).await? {
+            if self
+                .mcp_unreadable(session, ctx, policy, reason, detail)
+                .await?
+            {
                 return Ok(true);
             }
         } else {
@@ -330,7 +348,9 @@ impl Warden {
             return;
         };
         if policy.report {
-            ctx.line.would_deny.get_or_insert(Reason::McpToolDenied.code());
+            ctx.line
+                .would_deny
+                .get_or_insert(Reason::McpToolDenied.code());
             ctx.line.rule.get_or_insert_with(|| first.rule.clone());
         }
         let hidden: Vec<&str> = removed.iter().map(|d| d.tool.as_str()).take(8).collect();

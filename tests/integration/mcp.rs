@@ -95,24 +95,49 @@ async fn the_sdk_client_in_both_modes_is_never_offered_nor_lets_through_a_denied
         // delete_all is never offered...
         assert_eq!(out["tools"], json!(["echo", "count"]), "{out}");
         // ...an allowed call answers...
-        assert_eq!(out["echo"], json!({"is_error": false, "text": "hello"}), "{out}");
+        assert_eq!(
+            out["echo"],
+            json!({"is_error": false, "text": "hello"}),
+            "{out}"
+        );
         // ...a denied one is a tool error the model reads, naming the reason...
         assert_eq!(out["denied"]["is_error"], true, "{out}");
         let text = out["denied"]["text"].as_str().unwrap();
-        assert!(text.contains("mcp_tool_denied") && text.contains("`delete_all`"), "{text}");
+        assert!(
+            text.contains("mcp_tool_denied") && text.contains("`delete_all`"),
+            "{text}"
+        );
         // ...and a streamed answer (progress events, then the result) arrives whole.
-        assert_eq!(out["count"], json!({"is_error": false, "text": "counted 3"}), "{out}");
+        assert_eq!(
+            out["count"],
+            json!({"is_error": false, "text": "counted 3"}),
+            "{out}"
+        );
         assert_eq!(out["progress"], json!([1.0, 2.0, 3.0]), "{out}");
     }
     let seen = origin.seen().await;
     // The denied calls never reached the server; every request carried the credential the
     // client never had.
-    assert_eq!(tools_run(&seen), ["echo", "count", "echo", "count"], "{seen:?}");
+    assert_eq!(
+        tools_run(&seen),
+        ["echo", "count", "echo", "count"],
+        "{seen:?}"
+    );
     let requests: Vec<&Value> = seen.iter().filter(|l| l["http"].is_string()).collect();
     assert!(requests.iter().all(|r| r["authorized"] == true), "{seen:?}");
     // Modern: per-request, with the method in a header; legacy: a session and its GET stream.
-    assert!(requests.iter().any(|r| r["mcp_method"] == "server/discover"), "{seen:?}");
-    assert!(requests.iter().any(|r| r["http"] == "GET" && r["session"] == true), "{seen:?}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["mcp_method"] == "server/discover"),
+        "{seen:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["http"] == "GET" && r["session"] == true),
+        "{seen:?}"
+    );
     assert!(requests.iter().any(|r| r["http"] == "DELETE"), "{seen:?}");
 
     let denied = wait_log(|v| v["mcp_tool"] == "delete_all" && v["port"] == port).await;
@@ -120,7 +145,11 @@ async fn the_sdk_client_in_both_modes_is_never_offered_nor_lets_through_a_denied
     assert_eq!(denied["mcp_method"], "tools/call", "{denied}");
     assert_eq!(denied["status"], 200, "{denied}");
     assert_eq!(denied["rule"], "mcp[0].deny_tools[0]", "{denied}");
-    assert_eq!(denied["injected"], Value::Null, "not sent upstream: {denied}");
+    assert_eq!(
+        denied["injected"],
+        Value::Null,
+        "not sent upstream: {denied}"
+    );
     let allowed = wait_log(|v| v["mcp_tool"] == "echo" && v["port"] == port).await;
     assert_eq!(allowed["injected"], "authorization", "{allowed}");
     assert_eq!(allowed["reason"], Value::Null, "{allowed}");
@@ -139,14 +168,22 @@ async fn report_mode_lists_and_forwards_a_denied_tool_and_logs_would_deny() {
     let port = origin.port;
     let w = mcp_warden(port, "report").await;
     let out = sdk_client(&w, &origin, "auto").await;
-    assert_eq!(out["tools"], json!(["echo", "delete_all", "count"]), "{out}");
+    assert_eq!(
+        out["tools"],
+        json!(["echo", "delete_all", "count"]),
+        "{out}"
+    );
     assert_eq!(
         out["denied"],
         json!({"is_error": false, "text": "deleted everything"}),
         "{out}"
     );
     let seen = origin.seen().await;
-    assert_eq!(tools_run(&seen), ["echo", "delete_all", "count"], "{seen:?}");
+    assert_eq!(
+        tools_run(&seen),
+        ["echo", "delete_all", "count"],
+        "{seen:?}"
+    );
     let line = wait_log(|v| v["mcp_tool"] == "delete_all" && v["port"] == port).await;
     assert_eq!(line["would_deny"], "mcp_tool_denied", "{line}");
     assert_eq!(line["reason"], Value::Null, "{line}");
@@ -182,9 +219,21 @@ async fn raw_requests_that_disagree_smuggle_or_batch_a_denied_call_never_reach_t
     // The header names an allowed tool, the body a denied one (and the other way round): an
     // origin routing by either could run what policy did not see.
     for (id, body, headers) in [
-        ("mcp-raw-name", call("delete_all"), vec![("mcp-method", "tools/call"), ("mcp-name", "echo")]),
-        ("mcp-raw-method", call("delete_all"), vec![("mcp-method", "tools/list")]),
-        ("mcp-raw-twice", call("echo"), vec![("mcp-name", "echo"), ("mcp-name", "delete_all")]),
+        (
+            "mcp-raw-name",
+            call("delete_all"),
+            vec![("mcp-method", "tools/call"), ("mcp-name", "echo")],
+        ),
+        (
+            "mcp-raw-method",
+            call("delete_all"),
+            vec![("mcp-method", "tools/list")],
+        ),
+        (
+            "mcp-raw-twice",
+            call("echo"),
+            vec![("mcp-name", "echo"), ("mcp-name", "delete_all")],
+        ),
     ] {
         let resp = post(id, &body, &headers).await.unwrap();
         assert_eq!(resp.status(), 400, "{id}");
