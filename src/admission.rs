@@ -463,6 +463,33 @@ mod tests {
     }
 
     #[test]
+    fn mcp_endpoints_are_intercepted_and_a_clients_own_section_replaces_the_top_level_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - {{ name: a, token: {{ type: static, value: tok }}, mcp: [{{ host: m.test, path: /a }}] }}\n      - {{ name: b, token: {{ type: static, value: tok-b }} }}\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nmcp: [{{ host: m.test, path: /mcp }}]\n",
+            dir.path().display()
+        );
+        let s = Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap();
+        const B: &[&[u8]] = &[b"Bearer tok-b"];
+        let planned = |auth, url| admit(&s, auth, "POST", url).unwrap().mcp.is_some();
+        assert!(planned(AUTH, "http://m.test/a"));
+        assert!(!planned(AUTH, "http://m.test/mcp"));
+        assert!(planned(B, "http://m.test/mcp"));
+        assert!(!planned(B, "http://m.test/a"));
+        assert!(admit(&s, B, "POST", "http://m.test/mcp")
+            .unwrap()
+            .needs_identity());
+        let dest = crate::target::parse_authority(b"m.test:443", None).unwrap();
+        for auth in [AUTH, B] {
+            let c = admit_connect(&s, &Registry::default(), &[], auth, &dest).unwrap();
+            assert!(c.intercept && c.inspect);
+        }
+    }
+
+    #[test]
     fn a_clients_own_transforms_replace_the_top_level_ones() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(

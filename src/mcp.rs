@@ -339,6 +339,11 @@ fn read_message(v: &Value) -> Result<(Message, Option<String>), Unreadable> {
 pub fn read_request(body: &[u8], headers: RoutingHeaders<'_>) -> Result<Exchange, Unreadable> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("the body is not JSON ({e})")))?;
+    // Parsers differ on a repeated key (the first or the last wins, or an error): a body with
+    // one could name one tool to warden and another to the server.
+    if let Err(e) = serde_json::from_slice::<UniqueKeys>(body) {
+        return Err(ambiguous(format!("the body repeats a key ({e})")));
+    }
     let (values, batch) = match &v {
         Value::Array(a) if a.is_empty() => return Err(malformed("the batch is empty")),
         Value::Array(a) => (a.iter().collect::<Vec<_>>(), true),
@@ -380,6 +385,66 @@ pub fn read_request(body: &[u8], headers: RoutingHeaders<'_>) -> Result<Exchange
         }
     }
     Ok(Exchange { messages, batch })
+}
+
+/// A JSON value that parses only when no object in it repeats a key (keys compared as
+/// decoded, so `"name"` and `"na\u006de"` are the same).
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("a repeated key"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
 }
 
 impl Exchange {
@@ -852,6 +917,30 @@ mod tests {
             (
                 &format!("[{call}]"),
                 &["tools/call"],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_all"}}"#,
+                &[],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}"#,
+                &[],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","na\u006de":"x"}}"#,
+                &[],
+                &[],
+                Some(Reason::McpAmbiguous),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":{"b":1,"b":2}}}}"#,
+                &[],
                 &[],
                 Some(Reason::McpAmbiguous),
             ),

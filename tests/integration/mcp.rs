@@ -291,3 +291,63 @@ async fn raw_requests_that_disagree_smuggle_or_batch_a_denied_call_never_reach_t
     assert!(seen.is_empty(), "the server saw {seen:?}");
     assert_canary_kept(&w, &bodies).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_get_stream_and_a_paginated_json_listing_lose_denied_tools_and_keep_the_session_id() {
+    let listing = |id: u64, cursor: Option<&str>| {
+        let mut result =
+            json!({"tools": [{"name": "delete_all"}, {"name": "echo"}, {"name": "delete_rest"}]});
+        if let Some(c) = cursor {
+            result["nextCursor"] = json!(c);
+        }
+        json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+    };
+    let stream = format!(
+        "id: 1\nevent: message\ndata: {}\n\n: keep-alive\n\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}}\n\n",
+        listing(4, None)
+    );
+    let sse = LlmOrigin::start(Script::sse(&stream, 13)).await;
+    let json_origin = LlmOrigin::start(Script::json(200, &listing(5, Some("page-2")))).await;
+    let entries: String = [sse.port(), json_origin.port()]
+        .iter()
+        .map(|p| {
+            format!("  - {{ host: \"mcp.test:{p}\", path: /mcp, deny_tools: [\"delete_*\"] }}\n")
+        })
+        .collect();
+    let w = TestWarden::with("auto", &format!("mcp:\n{entries}")).await;
+    let client = w.client();
+    let resp = client
+        .get(format!("https://mcp.test:{}/mcp", sse.port()))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", "sess-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let want = format!(
+        "id: 1\nevent: message\ndata: {}\n\n: keep-alive\n\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}}\n\n",
+        json!({"jsonrpc": "2.0", "id": 4, "result": {"tools": [{"name": "echo"}]}})
+    );
+    assert_eq!(text, want);
+    let head = &sse.received()[0].head;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("mcp-session-id: sess-42"),
+        "{head}"
+    );
+
+    let resp = client
+        .post(format!("https://mcp.test:{}/mcp", json_origin.port()))
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"page-1"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"jsonrpc": "2.0", "id": 5, "result": {"tools": [{"name": "echo"}], "nextCursor": "page-2"}})
+    );
+}
