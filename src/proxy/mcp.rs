@@ -38,22 +38,22 @@ impl Warden {
         let Some(policy) = ctx.plan()?.mcp.clone() else {
             return Ok(None);
         };
-        let body = match ctx.method() {
+        let (body, complete) = match ctx.method() {
             "POST" => {
                 let limit = ctx.snap.limits.llm_buffer_bytes;
                 let (body, complete) = super::llm::read_bounded(session, ctx, limit).await?;
-                match self
+                if self
                     .mcp_decide(session, ctx, &policy, &body, complete)
                     .await?
                 {
-                    true => return Ok(Some(true)),
-                    false => (body, complete),
+                    return Ok(Some(true));
                 }
+                (body, complete)
             }
+            // The server's stream: nothing to decide; its events are filtered.
             "GET" if !super::edit::upgrade(session) => (BytesMut::new(), true),
             _ => return Ok(None),
         };
-        let (body, complete) = body;
         let (peer, req, first) = self.buffered_request(session, ctx, body, complete).await?;
         let idle = ctx.snap.limits.idle_timeout;
         let mut up = self

@@ -287,6 +287,32 @@ async fn raw_requests_that_disagree_smuggle_or_batch_a_denied_call_never_reach_t
     assert_eq!(v["result"]["isError"], true, "{v}");
     bodies.push(text);
 
+    // Over HTTP/2 inside the tunnel, the same answer.
+    let out = w
+        .curl(&[
+            "--http2",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-request-id: mcp-raw-h2",
+            "-w",
+            "\n%{http_version}",
+            "--data-binary",
+            &call("delete_all"),
+            &url,
+        ])
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').expect("curl output");
+    assert_eq!(version, "2", "{text}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        (&v["id"], &v["result"]["isError"]),
+        (&json!(9), &json!(true)),
+        "{v}"
+    );
+    assert_eq!(log_for("mcp-raw-h2").await["reason"], "mcp_tool_denied");
+
     let seen = origin.seen().await;
     assert!(seen.is_empty(), "the server saw {seen:?}");
     assert_canary_kept(&w, &bodies).await;
