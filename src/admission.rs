@@ -83,6 +83,8 @@ pub struct RequestPlan {
     pub scrub: Option<Replacer>,
     /// The LLM entry for the destination, if it has one.
     pub llm: Option<Arc<LlmPolicy>>,
+    /// The MCP entry for the destination and path, if it has one.
+    pub mcp: Option<Arc<crate::mcp::McpPolicy>>,
     /// Response transformers for the destination.
     pub transforms: Vec<Arc<Transform>>,
     /// A note for the log that did not stop the request.
@@ -107,6 +109,7 @@ impl RequestPlan {
     pub fn needs_identity(&self) -> bool {
         self.scrub.is_some()
             || self.llm.is_some()
+            || self.mcp.is_some()
             || self.transforms.iter().any(|t| !t.replace_body.is_empty())
     }
 }
@@ -215,7 +218,7 @@ pub fn admit_connect(
     let inspect = profile.inspects(dest);
     let intercept = snap.tls.intercepts(dest, inspect);
     if inspect && !intercept {
-        let rule = "network.rules, credentials, headers, substitutions, correlation, llm or transforms apply to this host, but tls.intercept/passthrough tunnel it blind";
+        let rule = "network.rules, credentials, headers, substitutions, correlation, llm, mcp or transforms apply to this host, but tls.intercept/passthrough tunnel it blind";
         match network.mode {
             Mode::Enforce => {
                 return Err(Refusal::denied(
@@ -344,6 +347,7 @@ pub fn admit_request(
         .foreign_placeholder_in(dest, head.raw)
         .then_some("placeholder_to_foreign_host");
     let llm = profile.llm.for_dest(dest).cloned();
+    let mcp = profile.mcp.for_request(dest, &target.path).cloned();
     let transforms = profile.transforms.for_dest(dest);
     Ok(RequestPlan {
         target,
@@ -355,6 +359,7 @@ pub fn admit_request(
         substitutions,
         scrub,
         llm,
+        mcp,
         transforms,
         alert,
         relay,
@@ -598,6 +603,33 @@ network: { policy: strict, allow: [api.test] }
         assert_eq!(a.would_deny, Some(Reason::PolicyDeniedRule));
         let missing = admit_connect(&auto, &Registry::default(), &[], &[], &dest).unwrap_err();
         assert_eq!(missing.reason, Reason::AuthRequired);
+    }
+
+    #[test]
+    fn mcp_endpoints_are_intercepted_and_a_clients_own_section_replaces_the_top_level_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - {{ name: a, token: {{ type: static, value: tok }}, mcp: [{{ host: m.test, path: /a }}] }}\n      - {{ name: b, token: {{ type: static, value: tok-b }} }}\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\nmcp: [{{ host: m.test, path: /mcp }}]\n",
+            dir.path().display()
+        );
+        let s = Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap();
+        const B: &[&[u8]] = &[b"Bearer tok-b"];
+        let planned = |auth, url| admit(&s, auth, "POST", url).unwrap().mcp.is_some();
+        assert!(planned(AUTH, "http://m.test/a"));
+        assert!(!planned(AUTH, "http://m.test/mcp"));
+        assert!(planned(B, "http://m.test/mcp"));
+        assert!(!planned(B, "http://m.test/a"));
+        assert!(admit(&s, B, "POST", "http://m.test/mcp")
+            .unwrap()
+            .needs_identity());
+        let dest = crate::target::parse_authority(b"m.test:443", None).unwrap();
+        for auth in [AUTH, B] {
+            let c = admit_connect(&s, &Registry::default(), &[], auth, &dest).unwrap();
+            assert!(c.intercept && c.inspect);
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct ClientConfig {
     /// Replaces the top-level `llm` section for this client.
     #[serde(default)]
     pub llm: Option<Vec<crate::llm::LlmConfig>>,
+    /// Replaces the top-level `mcp` section for this client.
+    #[serde(default)]
+    pub mcp: Option<Vec<crate::mcp::McpConfig>>,
     /// Replaces the top-level `correlation` section for this client.
     #[serde(default)]
     pub correlation: Option<CorrelationConfig>,
@@ -168,6 +171,7 @@ impl ClientConfig {
             headers: self.headers.as_deref(),
             substitutions: self.substitutions.as_deref(),
             llm: self.llm.as_deref(),
+            mcp: self.mcp.as_deref(),
             transforms: self.transforms.as_deref(),
             correlation: self.correlation.as_ref().map(Some),
             budget: self.budget.as_ref(),

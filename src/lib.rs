@@ -17,6 +17,7 @@
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
 //! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]), then [`budget`] (`requests_per_second`) |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`), [`budget`] (before the upstream call, and the tokens after) |
+//! | `request_filter` on an MCP endpoint | [`mcp`] (the body's calls checked, headers against body; the exchange runs in `proxy::mcp`, filtering `tools/list` results) |
 //! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
 //! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
@@ -39,6 +40,7 @@ pub mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod llm;
+pub mod mcp;
 pub mod policy;
 pub mod profile;
 pub mod proxy;

@@ -12,6 +12,7 @@ use crate::correlation::{Correlation, CorrelationConfig};
 use crate::credentials::{self, CredentialConfig, Credentials};
 use crate::headers::{HeaderRuleConfig, HeaderRules};
 use crate::llm::{LlmConfig, LlmRules};
+use crate::mcp::{McpConfig, McpRules};
 use crate::policy::{NetworkConfig, NetworkPolicy};
 use crate::substitution::{SubstitutionConfig, Substitutions};
 use crate::target::Authority;
@@ -33,6 +34,8 @@ pub struct Profile {
     pub substitutions: Arc<Substitutions>,
     /// LLM policy per API host.
     pub llm: Arc<LlmRules>,
+    /// MCP tool policy per endpoint.
+    pub mcp: Arc<McpRules>,
     /// Response transformers per destination.
     pub transforms: Arc<Transforms>,
     /// Session correlation, when configured.
@@ -57,6 +60,8 @@ pub struct ProfileConfig<'a> {
     pub substitutions: Option<&'a [SubstitutionConfig]>,
     /// `llm`.
     pub llm: Option<&'a [LlmConfig]>,
+    /// `mcp`.
+    pub mcp: Option<&'a [McpConfig]>,
     /// `transforms`.
     pub transforms: Option<&'a [TransformConfig]>,
     /// `correlation`: `Some(None)` is "no correlation", `None` inherits.
@@ -73,6 +78,7 @@ impl ProfileConfig<'_> {
             && self.headers.is_none()
             && self.substitutions.is_none()
             && self.llm.is_none()
+            && self.mcp.is_none()
             && self.transforms.is_none()
             && self.correlation.is_none()
             && self.budget.is_none()
@@ -154,6 +160,9 @@ pub(crate) fn compile_lenient(
     let llm = inherit_or(section.llm, inherit.map(|p| &p.llm), &mut errors, |e| {
         crate::llm::compile(e, &at("llm"))
     });
+    let mcp = inherit_or(section.mcp, inherit.map(|p| &p.mcp), &mut errors, |e| {
+        crate::mcp::compile(e, &at("mcp"))
+    });
     let transforms = inherit_or(
         section.transforms,
         inherit.map(|p| &p.transforms),
@@ -175,6 +184,7 @@ pub(crate) fn compile_lenient(
         headers,
         substitutions,
         llm,
+        mcp,
         transforms,
         correlation,
     ) {
@@ -183,6 +193,7 @@ pub(crate) fn compile_lenient(
             Some(headers),
             Some(substitutions),
             Some(llm),
+            Some(mcp),
             Some(transforms),
             Some(correlation),
         ) => Some(Profile {
@@ -191,6 +202,7 @@ pub(crate) fn compile_lenient(
             headers,
             substitutions,
             llm,
+            mcp,
             transforms,
             correlation,
             budget,
@@ -228,6 +240,7 @@ impl<'a> ProfileConfig<'a> {
             headers: Some(&[]),
             substitutions: Some(&[]),
             llm: Some(&[]),
+            mcp: Some(&[]),
             transforms: Some(&[]),
             correlation: Some(None),
             budget: None,
@@ -243,6 +256,7 @@ impl<'a> ProfileConfig<'a> {
             headers: self.headers.or(other.headers),
             substitutions: self.substitutions.or(other.substitutions),
             llm: self.llm.or(other.llm),
+            mcp: self.mcp.or(other.mcp),
             transforms: self.transforms.or(other.transforms),
             correlation: self.correlation.or(other.correlation),
             budget: self.budget.or(other.budget),
@@ -252,7 +266,7 @@ impl<'a> ProfileConfig<'a> {
 
 impl Profile {
     /// Whether some rule must see inside a tunnel to `dest` (L7 rules, credentials, header
-    /// rules, correlation, substitutions, LLM policy or transforms): it must be intercepted.
+    /// rules, correlation, substitutions, LLM or MCP policy, or transforms): it must be intercepted.
     pub fn inspects(&self, dest: &Authority) -> bool {
         self.network.has_rules_for(dest)
             || self.credentials.has_for(dest)
@@ -260,6 +274,7 @@ impl Profile {
             || self.correlation.as_ref().is_some_and(|c| c.has_for(dest))
             || self.substitutions.has_for(dest)
             || self.llm.has_for(dest)
+            || self.mcp.has_for(dest)
             || self.transforms.has_for(dest)
     }
 }

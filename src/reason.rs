@@ -94,6 +94,17 @@ pub enum Reason {
     /// The client spent one of its budgets (`proxy.auth.clients[].budget`): the request was
     /// not sent; `retry-after` says when the window frees up.
     BudgetExceeded,
+    /// A `tools/call` for a tool the `mcp` policy refuses: not forwarded, answered as a tool
+    /// result with `isError: true` (HTTP 200) naming this code.
+    McpToolDenied,
+    /// An MCP request whose `mcp-method` / `mcp-name` headers disagree with its body.
+    McpAmbiguous,
+    /// A POST to an MCP endpoint whose body is not JSON-RPC.
+    McpMalformed,
+    /// A POST to an MCP endpoint larger than `limits.llm_buffer_bytes`.
+    McpRequestTooLarge,
+    /// An MCP response warden must filter could not be read (compressed, or over the limit).
+    McpResponseUnreadable,
     /// An HTTP/2 client broke a connection bound (`RST_STREAM`, `PING` or `SETTINGS` rate,
     /// header block size or frames, malformed streams): it got `GOAWAY`.
     H2Flood,
@@ -103,7 +114,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 42] = [
+    pub const ALL: [Reason; 47] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -144,6 +155,11 @@ impl Reason {
         Reason::LlmBodyTooLarge,
         Reason::LlmResponseUnreadable,
         Reason::BudgetExceeded,
+        Reason::McpToolDenied,
+        Reason::McpAmbiguous,
+        Reason::McpMalformed,
+        Reason::McpRequestTooLarge,
+        Reason::McpResponseUnreadable,
         Reason::H2Flood,
         Reason::Internal,
     ];
@@ -448,6 +464,41 @@ impl Reason {
                 "http_request_denied",
                 "this client has spent one of its budgets, so the request was not sent",
                 "wait the seconds retry-after gives before sending again; ask the operator to raise the client's budget if it is too small",
+            ),
+            McpToolDenied => (
+                403,
+                "mcp_tool_denied",
+                "http_request_denied",
+                "mcp policy does not allow this tool",
+                "do not call this tool again; choose another way",
+            ),
+            McpAmbiguous => (
+                400,
+                "mcp_ambiguous",
+                "http_request_error",
+                "the mcp-method or mcp-name header does not match the JSON-RPC body (or is sent twice, or on a batch)",
+                "send the headers exactly as the body's method and tool name, once each",
+            ),
+            McpMalformed => (
+                400,
+                "mcp_malformed",
+                "http_request_error",
+                "the body sent to this MCP endpoint is not JSON-RPC",
+                "send one JSON-RPC message (or a batch) as JSON",
+            ),
+            McpRequestTooLarge => (
+                413,
+                "mcp_request_too_large",
+                "http_request_error",
+                "the MCP request body is larger than warden may buffer to check it",
+                "send a smaller request, or raise limits.llm_buffer_bytes",
+            ),
+            McpResponseUnreadable => (
+                502,
+                "mcp_response_unreadable",
+                "http_protocol_error",
+                "the MCP server's response could not be read to apply the tool policy",
+                "the server answered compressed or larger than limits.llm_buffer_bytes",
             ),
             H2Flood => (
                 400,

@@ -148,7 +148,10 @@ pub fn locate(text: &str, dotted: &str) -> Option<usize> {
             if pos > from && indent < min_indent {
                 break;
             }
-            if indent >= min_indent && key_of(body) == Some(key) {
+            // A top-level key sits at the margin: the same key inside a client's section is
+            // another one.
+            let level = indent >= min_indent && (found.is_some() || indent == 0);
+            if level && key_of(body) == Some(key) {
                 hit = Some((pos, i, indent));
                 break;
             }
@@ -204,5 +207,8 @@ mod tests {
         assert_eq!(locate(list, "proxy.auth.clients[1].token"), Some(8));
         assert_eq!(locate(list, "proxy.auth.clients[1].name"), Some(6));
         assert_eq!(locate(list, "proxy.auth.clients[5].name"), Some(3));
+        let nested =
+            "proxy:\n  auth:\n    clients:\n      - llm:\n          - host: a\nllm:\n  - host: b\n";
+        assert_eq!(locate(nested, "llm[0].host"), Some(7));
     }
 }

@@ -63,6 +63,9 @@ pub struct FileConfig {
     /// Model and tool-call policy per LLM API host.
     #[serde(default)]
     pub llm: Vec<crate::llm::LlmConfig>,
+    /// Tool policy per MCP endpoint.
+    #[serde(default)]
+    pub mcp: Vec<crate::mcp::McpConfig>,
     /// Response transformers per destination.
     #[serde(default)]
     pub transforms: Vec<crate::transform::TransformConfig>,
@@ -633,6 +636,7 @@ impl Config {
             headers: Some(&f.headers),
             substitutions: Some(&f.substitutions),
             llm: Some(&f.llm),
+            mcp: Some(&f.mcp),
             transforms: Some(&f.transforms),
             correlation: Some(f.correlation.as_ref()),
             budget: None,
@@ -878,6 +882,7 @@ impl<'a> HostEntries<'a> {
         substitutions: Option<&'a [SubstitutionConfig]>,
         headers: Option<&'a [HeaderRuleConfig]>,
         llm: Option<&'a [crate::llm::LlmConfig]>,
+        mcp: Option<&'a [crate::mcp::McpConfig]>,
         correlation: Option<&'a CorrelationConfig>,
     ) -> Vec<Section<'a>> {
         vec![
@@ -885,6 +890,7 @@ impl<'a> HostEntries<'a> {
             Self::section(prefix, "substitutions", substitutions, |s| &s.host),
             Self::section(prefix, "headers", headers, |h| &h.host),
             Self::section(prefix, "llm", llm, |l| &l.host),
+            Self::section(prefix, "mcp", mcp, |m| &m.host),
             Self::section(
                 &format!("{prefix}correlation."),
                 "targets",
@@ -902,6 +908,7 @@ impl<'a> HostEntries<'a> {
             Some(&f.substitutions),
             Some(&f.headers),
             Some(&f.llm),
+            Some(&f.mcp),
             f.correlation.as_ref(),
         );
         sections.push(Self::section("", "transforms", Some(&f.transforms), |t| {
@@ -925,6 +932,7 @@ impl<'a> HostEntries<'a> {
                 c.substitutions.as_deref(),
                 c.headers.as_deref(),
                 c.llm.as_deref(),
+                c.mcp.as_deref(),
                 c.correlation.as_ref(),
             ),
         }
@@ -967,6 +975,32 @@ mod tests {
         assert_eq!(err.line, Some(4), "{err}");
         assert!(err.message.contains("lisen"), "{err}");
         assert_eq!(err.key.as_deref(), Some("proxy"), "{err}");
+    }
+
+    #[test]
+    fn mcp_errors_name_the_entry_key_and_line_in_a_client_too() {
+        let err = parse(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - name: a\n        token: { type: static, value: t }\n        mcp:\n          - host: m.test\n            deny_tools: ['[x']\nmcp:\n  - host: m.test\n    path: /mcp\n    allow_tools: ['{']\n",
+        )
+        .unwrap()
+        .compile(CompileOptions { create_ca: false })
+        .unwrap_err();
+        let found: Vec<(Option<&str>, Option<usize>)> =
+            err.iter().map(|e| (e.key.as_deref(), e.line)).collect();
+        assert!(
+            found.contains(&(Some("mcp[0].allow_tools[0]"), Some(13))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(Some("proxy.auth.clients[0].mcp[0].deny_tools[0]"), Some(9))),
+            "{found:?}"
+        );
+        for bad in ["tools: [x]", "path: mcp", "mode: audit"] {
+            let text =
+                format!("proxy: {{ listen: 127.0.0.1:0 }}\nmcp:\n  - {{ host: m.test, {bad} }}\n");
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.line, Some(3), "{bad}: {err}");
+        }
     }
 
     #[test]

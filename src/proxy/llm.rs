@@ -17,6 +17,7 @@ use crate::telemetry::Capture;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
@@ -96,35 +97,8 @@ impl Warden {
         let provider = policy.provider;
         ctx.flow.llm = Some(LlmCall::new(policy.clone()));
 
-        // 1. The request body, bounded, before anything goes upstream. A client waiting for
-        // `100 Continue` (curl does for larger bodies) gets it from warden: the origin sees the
-        // whole body at once.
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            session
-                .as_downstream_mut()
-                .write_continue_response()
-                .await
-                .map_err(|e| e.into_down())?;
-        }
-        let mut body = BytesMut::new();
-        let mut complete = true;
-        while let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| e.into_down())?
-        {
-            ctx.flow.request_capture.record(&chunk);
-            body.extend_from_slice(&chunk);
-            if body.len() > limit {
-                complete = false;
-                break;
-            }
-        }
+        // 1. The request body, bounded, before anything goes upstream.
+        let (body, complete) = read_bounded(session, ctx, limit).await?;
         if !complete {
             let d = Denial::new(
                 Reason::LlmRequestTooLarge,
@@ -156,6 +130,27 @@ impl Warden {
         }
 
         // 2. The upstream request, through the same phases as any other.
+        let (peer, req, first) = self.buffered_request(session, ctx, body, complete).await?;
+        let idle = ctx.snap.limits.idle_timeout;
+        let mut up = self
+            .open_and_send(session, ctx, &peer, req, first, complete)
+            .await?;
+        let result = self.relay(session, ctx, &mut up, &policy, api).await;
+        let answered = up.response_header().is_some_and(|r| r.status.is_success());
+        self.charge_llm_call(session, ctx, answered);
+        self.finish_upstream(up, &peer, result.is_ok(), idle).await;
+        result
+    }
+
+    /// The peer, upstream head and first body bytes of a request whose body was read into
+    /// `body` (all of it when `complete`), through the same phases as any other request.
+    pub(super) async fn buffered_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: BytesMut,
+        complete: bool,
+    ) -> Result<(Box<HttpPeer>, pingora_http::RequestHeader, Bytes)> {
         let peer = self.upstream_peer(session, ctx).await?;
         let mut req = session.req_header().clone();
         self.upstream_request_filter(session, &mut req, ctx).await?;
@@ -171,17 +166,46 @@ impl Warden {
             req.remove_header(&header::CONTENT_LENGTH);
             req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
+        Ok((peer, req, first))
+    }
+
+    /// Returns the upstream connection to the pool when its response was read whole (`ok`),
+    /// and closes it otherwise.
+    pub(super) async fn finish_upstream(
+        &self,
+        mut up: HttpSession,
+        peer: &HttpPeer,
+        ok: bool,
+        idle: Duration,
+    ) {
+        if ok && up.response_done() {
+            self.shared
+                .connector
+                .0
+                .release_http_session(up, peer, Some(idle))
+                .await;
+        } else {
+            up.shutdown().await;
+        }
+    }
+
+    /// Opens an upstream connection to `peer` and sends the request (head, the buffered
+    /// `first` bytes, the rest of the body if `complete` is false), reading the response head.
+    pub(super) async fn open_and_send(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        peer: &HttpPeer,
+        req: pingora_http::RequestHeader,
+        first: Bytes,
+        complete: bool,
+    ) -> Result<HttpSession> {
         let limits = ctx.snap.limits.clone();
         // A pooled connection may have been closed by the origin meanwhile: when sending on
         // one fails before any response byte, the buffered request is sent again on another.
         let mut attempts = 0;
-        let mut up = loop {
-            let (mut up, reused) = self
-                .shared
-                .connector
-                .0
-                .get_http_session(peer.as_ref())
-                .await?;
+        loop {
+            let (mut up, reused) = self.shared.connector.0.get_http_session(peer).await?;
             up.set_write_timeout(Some(limits.idle_timeout));
             up.set_read_timeout(Some(limits.upstream_first_byte_timeout));
             let mut req = req.clone();
@@ -190,10 +214,10 @@ impl Warden {
                 .send(session, ctx, &mut up, req, first.clone(), complete)
                 .await
             {
-                Ok(()) => break up,
+                Ok(()) => return Ok(up),
                 Err(e) if reused && complete && attempts < 2 => {
                     attempts += 1;
-                    log::debug!("retrying an LLM request on a new connection: {e}");
+                    log::debug!("retrying a buffered request on a new connection: {e}");
                     up.shutdown().await;
                 }
                 Err(e) => {
@@ -201,20 +225,7 @@ impl Warden {
                     return Err(e);
                 }
             }
-        };
-        let result = self.relay(session, ctx, &mut up, &policy, api).await;
-        let answered = up.response_header().is_some_and(|r| r.status.is_success());
-        self.charge_llm_call(session, ctx, answered);
-        if result.is_ok() && up.response_done() {
-            self.shared
-                .connector
-                .0
-                .release_http_session(up, peer.as_ref(), Some(limits.idle_timeout))
-                .await;
-        } else {
-            up.shutdown().await;
         }
-        result
     }
 
     /// Sends the request (head, buffered body, the rest if it was not all buffered) and reads
@@ -319,7 +330,7 @@ impl Warden {
     }
 
     /// Writes the response head; a body warden may change goes out chunked.
-    async fn write_head(
+    pub(super) async fn write_head(
         &self,
         session: &mut Session,
         mut head: ResponseHeader,
@@ -335,7 +346,8 @@ impl Warden {
             .map_err(|e| e.into_down())
     }
 
-    async fn relay_rest(
+    /// Relays the rest of the response body as it comes, through the response-side edits.
+    pub(super) async fn relay_rest(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -486,6 +498,41 @@ impl Warden {
             }
         }
     }
+}
+
+/// Reads the request body into a buffer of at most about `limit` bytes; `false` when it did not
+/// all fit (the rest is still to be read). A client waiting for `100 Continue` (curl does for
+/// larger bodies) gets it from warden: the origin sees the whole body at once.
+pub(super) async fn read_bounded(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    limit: usize,
+) -> Result<(BytesMut, bool)> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| e.into_down())?;
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
+        ctx.flow.request_capture.record(&chunk);
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            return Ok((body, false));
+        }
+    }
+    Ok((body, true))
 }
 
 /// Reads the next upstream body chunk; while a tool call is held, writes an SSE keep-alive to

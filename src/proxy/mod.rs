@@ -13,6 +13,7 @@ mod http1;
 mod http2;
 mod io;
 mod llm;
+mod mcp;
 mod tunnel;
 mod upgrade;
 mod warden;

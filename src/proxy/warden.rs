@@ -120,6 +120,9 @@ impl ProxyHttp for Warden {
         if self.over_request_budget(session, ctx).await? {
             return Ok(true);
         }
+        if let Some(answered) = self.route_mcp(session, ctx).await? {
+            return Ok(answered);
+        }
         self.route_llm(session, ctx).await
     }
 

@@ -450,6 +450,10 @@ pub struct CanonicalLog {
     pub grpc_method: Option<String>,
     /// gRPC calls: the `grpc-status` the client received (from the trailers, or warden's own).
     pub grpc_status: Option<u32>,
+    /// MCP requests: the JSON-RPC methods of the body (a batch's, comma-separated).
+    pub mcp_method: Option<String>,
+    /// MCP requests: the tools its `tools/call`s name, comma-separated.
+    pub mcp_tool: Option<String>,
     /// LLM API calls: the metric labels (model label, outcome); not part of the line.
     #[serde(skip)]
     pub llm_labels: Option<(String, &'static str)>,
@@ -496,6 +500,8 @@ impl CanonicalLog {
             grpc_service: None,
             grpc_method: None,
             grpc_status: None,
+            mcp_method: None,
+            mcp_tool: None,
             llm_labels: None,
         }
     }

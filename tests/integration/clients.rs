@@ -22,7 +22,7 @@ const CANARY: &str = "CANARY-grpc-5d1e8";
 
 /// The venv's interpreter. A missing or stale venv fails the test: the suite's Python clients
 /// are part of it, not optional.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = repo_dir().join("target/pyenv");
     let py = venv.join("bin/python");
     let pins = std::fs::read(repo_dir().join("tests/clients/requirements.txt"))
@@ -38,7 +38,7 @@ fn python() -> PathBuf {
 }
 
 /// `tests/clients/<script>` on the venv's Python, with no proxy settings but those given.
-fn script(name: &str) -> Command {
+pub(crate) fn script(name: &str) -> Command {
     let mut cmd = Command::new(python());
     cmd.arg(repo_dir().join("tests/clients").join(name))
         .env("PYTHONUNBUFFERED", "1")
@@ -61,7 +61,7 @@ fn script(name: &str) -> Command {
 
 /// [`script`] with warden as its proxy (`proxy` is warden's URL, maybe with user info) and
 /// warden's CA as its only trust. grpcio reads the lower-case variable, httpx either.
-fn client_script(name: &str, w: &TestWarden, proxy: &str) -> Command {
+pub(crate) fn client_script(name: &str, w: &TestWarden, proxy: &str) -> Command {
     let mut cmd = script(name);
     cmd.env("HTTPS_PROXY", proxy)
         .env("https_proxy", proxy)
@@ -70,7 +70,7 @@ fn client_script(name: &str, w: &TestWarden, proxy: &str) -> Command {
 }
 
 /// A running script whose stdout is read a JSON line at a time.
-struct Py {
+pub(crate) struct Py {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -80,7 +80,7 @@ struct Py {
 }
 
 impl Py {
-    fn spawn(mut cmd: Command, name: &str) -> Py {
+    pub(crate) fn spawn(mut cmd: Command, name: &str) -> Py {
         cmd.stdin(Stdio::piped());
         let mut child = cmd.spawn().expect("the venv's Python runs");
         let stdin = child.stdin.take();
@@ -133,7 +133,7 @@ impl Py {
         }
     }
 
-    async fn line(&mut self) -> Value {
+    pub(crate) async fn line(&mut self) -> Value {
         match self.next().await {
             Some(v) => v,
             None => self.fail("exited before printing its result").await,
@@ -150,7 +150,7 @@ impl Py {
     }
 
     /// Closes stdin, reads every line left and checks the script exited 0.
-    async fn finish(mut self) -> Vec<Value> {
+    pub(crate) async fn finish(mut self) -> Vec<Value> {
         drop(self.stdin.take());
         let mut rest = Vec::new();
         while let Some(v) = self.next().await {
@@ -165,7 +165,7 @@ impl Py {
 }
 
 /// Runs a script to the end and returns the JSON object it printed last.
-async fn run(cmd: Command, name: &str) -> Value {
+pub(crate) async fn run(cmd: Command, name: &str) -> Value {
     let out = Py::spawn(cmd, name).finish().await;
     out.last()
         .cloned()

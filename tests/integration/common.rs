@@ -164,6 +164,7 @@ pub const ORIGIN_NAMES: &[&str] = &[
     "openai.test",
     "grpc.test",
     "grpc2.test",
+    "mcp.test",
 ];
 
 pub fn origin_acceptor(cert: &OriginCert) -> SslAcceptor {

@@ -22,6 +22,7 @@ mod intercept;
 mod layout;
 mod llm;
 mod logs;
+mod mcp;
 mod metrics;
 mod paths;
 mod plain;
