@@ -43,6 +43,7 @@ pub mod policy;
 pub mod profile;
 pub mod proxy;
 pub mod reason;
+pub mod refresh;
 pub mod refusal;
 pub mod registry;
 pub mod reload;
