@@ -136,7 +136,7 @@ pub(crate) fn compile_lenient(
         if c.grant.as_deref().is_some_and(str::is_empty) {
             errors.push(CompileError::new(at("grant"), "must not be empty".into()));
         }
-        if let Err((field, message)) = c.source.validate() {
+        if let Err((field, message)) = crate::refresh::validate(&c.source) {
             errors.push(CompileError::new(
                 format!("{}{field}", at("source")),
                 message,

@@ -1,5 +1,5 @@
 //! Secrets: where they come from (`env`, `file`, `static`, and the refreshing `process` and
-//! `oauth2`, run by [`crate::refresh`]) and a wrapper that never prints its value and compares
+//! `oauth2`, run by `refresh`) and a wrapper that never prints its value and compares
 //! in constant time. Read by `auth` when the config is compiled (client tokens).
 
 use serde::Deserialize;
@@ -196,51 +196,13 @@ impl SecretSource {
         }
     }
 
-    /// Whether it refreshes (`process`, `oauth2`): read at request time through
-    /// [`crate::refresh`], never by [`SecretSource::read`].
+    /// Whether it refreshes (`process`, `oauth2`): read at request time through a
+    /// refresher, never by [`SecretSource::read`].
     pub fn refreshes(&self) -> bool {
         matches!(
             self,
             SecretSource::Process { .. } | SecretSource::Oauth2 { .. }
         )
-    }
-
-    /// Checks a refreshing source's fields when the config is compiled: the sub-key (after
-    /// the source's own key, e.g. `.token_url`) and the message of the first bad field.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        match self {
-            SecretSource::Process { command, ttl } => {
-                if command.first().is_none_or(|c| c.is_empty()) {
-                    return Err((".command", "must name a program".into()));
-                }
-                if *ttl < Duration::from_secs(1) {
-                    return Err((".ttl", "must be at least 1s".into()));
-                }
-            }
-            SecretSource::Oauth2 {
-                token_url,
-                client_id,
-                client_secret,
-                refresh_token,
-                ..
-            } => {
-                crate::refresh::oauth2::check_url(token_url).map_err(|m| (".token_url", m))?;
-                if client_id.is_empty() {
-                    return Err((".client_id", "must not be empty".into()));
-                }
-                let nested = [
-                    (".client_secret", client_secret.as_deref()),
-                    (".refresh_token", Some(&**refresh_token)),
-                ];
-                for (key, source) in nested {
-                    if source.is_some_and(SecretSource::refreshes) {
-                        return Err((key, "takes an env, file or static source".into()));
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
     }
 }
 
@@ -298,48 +260,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.describe(), "oauth2 https://id.test/token");
-        assert!(o.refreshes() && o.validate().is_ok());
+        assert!(o.refreshes());
         assert!(!format!("{o:?}").contains("CANARY"));
         assert!(serde_yaml::from_str::<SecretSource>(
             "{ type: process, command: [x], ttl: 5m, shell: true }"
         )
         .is_err());
-    }
-
-    #[test]
-    fn bad_refreshing_sources_name_their_field() {
-        let field = |yaml: &str| {
-            serde_yaml::from_str::<SecretSource>(yaml)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .0
-        };
-        assert_eq!(field("{ type: process, command: [] }"), ".command");
-        assert_eq!(field("{ type: process, command: [x], ttl: 10ms }"), ".ttl");
-        let oauth = |url: &str, id: &str, rt: &str| {
-            format!(
-                "{{ type: oauth2, token_url: '{url}', client_id: '{id}', refresh_token: {rt} }}"
-            )
-        };
-        let env = "{ type: env, var: RT }";
-        assert_eq!(field(&oauth("http://id.test/t", "c", env)), ".token_url");
-        assert_eq!(
-            field(&oauth("https://u:p@id.test/t", "c", env)),
-            ".token_url"
-        );
-        assert_eq!(field(&oauth("not a url", "c", env)), ".token_url");
-        assert_eq!(field(&oauth("https://id.test/t", "", env)), ".client_id");
-        assert_eq!(
-            field(&oauth(
-                "https://id.test/t",
-                "c",
-                "{ type: process, command: [x] }"
-            )),
-            ".refresh_token"
-        );
-        let loopback: SecretSource =
-            serde_yaml::from_str(&oauth("http://127.0.0.1:9/t", "c", env)).unwrap();
-        assert!(loopback.validate().is_ok());
     }
 }

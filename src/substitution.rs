@@ -105,7 +105,7 @@ pub fn compile(
                     .into(),
             ));
         }
-        if let Err((field, message)) = e.source.validate() {
+        if let Err((field, message)) = crate::refresh::validate(&e.source) {
             errors.push(CompileError::new(
                 format!("{key}[{i}].source{field}"),
                 message,

@@ -28,6 +28,45 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Refreshers kept before those no compiled config holds any more are dropped.
 const KEPT_REFRESHERS: usize = 256;
 
+/// Checks a refreshing source's fields when the config is compiled (credentials and
+/// substitutions): the sub-key after the source's own key (e.g. `.token_url`) and the message
+/// of the first bad field. Other sources pass.
+pub fn validate(source: &SecretSource) -> Result<(), (&'static str, String)> {
+    match source {
+        SecretSource::Process { command, ttl } => {
+            if command.first().is_none_or(|c| c.is_empty()) {
+                return Err((".command", "must name a program".into()));
+            }
+            if *ttl < Duration::from_secs(1) {
+                return Err((".ttl", "must be at least 1s".into()));
+            }
+        }
+        SecretSource::Oauth2 {
+            token_url,
+            client_id,
+            client_secret,
+            refresh_token,
+            ..
+        } => {
+            oauth2::check_url(token_url).map_err(|m| (".token_url", m))?;
+            if client_id.is_empty() {
+                return Err((".client_id", "must not be empty".into()));
+            }
+            let nested = [
+                (".client_secret", client_secret.as_deref()),
+                (".refresh_token", Some(&**refresh_token)),
+            ];
+            for (key, source) in nested {
+                if source.is_some_and(SecretSource::refreshes) {
+                    return Err((key, "takes an env, file or static source".into()));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// A value a source gave, and for how long it may be used.
 #[derive(Debug)]
 pub struct Fetched {
@@ -261,7 +300,11 @@ impl Refresher {
                     .refresh_token
                     .filter(|new| *new != current)
                     .map(|new| self.rotate(refresh_token, new));
-                Ok((answer.fetched, rotation))
+                let fetched = Fetched {
+                    secret: answer.access_token,
+                    lifetime: answer.lifetime,
+                };
+                Ok((fetched, rotation))
             }
             other => Err(format!("{} does not refresh", other.describe())),
         }
@@ -372,6 +415,41 @@ mod tests {
             "{{ type: process, command: ['{command}'], ttl: {ttl} }}"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn bad_refreshing_sources_name_their_field() {
+        let field = |yaml: &str| {
+            validate(&serde_yaml::from_str::<SecretSource>(yaml).unwrap())
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(field("{ type: process, command: [] }"), ".command");
+        assert_eq!(field("{ type: process, command: [x], ttl: 10ms }"), ".ttl");
+        let oauth = |url: &str, id: &str, rt: &str| {
+            format!(
+                "{{ type: oauth2, token_url: '{url}', client_id: '{id}', refresh_token: {rt} }}"
+            )
+        };
+        let env = "{ type: env, var: RT }";
+        assert_eq!(field(&oauth("http://id.test/t", "c", env)), ".token_url");
+        assert_eq!(
+            field(&oauth("https://u:p@id.test/t", "c", env)),
+            ".token_url"
+        );
+        assert_eq!(field(&oauth("not a url", "c", env)), ".token_url");
+        assert_eq!(field(&oauth("https://id.test/t", "", env)), ".client_id");
+        assert_eq!(
+            field(&oauth(
+                "https://id.test/t",
+                "c",
+                "{ type: process, command: [x] }"
+            )),
+            ".refresh_token"
+        );
+        let loopback: SecretSource =
+            serde_yaml::from_str(&oauth("http://127.0.0.1:9/t", "c", env)).unwrap();
+        assert!(validate(&loopback).is_ok());
     }
 
     #[test]

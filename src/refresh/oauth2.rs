@@ -1,9 +1,8 @@
 //! The `oauth2` source: exchanges a refresh token for an access token at the token endpoint
 //! (RFC 6749 section 6; client authentication in the form body, section 2.3.1), bounded in
 //! time and size, and writes a rotated refresh token back to its file atomically. Called by a
-//! refresh in [`super`].
+//! refresher in `refresh`.
 
-use super::Fetched;
 use crate::secret::Secret;
 use openssl::x509::X509;
 use serde::Deserialize;
@@ -57,8 +56,10 @@ pub struct Request<'a> {
 /// What the endpoint answered: the access token and its lifetime, and a rotated refresh
 /// token when it sent one.
 pub struct Answer {
-    /// The access token and its lifetime.
-    pub fetched: Fetched,
+    /// The access token.
+    pub access_token: Secret,
+    /// Its lifetime: `expires_in`, or [`DEFAULT_LIFETIME`].
+    pub lifetime: Duration,
     /// The new refresh token, if the endpoint rotated it.
     pub refresh_token: Option<Secret>,
 }
@@ -140,7 +141,8 @@ pub async fn exchange(req: &Request<'_>, roots: Option<&[X509]>) -> Result<Answe
         .filter(|&s| s > 0)
         .map_or(DEFAULT_LIFETIME, Duration::from_secs);
     Ok(Answer {
-        fetched: Fetched { secret, lifetime },
+        access_token: secret,
+        lifetime,
         refresh_token: parsed.refresh_token.filter(|t| !t.expose().is_empty()),
     })
 }

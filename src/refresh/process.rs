@@ -1,5 +1,5 @@
 //! The `process` source: runs a command without a shell, bounded in time and output; its
-//! standard output is the secret. Called by a refresh in [`super`].
+//! standard output is the secret. Called by a refresher in `refresh`.
 
 use crate::secret::Secret;
 use std::path::Path;

@@ -26,6 +26,7 @@ mod paths;
 mod plain;
 mod policy;
 mod reload;
+mod sources;
 mod substitutions;
 mod transforms;
 mod tunnel;
