@@ -76,6 +76,9 @@ pub struct Fetched {
     pub lifetime: Duration,
 }
 
+/// A trust list: the system roots plus `tls.upstream_ca_file`, or `None` for the system roots.
+type Roots = Option<Arc<Box<[X509]>>>;
+
 /// The refreshing sources by what they are (source and folder), so a reload that keeps a
 /// source keeps its value; with the upstream trust list token requests use and the refresh
 /// counts for the metrics.
@@ -83,6 +86,8 @@ pub struct Fetched {
 pub struct Refreshers {
     by_source: Mutex<HashMap<(SecretSource, PathBuf), Arc<Refresher>>>,
     roots: ArcSwapOption<Box<[X509]>>,
+    /// The token requests' client, built for the trust list it was built with.
+    http: Mutex<Option<(Roots, reqwest::Client)>>,
     /// Refreshes that gave a value.
     pub succeeded: AtomicU64,
     /// Refreshes that failed.
@@ -108,8 +113,28 @@ impl Refreshers {
 
     /// The trust list for `https` token endpoints: the system roots plus
     /// `tls.upstream_ca_file`, or `None` for the system roots alone. Set at start and reload.
-    pub fn set_roots(&self, roots: Option<Arc<Box<[X509]>>>) {
+    pub fn set_roots(&self, roots: Roots) {
         self.roots.store(roots);
+    }
+
+    /// The client for token requests over the current trust list, built again only when a
+    /// reload changed it.
+    fn http_client(&self) -> Result<reqwest::Client, String> {
+        let roots = self.roots.load_full();
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_for, client)) = http.as_ref() {
+            let same = match (built_for, &roots) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if same {
+                return Ok(client.clone());
+            }
+        }
+        let client = oauth2::client(roots.as_deref().map(|r| &r[..]))?;
+        *http = Some((roots, client.clone()));
+        Ok(client)
     }
 
     fn counted(&self, ok: bool) {
@@ -255,7 +280,9 @@ impl Refresher {
         let me = self.clone();
         let refreshers = refreshers.clone();
         tokio::spawn(async move {
+            let mut guard = Unfinished(Some((me.clone(), refreshers.clone())));
             let outcome = me.fetch(rotated, &refreshers).await;
+            guard.0 = None;
             me.finish(outcome, &refreshers);
         });
     }
@@ -294,8 +321,8 @@ impl Refresher {
                     refresh_token: &current,
                     scope: scope.as_deref(),
                 };
-                let roots = refreshers.roots.load_full();
-                let answer = oauth2::exchange(&request, roots.as_deref().map(|r| &r[..])).await?;
+                let client = refreshers.http_client()?;
+                let answer = oauth2::exchange(&request, &client).await?;
                 let rotation = answer
                     .refresh_token
                     .filter(|new| *new != current)
@@ -377,6 +404,18 @@ impl Refresher {
         }
         drop(st);
         self.done.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Ends a refresh whose task was dropped before it finished (its runtime shut down): the
+/// source is not left marked in flight, and its waiters are told.
+struct Unfinished(Option<(Arc<Refresher>, Arc<Refreshers>)>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some((refresher, refreshers)) = self.0.take() {
+            refresher.finish(Err("the refresh was cancelled".into()), &refreshers);
+        }
     }
 }
 

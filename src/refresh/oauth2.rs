@@ -76,11 +76,9 @@ struct ErrorResponse {
     error: Option<String>,
 }
 
-/// POSTs `grant_type=refresh_token` to the endpoint, trusting `roots` (system roots plus
-/// `tls.upstream_ca_file`) or the system roots alone, following no redirect and using no
-/// proxy. Fails on a transport error, a non-2xx answer (naming its OAuth `error` code), or a
-/// response without `access_token`; the cause never holds a token.
-pub async fn exchange(req: &Request<'_>, roots: Option<&[X509]>) -> Result<Answer, String> {
+/// The HTTP client for token requests, trusting `roots` (system roots plus
+/// `tls.upstream_ca_file`) or the system roots alone, following no redirect, using no proxy.
+pub fn client(roots: Option<&[X509]>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
@@ -90,9 +88,15 @@ pub async fn exchange(req: &Request<'_>, roots: Option<&[X509]>) -> Result<Answe
         let cert = reqwest::Certificate::from_der(&der).map_err(|e| format!("trust list: {e}"))?;
         builder = builder.add_root_certificate(cert);
     }
-    let client = builder
+    builder
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// POSTs `grant_type=refresh_token` to the endpoint with `client` (see [`client`]). Fails on
+/// a transport error, a non-2xx answer (naming its OAuth `error` code), or a response without
+/// `access_token`; the cause never holds a token.
+pub async fn exchange(req: &Request<'_>, client: &reqwest::Client) -> Result<Answer, String> {
     let mut form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", req.refresh_token.expose()),

@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use openssl::ssl::SslAcceptor;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,25 +22,33 @@ use tokio::net::TcpListener;
 const CANARY: &str = "CANARYsrc9q";
 const CLIENT_SECRET: &str = "cs/CANARYsrc9q+client";
 
-/// Serves one hyper service per connection on 127.0.0.1:0.
-async fn serve<F, Fut>(handler: F) -> SocketAddr
+/// Serves one hyper service per connection on 127.0.0.1:0, over TLS with `tls`.
+async fn serve<F, Fut>(handler: F, tls: Option<SslAcceptor>) -> SocketAddr
 where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let tls = tls.map(Arc::new);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let handler = handler.clone();
+            let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let Some(acceptor) = tls else {
+                    let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                    return;
+                };
+                let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                if std::pin::Pin::new(&mut s).accept().await.is_ok() {
+                    let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                }
             });
         }
     });
@@ -51,6 +60,8 @@ where
 /// `400 invalid_grant`. Counts the grants and when each was made.
 struct TokenEndpoint {
     addr: SocketAddr,
+    scheme: &'static str,
+    /// When each granted request arrived.
     issued: Arc<Mutex<Vec<Instant>>>,
     refused: Arc<AtomicUsize>,
 }
@@ -65,6 +76,11 @@ fn refresh_token(n: usize) -> String {
 
 impl TokenEndpoint {
     async fn start(expires_in: u64, delay: Duration) -> TokenEndpoint {
+        TokenEndpoint::start_on(expires_in, delay, None).await
+    }
+
+    async fn start_on(expires_in: u64, delay: Duration, tls: Option<SslAcceptor>) -> TokenEndpoint {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let issued = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(AtomicUsize::new(0));
         let current = Arc::new(Mutex::new(refresh_token(0)));
@@ -72,6 +88,7 @@ impl TokenEndpoint {
         let addr = serve(move |req: Request<hyper::body::Incoming>| {
             let (issued, refused, current) = (issued2.clone(), refused2.clone(), current.clone());
             async move {
+                let arrived = Instant::now();
                 tokio::time::sleep(delay).await;
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let form: Vec<(String, String)> = String::from_utf8_lossy(&body)
@@ -93,7 +110,7 @@ impl TokenEndpoint {
                 }
                 let n = {
                     let mut issued = issued.lock().unwrap();
-                    issued.push(Instant::now());
+                    issued.push(arrived);
                     issued.len()
                 };
                 *current.lock().unwrap() = refresh_token(n);
@@ -107,17 +124,18 @@ impl TokenEndpoint {
                     }),
                 )
             }
-        })
+        }, tls)
         .await;
         TokenEndpoint {
             addr,
+            scheme,
             issued,
             refused,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr)
+        format!("{}://{}/oauth/token", self.scheme, self.addr)
     }
 
     fn grants(&self) -> usize {
@@ -169,25 +187,28 @@ impl CredOrigin {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let barrier = Arc::new(tokio::sync::Barrier::new(hold.max(1)));
         let seen2 = seen.clone();
-        let addr = serve(move |req: Request<hyper::body::Incoming>| {
-            let (seen, barrier) = (seen2.clone(), barrier.clone());
-            async move {
-                let value = req
-                    .headers()
-                    .get(header)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .unwrap_or_default();
-                seen.lock().unwrap().push(value);
-                if req.uri().path() == "/hold401" {
-                    barrier.wait().await;
-                    return Response::builder()
-                        .status(401)
-                        .body(Full::new(Bytes::from_static(b"token expired")))
-                        .unwrap();
+        let addr = serve(
+            move |req: Request<hyper::body::Incoming>| {
+                let (seen, barrier) = (seen2.clone(), barrier.clone());
+                async move {
+                    let value = req
+                        .headers()
+                        .get(header)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(value);
+                    if req.uri().path() == "/hold401" {
+                        barrier.wait().await;
+                        return Response::builder()
+                            .status(401)
+                            .body(Full::new(Bytes::from_static(b"token expired")))
+                            .unwrap();
+                    }
+                    Response::new(Full::new(Bytes::from_static(b"ok")))
                 }
-                Response::new(Full::new(Bytes::from_static(b"ok")))
-            }
-        })
+            },
+            None,
+        )
         .await;
         CredOrigin { addr, seen }
     }
@@ -278,7 +299,7 @@ async fn poll<T>(what: &str, mut step: impl AsyncFnMut() -> Option<T>) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauth2_token_is_refreshed_at_75_percent_of_expires_in_and_the_rotated_refresh_token_is_written_back(
 ) {
-    let endpoint = TokenEndpoint::start(4, Duration::ZERO).await;
+    let endpoint = TokenEndpoint::start(8, Duration::ZERO).await;
     let origin = Origin::https().await;
     let port = origin.port();
     let dir = tempfile::tempdir().unwrap();
@@ -315,7 +336,7 @@ async fn an_oauth2_token_is_refreshed_at_75_percent_of_expires_in_and_the_rotate
     );
     let mode = std::fs::metadata(&rt_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o640);
-    // Requests keep the first token until 75% of expires_in (3 of 4 s), when one of them
+    // Requests keep the first token until 75% of expires_in (6 of 8 s), when one of them
     // starts the refresh in the background; none fails or waits for it.
     let mut n = 1;
     poll("the second token", async || {
@@ -329,7 +350,7 @@ async fn an_oauth2_token_is_refreshed_at_75_percent_of_expires_in_and_the_rotate
     assert_eq!(issued.len(), 2);
     let gap = issued[1] - issued[0];
     assert!(
-        gap >= Duration::from_millis(2900) && gap < Duration::from_secs(4),
+        gap >= Duration::from_millis(5900) && gap < Duration::from_secs(8),
         "refreshed after {gap:?}"
     );
     assert_eq!(
@@ -533,6 +554,51 @@ async fn a_failing_script_keeps_its_value_until_it_expires_then_fails_closed_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_substitution_reads_a_refreshing_source_and_a_401_refreshes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    let script = dir.path().join("count.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho x >> \"$1\"\necho \"sub/CANARYsrc9q+$(wc -l < \"$1\" | tr -d ' ')\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let origin = CredOrigin::start("x-api-key", 1).await;
+    let yaml = default_yaml(
+        "auto",
+        "",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\nsubstitutions:\n  - host: origin.test:{}\n    placeholder: WARDEN_SUB_TOKEN\n    allow_plaintext: true\n    source: {{ type: process, command: ['{}', '{}'], ttl: 1h }}\n",
+            origin.addr.port(),
+            script.display(),
+            count.display()
+        ),
+    );
+    let w = TestWarden::start(&yaml).await;
+    let client = w.client();
+    let send = |path: &str| {
+        client
+            .get(origin.url(path))
+            .header("x-api-key", "WARDEN_SUB_TOKEN")
+            .send()
+    };
+    assert_eq!(send("/x").await.unwrap().status(), 200);
+    assert_eq!(origin.last(), format!("sub/{CANARY}+1"));
+    assert_eq!(send("/y").await.unwrap().status(), 200);
+    assert_eq!(
+        origin.last(),
+        format!("sub/{CANARY}+1"),
+        "cached for its ttl"
+    );
+    assert_eq!(send("/hold401").await.unwrap().status(), 401);
+    assert_eq!(send("/z").await.unwrap().status(), 200);
+    assert_eq!(origin.last(), format!("sub/{CANARY}+2"));
+    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 2);
+    assert_no_leaks(&w, &[format!("sub/{CANARY}+1"), format!("sub/{CANARY}+2")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_that_refuses_fails_the_request_closed_naming_the_endpoint() {
     let endpoint = TokenEndpoint::start(3600, Duration::ZERO).await;
     let origin = CredOrigin::start("authorization", 1).await;
@@ -559,6 +625,60 @@ async fn a_token_endpoint_that_refuses_fails_the_request_closed_naming_the_endpo
     );
     assert_no_leak("the 502 body", &body, &["rt-CANARYsrc9q-stale".into()]);
     assert_no_leaks(&w, &["rt-CANARYsrc9q-stale".into(), CLIENT_SECRET.into()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_token_endpoint_is_trusted_through_upstream_ca_file_and_an_untrusted_one_is_refused(
+) {
+    let trusted = origin_acceptor(&origin_ca().issue(&["127.0.0.1"]));
+    let rogue = origin_acceptor(&TestCa::new("rogue CA").issue(&["127.0.0.1"]));
+    let good = TokenEndpoint::start_on(3600, Duration::ZERO, Some(trusted)).await;
+    let bad = TokenEndpoint::start_on(3600, Duration::ZERO, Some(rogue)).await;
+    let (a, b) = (
+        CredOrigin::start("authorization", 1).await,
+        CredOrigin::start("authorization", 1).await,
+    );
+    let entry = |origin: &CredOrigin, endpoint: &TokenEndpoint| {
+        let refresh = format!("{{ type: static, value: '{}' }}", refresh_token(0));
+        format!(
+            "  - host: origin.test:{}\n    allow_plaintext: true\n    source: {}\n",
+            origin.addr.port(),
+            oauth2_source(endpoint, &refresh)
+        )
+    };
+    let yaml = default_yaml(
+        "auto",
+        "",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\ncredentials:\n{}{}",
+            entry(&a, &good),
+            entry(&b, &bad)
+        ),
+    );
+    let w = TestWarden::start(&yaml).await;
+    let client = w.client();
+    assert_eq!(client.get(a.url("/x")).send().await.unwrap().status(), 200);
+    assert_eq!(a.last(), format!("Bearer {}", access_token(1)));
+    let r = client
+        .get(b.url("/x"))
+        .header("x-request-id", "oauth-untrusted")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        bad.calls(),
+        0,
+        "no token request reached an endpoint warden does not trust"
+    );
+    let line = log_for("oauth-untrusted").await;
+    let error = line["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("(oauth2 {})", bad.url()))
+            && error.contains("token request failed"),
+        "{error}"
+    );
+    assert_no_leaks(&w, &[access_token(1), refresh_token(0), refresh_token(1)]).await;
 }
 
 #[test]
