@@ -84,6 +84,10 @@ impl Admin {
         self.shared
             .metrics
             .refresh_budget_windows(|client, key, window| budgets.used(client, key, window));
+        let refreshers = &self.shared.runtime.sources.refreshers;
+        let (ok, failed) = (&refreshers.succeeded, &refreshers.failed);
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.refreshes_seen(load(ok), load(failed));
         self.shared.metrics.render(&self.shared.runtime.leaves)
     }
 

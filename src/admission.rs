@@ -13,6 +13,7 @@ use crate::llm::LlmPolicy;
 use crate::policy::{Denial, Mode};
 use crate::profile::Profile;
 use crate::reason::Reason;
+use crate::refresh::Lease;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::scrub::Replacer;
@@ -91,6 +92,8 @@ pub struct RequestPlan {
     pub alert: Option<&'static str>,
     /// The relay the request came through, if it did.
     pub relay: Option<RelayUse>,
+    /// The leases on the values read from refreshing sources: an upstream 401 evicts them.
+    pub leases: Vec<Lease>,
 }
 
 /// A request that came through a relay (`/relay/{name}/…`).
@@ -104,6 +107,16 @@ pub struct RelayUse {
 }
 
 impl RequestPlan {
+    /// After the upstream answered `status`: a 401 evicts the refreshing values the request
+    /// carried (each refreshes once, however many requests it failed).
+    pub fn upstream_answered(&self, status: u16, runtime: &Runtime) {
+        if status == 401 {
+            for lease in &self.leases {
+                lease.rejected(&runtime.sources.refreshers);
+            }
+        }
+    }
+
     /// Whether the response must come uncompressed: scanned for an echoed secret, parsed for
     /// LLM policy, or rewritten.
     pub fn needs_identity(&self) -> bool {
@@ -243,8 +256,9 @@ pub fn admit_connect(
 /// Admits one request and plans it: the head's size and target (bound to the tunnel inside
 /// one), identity, a correlation number (allocated before policy, so a denied request consumes
 /// one too), host policy, L7 rules, and only then the credential and substitution reads (an
-/// unreadable secret refuses with `credential_unavailable`).
-pub fn admit_request(
+/// unreadable secret refuses with `credential_unavailable`). A refreshing source with no valid
+/// value is awaited, never blocking the worker.
+pub async fn admit_request(
     snap: &Snapshot,
     runtime: &Runtime,
     own: &[SocketAddr],
@@ -314,30 +328,33 @@ pub fn admit_request(
     let unavailable =
         |e: Unavailable| refused(Reason::CredentialUnavailable, None, Some(e.to_string()));
     let cred = profile.credentials.for_request(dest, target.scheme);
-    let read = cred
-        .map(|c| c.read(&runtime.sources))
-        .transpose()
-        .map_err(unavailable)?;
+    let read = match cred {
+        Some(c) => Some(c.read(&runtime.sources).await.map_err(unavailable)?),
+        None => None,
+    };
     let substitutions = profile
         .substitutions
         .activate(&runtime.sources, dest, target.scheme)
+        .await
         .map_err(unavailable)?;
+    let leases: Vec<Lease> = read
+        .iter()
+        .filter_map(|r| r.lease.clone())
+        .chain(substitutions.iter().filter_map(|s| s.lease.clone()))
+        .collect();
     // Every secret warden adds is masked if the origin echoes it back, raw or encoded, and so
     // is the base64 of the header value it went in.
     let secrets: Vec<Vec<u8>> = read
         .iter()
-        .map(|(_, secret)| secret)
+        .map(|r| &r.secret)
         .chain(substitutions.iter().map(|s| &s.secret))
         .map(|s| s.expose().as_bytes().to_vec())
         .collect();
-    let values: Vec<Vec<u8>> = read
-        .iter()
-        .map(|(value, _)| value.as_bytes().to_vec())
-        .collect();
+    let values: Vec<Vec<u8>> = read.iter().map(|r| r.value.as_bytes().to_vec()).collect();
     let scrub = (!secrets.is_empty()).then(|| runtime.maskers.masking(secrets, values));
-    let credential = cred.zip(read).map(|(c, (value, _))| Injection {
+    let credential = cred.zip(read).map(|(c, r)| Injection {
         header: c.header.clone(),
-        value,
+        value: r.value,
         grant: c.grant.clone(),
     });
     // A placeholder headed for a host it does not belong to is left alone, and flagged: the
@@ -363,6 +380,7 @@ pub fn admit_request(
         transforms,
         alert,
         relay,
+        leases,
     })
 }
 
@@ -448,7 +466,11 @@ mod tests {
             upgrade: false,
             scheme: None,
         };
-        admit_request(s, &Runtime::default(), &[], &head)
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(admit_request(s, &Runtime::default(), &[], &head))
     }
 
     const AUTH: &[&[u8]] = &[b"Bearer tok"];
@@ -480,7 +502,11 @@ mod tests {
             upgrade: false,
             scheme: None,
         };
-        admit_request(s, &Runtime::default(), &[], &head)
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(admit_request(s, &Runtime::default(), &[], &head))
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 use crate::compile_error::{CompileError, CompileErrors};
 use crate::policy::{GrantHosts, HostPattern};
+use crate::refresh::{Lease, Refresher, Refreshers};
 use crate::secret::{Secret, SecretError, SecretSource};
 use crate::target::{Authority, Scheme};
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 /// One `credentials` entry as written.
@@ -134,6 +136,12 @@ pub(crate) fn compile_lenient(
         if c.grant.as_deref().is_some_and(str::is_empty) {
             errors.push(CompileError::new(at("grant"), "must not be empty".into()));
         }
+        if let Err((field, message)) = crate::refresh::validate(&c.source) {
+            errors.push(CompileError::new(
+                format!("{}{field}", at("source")),
+                message,
+            ));
+        }
         list.push(Credential {
             host: c.host.clone(),
             header,
@@ -179,17 +187,20 @@ impl Credentials {
 }
 
 impl Credential {
-    /// The header value to send and the secret in it (for scrubbing echoes), reading the
-    /// secret now. Fails closed, naming the credential and its source but never a value.
-    pub fn read(&self, sources: &SourceCache) -> Result<(HeaderValue, Secret), Unavailable> {
+    /// The header value to send, the secret in it (for scrubbing echoes) and, for a
+    /// refreshing source, the lease on the value (an upstream 401 evicts it), reading the
+    /// secret now: waiting, without blocking, for a refresh when there is no valid value. Fails
+    /// closed, naming the credential and its source but never a value.
+    pub async fn read(&self, sources: &SourceCache) -> Result<Read, Unavailable> {
         let unavailable = |cause: String| Unavailable {
             which: self.describe(),
             source_name: self.source.source.describe(),
             cause,
         };
-        let secret = self
+        let (secret, lease) = self
             .source
             .read(sources)
+            .await
             .map_err(|e| unavailable(e.to_string()))?;
         let mut value = HeaderValue::from_str(&format!(
             "{}{}{}",
@@ -199,7 +210,11 @@ impl Credential {
         ))
         .map_err(|_| unavailable("the secret is not a valid header value".into()))?;
         value.set_sensitive(true);
-        Ok((value, secret))
+        Ok(Read {
+            value,
+            secret,
+            lease,
+        })
     }
 
     /// `grant github`, or `host api.github.com` when it has no grant.
@@ -211,19 +226,36 @@ impl Credential {
     }
 }
 
+/// A credential read for one request.
+#[derive(Debug)]
+pub struct Read {
+    /// The header value (marked sensitive).
+    pub value: HeaderValue,
+    /// The secret in it.
+    pub secret: Secret,
+    /// The value's lease, when it came from a refreshing source.
+    pub lease: Option<Lease>,
+}
+
 /// A secret source read at request time. File contents are cached (in [`SourceCache`]) and
 /// re-read when the file's modification time or size changes, so rotation needs no reload.
+/// A refreshing source (`process`, `oauth2`) is read through its [`Refresher`], found once in
+/// the runtime cache by what the source is.
 #[derive(Debug)]
 pub(crate) struct LiveSource {
     source: SecretSource,
     base_dir: PathBuf,
+    refresher: OnceLock<Arc<Refresher>>,
 }
 
-/// File sources read so far, by path, with the stamp they were read at: runtime state, kept
-/// across reloads (a reload reads no unchanged file again).
+/// File sources read so far, by path, with the stamp they were read at, and the refreshing
+/// sources' cached values: runtime state, kept across reloads (a reload reads no unchanged
+/// file again, and runs no command nor token request for a source it keeps).
 #[derive(Debug)]
 pub struct SourceCache {
     files: quick_cache::sync::Cache<PathBuf, ((SystemTime, u64), Secret)>,
+    /// The refreshing sources.
+    pub refreshers: Arc<Refreshers>,
 }
 
 /// Files whose contents are cached (least recently used beyond this are read again).
@@ -233,6 +265,7 @@ impl Default for SourceCache {
     fn default() -> Self {
         SourceCache {
             files: quick_cache::sync::Cache::new(SOURCE_CACHE_ENTRIES),
+            refreshers: Arc::default(),
         }
     }
 }
@@ -247,10 +280,26 @@ impl LiveSource {
         LiveSource {
             source,
             base_dir: base_dir.to_path_buf(),
+            refresher: OnceLock::new(),
         }
     }
 
-    pub(crate) fn read(&self, cache: &SourceCache) -> Result<Secret, SecretError> {
+    /// The secret now, and its lease when the source refreshes.
+    pub(crate) async fn read(
+        &self,
+        cache: &SourceCache,
+    ) -> Result<(Secret, Option<Lease>), SecretError> {
+        if self.source.refreshes() {
+            let refresher = self
+                .refresher
+                .get_or_init(|| cache.refreshers.get(&self.source, &self.base_dir));
+            let (secret, lease) = refresher.read(&cache.refreshers).await?;
+            return Ok((secret, Some(lease)));
+        }
+        self.read_now(cache).map(|s| (s, None))
+    }
+
+    fn read_now(&self, cache: &SourceCache) -> Result<Secret, SecretError> {
         let SecretSource::File { path } = &self.source else {
             return self.source.read(&self.base_dir);
         };
@@ -281,6 +330,16 @@ mod tests {
     static SOURCES: std::sync::LazyLock<SourceCache> =
         std::sync::LazyLock::new(SourceCache::default);
 
+    impl Credential {
+        fn read_sync(&self, sources: &SourceCache) -> Result<(HeaderValue, Secret), Unavailable> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(self.read(sources)).map(|r| (r.value, r.secret))
+        }
+    }
+
     fn creds(yaml: &str, dir: &Path) -> Credentials {
         let entries: Vec<CredentialConfig> = serde_yaml::from_str(yaml).unwrap();
         compile(&entries, "credentials", dir).unwrap()
@@ -298,17 +357,17 @@ mod tests {
         );
         let a = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
         assert_eq!(a.header, http::header::AUTHORIZATION);
-        assert_eq!(a.read(&SOURCES).unwrap().0, "Bearer s3cr3t");
-        assert!(a.read(&SOURCES).unwrap().0.is_sensitive());
+        assert_eq!(a.read_sync(&SOURCES).unwrap().0, "Bearer s3cr3t");
+        assert!(a.read_sync(&SOURCES).unwrap().0.is_sensitive());
         let b = c
             .for_request(&dest("other.test:443"), Scheme::Https)
             .unwrap();
         assert_eq!(
-            (b.header.as_str(), b.read(&SOURCES).unwrap().0),
+            (b.header.as_str(), b.read_sync(&SOURCES).unwrap().0),
             ("x-api-key", HeaderValue::from_static("k"))
         );
         let f = c.for_request(&dest("fmt.test:443"), Scheme::Https).unwrap();
-        assert_eq!(f.read(&SOURCES).unwrap().0, "token=v;");
+        assert_eq!(f.read_sync(&SOURCES).unwrap().0, "token=v;");
     }
 
     #[test]
@@ -345,7 +404,7 @@ mod tests {
         let err = c
             .for_request(&dest("api.test:443"), Scheme::Https)
             .unwrap()
-            .read(&SOURCES)
+            .read_sync(&SOURCES)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -363,11 +422,11 @@ mod tests {
             dir.path(),
         );
         let cred = c.for_request(&dest("api.test:443"), Scheme::Https).unwrap();
-        assert_eq!(cred.read(&SOURCES).unwrap().0, "Bearer first");
+        assert_eq!(cred.read_sync(&SOURCES).unwrap().0, "Bearer first");
         std::fs::write(dir.path().join("tok"), "second-longer\n").unwrap();
-        assert_eq!(cred.read(&SOURCES).unwrap().0, "Bearer second-longer");
+        assert_eq!(cred.read_sync(&SOURCES).unwrap().0, "Bearer second-longer");
         std::fs::remove_file(dir.path().join("tok")).unwrap();
-        assert!(cred.read(&SOURCES).is_err());
+        assert!(cred.read_sync(&SOURCES).is_err());
     }
 
     #[test]
@@ -381,7 +440,7 @@ mod tests {
         let (value, secret) = c
             .for_request(&dest("b.test:443"), Scheme::Https)
             .unwrap()
-            .read(&SOURCES)
+            .read_sync(&SOURCES)
             .unwrap();
         let shown = format!("{c:?} {value:?} {secret:?}");
         assert!(!shown.contains("CANARY"), "{shown}");

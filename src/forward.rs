@@ -294,7 +294,12 @@ mod tests {
             upgrade: false,
             scheme: None,
         };
-        admit_request(&snap, &Runtime::default(), &[], &head).unwrap()
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(admit_request(&snap, &Runtime::default(), &[], &head))
+            .unwrap()
     }
 
     fn edits(plan: &RequestPlan, headers: &[(&str, &str)], upgrade: bool) -> Edits {

@@ -159,6 +159,14 @@ fn compile(
     body: &Value,
     snap: &Snapshot,
 ) -> Result<Arc<crate::profile::Profile>, Refused> {
+    if let Some(pointer) = refreshing_source(body, String::new()) {
+        // Either would let an API caller run a command on this host, or send requests and
+        // write files from it: only the config file may configure them.
+        return Err(Refused::bad(
+            &pointer,
+            "process and oauth2 sources are configured in the config file only; use an env, file or static source",
+        ));
+    }
     let mut fields = body.as_object().cloned().unwrap_or_default();
     fields.insert("name".into(), Value::String(name.into()));
     // The schema's token is a secret source; a registration's is handled apart.
@@ -189,6 +197,27 @@ fn compile(
                 .unwrap_or_else(|| CompileError::new(String::new(), "does not compile".into()));
             Refused::bad(&pointer_of(&key), message)
         })
+}
+
+/// The JSON pointer of the first `process` or `oauth2` source in `body`, if any.
+fn refreshing_source(body: &Value, at: String) -> Option<String> {
+    match body {
+        Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str);
+            if matches!(kind, Some("process" | "oauth2")) {
+                return Some(at);
+            }
+            map.iter().find_map(|(k, v)| {
+                let k = k.replace('~', "~0").replace('/', "~1");
+                refreshing_source(v, format!("{at}/{k}"))
+            })
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| refreshing_source(v, format!("{at}/{i}"))),
+        _ => None,
+    }
 }
 
 /// When a registration ends: `expires_in` (`"2h"`) or `expires_at` (RFC 3339), not both.
@@ -703,6 +732,23 @@ mod tests {
             "/correlation/session_header"
         );
         assert_eq!(pointer_of(""), "");
+    }
+
+    #[test]
+    fn refreshing_sources_are_refused_at_their_pointer() {
+        let body = serde_json::json!({
+            "credentials": [
+                {"host": "a.test", "source": {"type": "env", "var": "A"}},
+                {"host": "b.test", "source": {"type": "process", "command": ["id"]}}
+            ]
+        });
+        assert_eq!(
+            refreshing_source(&body, String::new()).as_deref(),
+            Some("/credentials/1/source")
+        );
+        let fine =
+            serde_json::json!({"substitutions": [{"source": {"type": "file", "path": "p"}}]});
+        assert_eq!(refreshing_source(&fine, String::new()), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Runtime state: what lives across reloads, held beside the config snapshot in the shared
 //! state. The snapshot is pure data compiled from the file; this owns the caches and counters
-//! requests build up — minted leaves, DNS answers, correlation sessions, secret files read,
+//! requests build up — minted leaves, DNS answers, correlation sessions, secret files read and refreshed
+//! values,
 //! the echoed-secret maskers, and the clients' budget counts. A reload swaps the snapshot and leaves this alone, so no
 //! compile step carries anything over.
 
@@ -36,15 +37,23 @@ impl Runtime {
     /// The runtime for the first snapshot (its `limits.cert_cache_entries` sizes the leaf
     /// cache for the life of the process).
     pub fn new(first: &Snapshot) -> Self {
-        Runtime {
+        let runtime = Runtime {
             leaves: Leaves::new(first.limits.cert_cache_entries),
             ..Runtime::default()
-        }
+        };
+        runtime
+            .sources
+            .refreshers
+            .set_roots(first.tls.upstream_roots.clone());
+        runtime
     }
 
     /// After a reload to `snap`: registered clients compiled over the new top level, and
     /// correlation sessions no section numbers in any more end.
     pub fn reloaded(&self, snap: &Snapshot) {
+        self.sources
+            .refreshers
+            .set_roots(snap.tls.upstream_roots.clone());
         self.registry.recompile(snap);
         let registered = self.registry.profiles();
         let theirs = registered.iter().filter_map(|p| p.correlation.as_deref());

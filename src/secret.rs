@@ -1,10 +1,12 @@
-//! Secrets: where they come from (`env`, `file`, `static`) and a wrapper that never prints its
-//! value and compares in constant time. Read by `auth` when the config is compiled (client
-//! tokens).
+//! Secrets: where they come from (`env`, `file`, `static`, and the refreshing `process` and
+//! `oauth2`, run by `refresh`) and a wrapper that never prints its value and compares
+//! in constant time. Read by `auth` when the config is compiled (client tokens).
 
 use serde::Deserialize;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use thiserror::Error;
 
 /// A secret value. `Debug` and `Display` print `[redacted]`; compare with [`Secret::matches`].
@@ -32,6 +34,22 @@ impl Secret {
     }
 }
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.0.as_bytes())
+    }
+}
+
+impl Eq for Secret {}
+
+impl Hash for Secret {
+    // Sources are keyed by what they are (a refreshing source keeps its cached value across a
+    // reload that keeps it); the key never leaves the process.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
@@ -44,9 +62,10 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Where a secret is read from: `{ type: env, var: NAME }`, `{ type: file, path: FILE }` or
-/// `{ type: static, value: "..." }`.
-#[derive(Debug, Clone, Deserialize)]
+/// Where a secret is read from: `{ type: env, var: NAME }`, `{ type: file, path: FILE }`,
+/// `{ type: static, value: "..." }`, or one that refreshes: `{ type: process, command: [...],
+/// ttl: 5m }` and `{ type: oauth2, token_url, client_id, client_secret, refresh_token, scope }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SecretSource {
     /// An environment variable of warden's process.
@@ -64,6 +83,37 @@ pub enum SecretSource {
         /// The value.
         value: Secret,
     },
+    /// A command run without a shell (10 s timeout); its standard output is the secret,
+    /// cached for `ttl`.
+    Process {
+        /// Program and arguments; a relative program path with a `/` resolves against the
+        /// config file's folder, a bare name through `PATH`.
+        command: Vec<String>,
+        /// How long a value is used (refreshed in the background at 75% of it).
+        #[serde(default = "default_process_ttl", with = "humantime_serde")]
+        ttl: Duration,
+    },
+    /// An OAuth 2.0 access token, from a refresh token (RFC 6749 section 6).
+    Oauth2 {
+        /// The token endpoint: `https://`, or `http://` to a loopback address.
+        token_url: String,
+        /// The client id, sent in the form body.
+        client_id: String,
+        /// The client secret (`env`, `file` or `static`), sent in the form body; absent for a
+        /// public client.
+        #[serde(default)]
+        client_secret: Option<Box<SecretSource>>,
+        /// The refresh token (`env`, `file` or `static`). One the endpoint rotates is kept,
+        /// and written back to a `file` source.
+        refresh_token: Box<SecretSource>,
+        /// The scope to ask for, if any.
+        #[serde(default)]
+        scope: Option<String>,
+    },
+}
+
+fn default_process_ttl() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// A secret that could not be read. Names the source, never a value.
@@ -83,6 +133,17 @@ pub enum SecretError {
     /// The source yielded an empty value.
     #[error("{0} is empty")]
     Empty(String),
+    /// A refreshing source where a secret is read once, when the config is compiled.
+    #[error("{0} refreshes, so it is read at request time only (credentials and substitutions); this key takes an env, file or static source")]
+    RequestTimeOnly(String),
+    /// A refreshing source could not give a value: the command or the token endpoint failed.
+    #[error("{source_name}: {cause}")]
+    Refresh {
+        /// `process op`, `oauth2 https://...`.
+        source_name: String,
+        /// What went wrong (never a value).
+        cause: String,
+    },
 }
 
 impl SecretSource {
@@ -108,6 +169,9 @@ impl SecretSource {
                     .to_string()
             }
             SecretSource::Static { value } => value.expose().to_string(),
+            SecretSource::Process { .. } | SecretSource::Oauth2 { .. } => {
+                return Err(SecretError::RequestTimeOnly(self.describe()))
+            }
         };
         if value.is_empty() {
             return Err(SecretError::Empty(self.describe()));
@@ -121,7 +185,24 @@ impl SecretSource {
             SecretSource::Env { var } => format!("env {var}"),
             SecretSource::File { path } => format!("file {}", path.display()),
             SecretSource::Static { .. } => "static value".into(),
+            SecretSource::Process { command, .. } => {
+                format!("process {}", command.first().map_or("", String::as_str))
+            }
+            SecretSource::Oauth2 { token_url, .. } => {
+                // The query is left out: it is the one part of a URL that may carry a key.
+                let shown = token_url.split(['?', '#']).next().unwrap_or_default();
+                format!("oauth2 {shown}")
+            }
         }
+    }
+
+    /// Whether it refreshes (`process`, `oauth2`): read at request time through a
+    /// refresher, never by [`SecretSource::read`].
+    pub fn refreshes(&self) -> bool {
+        matches!(
+            self,
+            SecretSource::Process { .. } | SecretSource::Oauth2 { .. }
+        )
     }
 }
 
@@ -164,5 +245,26 @@ mod tests {
         let empty: SecretSource = serde_yaml::from_str("{ type: static, value: '' }").unwrap();
         assert!(empty.read(dir.path()).is_err());
         assert!(serde_yaml::from_str::<SecretSource>("{ type: vault, path: x }").is_err());
+    }
+
+    #[test]
+    fn refreshing_sources_parse_are_named_without_values_and_are_not_read_at_compile_time() {
+        let p: SecretSource =
+            serde_yaml::from_str("{ type: process, command: [op, read, 'op://v/i/f'] }").unwrap();
+        assert_eq!(p.describe(), "process op");
+        assert!(matches!(p, SecretSource::Process { ttl, .. } if ttl == Duration::from_secs(300)));
+        let err = p.read(Path::new(".")).unwrap_err().to_string();
+        assert!(err.starts_with("process op refreshes"), "{err}");
+        let o: SecretSource = serde_yaml::from_str(
+            "{ type: oauth2, token_url: 'https://id.test/token?key=K', client_id: c, client_secret: { type: static, value: CANARY-cs }, refresh_token: { type: env, var: RT }, scope: repo }",
+        )
+        .unwrap();
+        assert_eq!(o.describe(), "oauth2 https://id.test/token");
+        assert!(o.refreshes());
+        assert!(!format!("{o:?}").contains("CANARY"));
+        assert!(serde_yaml::from_str::<SecretSource>(
+            "{ type: process, command: [x], ttl: 5m, shell: true }"
+        )
+        .is_err());
     }
 }

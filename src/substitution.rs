@@ -8,6 +8,7 @@
 use crate::compile_error::{CompileError, CompileErrors};
 use crate::credentials::{LiveSource, SourceCache, Unavailable};
 use crate::policy::HostPattern;
+use crate::refresh::Lease;
 use crate::scrub::Replacer;
 use crate::secret::{Secret, SecretSource};
 use crate::target::{Authority, Scheme};
@@ -76,6 +77,8 @@ pub struct Active {
     pub secret: Secret,
     /// Where it applies.
     pub places: Vec<Place>,
+    /// The value's lease, when it came from a refreshing source.
+    pub lease: Option<Lease>,
 }
 
 impl Active {
@@ -102,6 +105,12 @@ pub fn compile(
                     .into(),
             ));
         }
+        if let Err((field, message)) = crate::refresh::validate(&e.source) {
+            errors.push(CompileError::new(
+                format!("{key}[{i}].source{field}"),
+                message,
+            ));
+        }
         if e.places.is_empty() {
             errors.push(CompileError::new(
                 format!("{key}[{i}].in"),
@@ -125,29 +134,33 @@ pub fn compile(
 
 impl Substitutions {
     /// Reads the secrets of every substitution for a request to `dest` over `scheme` (plain
-    /// HTTP only with `allow_plaintext`). Fails closed on the first that cannot be read.
-    pub fn activate(
+    /// HTTP only with `allow_plaintext`), waiting without blocking for a refreshing source
+    /// that has no valid value. Fails closed on the first that cannot be read.
+    pub async fn activate(
         &self,
         sources: &SourceCache,
         dest: &Authority,
         scheme: Scheme,
     ) -> Result<Vec<Active>, Unavailable> {
-        self.list
+        let mut active = Vec::new();
+        let applying = self
+            .list
             .iter()
-            .filter(|s| s.host.matches(dest) && (scheme == Scheme::Https || s.allow_plaintext))
-            .map(|s| {
-                let secret = s.source.read(sources).map_err(|e| Unavailable {
-                    which: format!("substitution {} for host {}", s.placeholder, s.host),
-                    source_name: s.source.describe(),
-                    cause: e.to_string(),
-                })?;
-                Ok(Active {
-                    placeholder: s.placeholder.clone(),
-                    secret,
-                    places: s.places.clone(),
-                })
-            })
-            .collect()
+            .filter(|s| s.host.matches(dest) && (scheme == Scheme::Https || s.allow_plaintext));
+        for s in applying {
+            let (secret, lease) = s.source.read(sources).await.map_err(|e| Unavailable {
+                which: format!("substitution {} for host {}", s.placeholder, s.host),
+                source_name: s.source.describe(),
+                cause: e.to_string(),
+            })?;
+            active.push(Active {
+                placeholder: s.placeholder.clone(),
+                secret,
+                places: s.places.clone(),
+                lease,
+            });
+        }
+        Ok(active)
     }
 
     /// Whether a substitution names `dest` (its tunnels must be intercepted).
@@ -234,6 +247,21 @@ mod tests {
     static SOURCES: std::sync::LazyLock<SourceCache> =
         std::sync::LazyLock::new(SourceCache::default);
 
+    impl Substitutions {
+        fn activate_sync(
+            &self,
+            sources: &SourceCache,
+            dest: &Authority,
+            scheme: Scheme,
+        ) -> Result<Vec<Active>, Unavailable> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(self.activate(sources, dest, scheme))
+        }
+    }
+
     fn subs(yaml: &str) -> Substitutions {
         let entries: Vec<SubstitutionConfig> = serde_yaml::from_str(yaml).unwrap();
         compile(&entries, "substitutions", Path::new(".")).unwrap()
@@ -249,17 +277,17 @@ mod tests {
     fn only_the_named_host_over_tls() {
         let s = subs(ONE);
         assert_eq!(
-            s.activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
+            s.activate_sync(&SOURCES, &dest("api.test:443"), Scheme::Https)
                 .unwrap()
                 .len(),
             1
         );
         assert!(s
-            .activate(&SOURCES, &dest("api.test:80"), Scheme::Http)
+            .activate_sync(&SOURCES, &dest("api.test:80"), Scheme::Http)
             .unwrap()
             .is_empty());
         assert!(s
-            .activate(&SOURCES, &dest("other.test:443"), Scheme::Https)
+            .activate_sync(&SOURCES, &dest("other.test:443"), Scheme::Https)
             .unwrap()
             .is_empty());
         assert!(s.foreign_placeholder_in(&dest("other.test:443"), b"x WARDEN_TOKEN y"));
@@ -270,7 +298,7 @@ mod tests {
     fn headers_basic_auth_and_urls() {
         let s = subs(ONE);
         let a = s
-            .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
+            .activate_sync(&SOURCES, &dest("api.test:443"), Scheme::Https)
             .unwrap();
         let h = replacer(&a, Place::Headers).unwrap();
         assert_eq!(
@@ -305,7 +333,7 @@ mod tests {
     fn places_limit_where_it_applies_and_bad_entries_are_refused() {
         let s = subs("- { host: api.test, placeholder: WARDEN_TOKEN, in: [body], source: { type: static, value: v } }");
         let a = s
-            .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
+            .activate_sync(&SOURCES, &dest("api.test:443"), Scheme::Https)
             .unwrap();
         assert!(replacer(&a, Place::Headers).is_none());
         assert!(in_url(&a, Place::Query, "k=WARDEN_TOKEN").is_none());
@@ -340,7 +368,7 @@ mod tests {
     fn an_unreadable_secret_fails_closed() {
         let s = subs("- { host: api.test, placeholder: WARDEN_TOKEN, source: { type: env, var: WARDEN_TEST_SUBST_UNSET } }");
         let err = s
-            .activate(&SOURCES, &dest("api.test:443"), Scheme::Https)
+            .activate_sync(&SOURCES, &dest("api.test:443"), Scheme::Https)
             .unwrap_err()
             .to_string();
         assert!(

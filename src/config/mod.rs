@@ -688,6 +688,7 @@ impl Config {
             notes: self.port_notes(),
         };
         findings.notes.extend(self.relay_notes());
+        findings.notes.extend(self.refreshing_notes());
         if !self.file.tls.http2 && !self.file.tls.http1_only.is_empty() {
             findings.warnings.push(self.error(
                 "tls.http1_only",
@@ -723,7 +724,8 @@ impl Config {
             .collect()
     }
 
-    fn unreadable_sources(&self) -> Vec<ConfigError> {
+    /// Every source requests read live, with its key and host.
+    fn live_sources(&self) -> Vec<(String, &SecretSource, &HostPattern)> {
         let f = &self.file;
         let mut sources: Vec<(String, &SecretSource, &HostPattern)> = Vec::new();
         fn add<'a>(
@@ -762,6 +764,29 @@ impl Config {
             );
         }
         sources
+    }
+
+    fn unreadable_sources(&self) -> Vec<ConfigError> {
+        let mut checked = Vec::new();
+        for (key, source, host) in self.live_sources() {
+            match source {
+                // Not run by check: the command or token endpoint is left to request time,
+                // but the secrets an oauth2 source sends are read now.
+                SecretSource::Oauth2 {
+                    client_secret,
+                    refresh_token,
+                    ..
+                } => {
+                    let client_secret = client_secret.as_deref();
+                    checked
+                        .extend(client_secret.map(|s| (format!("{key}.client_secret"), s, host)));
+                    checked.push((format!("{key}.refresh_token"), &**refresh_token, host));
+                }
+                SecretSource::Process { .. } => {}
+                _ => checked.push((key, source, host)),
+            }
+        }
+        checked
             .into_iter()
             .filter_map(|(key, source, host)| {
                 // SecretError names the variable or file, never what was read.
@@ -774,6 +799,29 @@ impl Config {
                 ))
             })
             .collect()
+    }
+
+    /// A note for each refreshing source: what runs at request time, which check does not run.
+    fn refreshing_notes(&self) -> Vec<ConfigError> {
+        let notes = self
+            .live_sources()
+            .into_iter()
+            .filter_map(|(key, source, _)| {
+                let what = match source {
+                    SecretSource::Process { ttl, .. } => format!(
+                        "{} runs at request time, its output cached for {} (check does not run it)",
+                        source.describe(),
+                        humantime::format_duration(*ttl)
+                    ),
+                    SecretSource::Oauth2 { .. } => format!(
+                        "{} is asked for an access token at request time (check does not call it)",
+                        source.describe()
+                    ),
+                    _ => return None,
+                };
+                Some(self.error(&key, what))
+            });
+        notes.collect()
     }
 
     fn port_notes(&self) -> Vec<ConfigError> {

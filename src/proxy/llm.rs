@@ -289,6 +289,9 @@ impl Warden {
             );
         }
         let status = resp.status.as_u16();
+        if let Some(plan) = ctx.plan.as_ref() {
+            plan.upstream_answered(status, &self.shared.runtime);
+        }
         let content_type = header_str(&resp, header::CONTENT_TYPE)
             .unwrap_or_default()
             .to_ascii_lowercase();

@@ -108,7 +108,7 @@ impl ProxyHttp for Warden {
         let heard = edit::Heard::of(session);
         let shared = &self.shared;
         let head = heard.head(ctx.tunnel.as_ref());
-        match admit_request(&ctx.snap, &shared.runtime, &shared.own_addrs, &head) {
+        match admit_request(&ctx.snap, &shared.runtime, &shared.own_addrs, &head).await {
             Ok(plan) => ctx.admitted(plan),
             Err(refusal) => {
                 let reason = ctx.refused(refusal);
@@ -176,6 +176,9 @@ impl ProxyHttp for Warden {
                 ErrorType::InvalidHTTPHeader,
                 format!("upstream response head over {limit} bytes"),
             );
+        }
+        if let Some(plan) = ctx.plan.as_ref() {
+            plan.upstream_answered(upstream_response.status.as_u16(), &self.shared.runtime);
         }
         // Before Pingora fixes the framing: a removed Content-Length becomes chunked.
         edit::transform_head(upstream_response, ctx)

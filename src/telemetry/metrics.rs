@@ -51,6 +51,7 @@ pub struct Metrics {
     pub state_available: IntGauge,
     budget_denials: IntCounterVec,
     budget_remaining: GaugeVec,
+    credential_refreshes: IntCounterVec,
     /// The latest standing of each labelled client's budgets, turned into the gauge at each
     /// scrape (a window that ended since reads as full).
     budget_standing: Mutex<HashMap<(String, &'static str), Standing>>,
@@ -269,6 +270,14 @@ impl Metrics {
             &["client", "budget"],
         )
         .expect("static metric definition");
+        let credential_refreshes = IntCounterVec::new(
+            Opts::new(
+                "warden_credential_refreshes_total",
+                "Refreshes of process and oauth2 secret sources, by outcome (ok, error).",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
         let mut collectors = vec![
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -293,6 +302,7 @@ impl Metrics {
             Box::new(state_available.clone()),
             Box::new(budget_denials.clone()),
             Box::new(budget_remaining.clone()),
+            Box::new(credential_refreshes.clone()),
         ];
         // CPU seconds, resident memory, open and maximum file descriptors, read from /proc
         // at each scrape (`process_*`, the names every Prometheus exporter uses).
@@ -330,9 +340,18 @@ impl Metrics {
             state_available,
             budget_denials,
             budget_remaining,
+            credential_refreshes,
             budget_standing: Mutex::default(),
             clients: RwLock::default(),
             client_cap: AtomicUsize::new(DEFAULT_METRIC_CLIENTS),
+        }
+    }
+
+    /// Brings `warden_credential_refreshes_total` up to the runtime's counts (at each scrape).
+    pub fn refreshes_seen(&self, ok: u64, failed: u64) {
+        for (outcome, count) in [("ok", ok), ("error", failed)] {
+            let counter = self.credential_refreshes.with_label_values(&[outcome]);
+            counter.inc_by(count.saturating_sub(counter.get()));
         }
     }
 

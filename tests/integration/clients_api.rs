@@ -302,6 +302,14 @@ async fn bad_registrations_get_a_clear_4xx_and_change_nothing() {
         ),
         (
             "ok-name",
+            json!({"credentials": [{"host": "a.test", "source": {"type": "process", "command": ["id"]}}]})
+                .to_string(),
+            400,
+            Some("/credentials/0/source"),
+            "config file only",
+        ),
+        (
+            "ok-name",
             json!({"network": {"policy": "sometimes"}}).to_string(),
             400,
             Some("/network/policy"),

@@ -31,6 +31,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 struct Capture {
     lines: Mutex<Vec<String>>,
+    /// Operational lines (every other target), as `LEVEL target: message`.
+    ops: Mutex<Vec<String>>,
     notify: Notify,
 }
 
@@ -45,8 +47,13 @@ impl log::Log for Capture {
             }
             self.lines.lock().unwrap().push(record.args().to_string());
             self.notify.notify_waiters();
-        } else if std::env::var_os("WARDEN_TEST_LOG").is_some() {
-            eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+        } else {
+            let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+            if std::env::var_os("WARDEN_TEST_LOG").is_some() {
+                eprintln!("{line}");
+            }
+            self.ops.lock().unwrap().push(line);
+            self.notify.notify_waiters();
         }
     }
     fn flush(&self) {}
@@ -57,6 +64,7 @@ fn capture() -> &'static Capture {
     CAPTURE.get_or_init(|| {
         let c: &'static Capture = Box::leak(Box::new(Capture {
             lines: Mutex::new(Vec::new()),
+            ops: Mutex::new(Vec::new()),
             notify: Notify::new(),
         }));
         let _ = log::set_logger(c);
@@ -72,6 +80,31 @@ fn capture() -> &'static Capture {
 /// Every canonical line captured so far, raw.
 pub fn all_log_lines() -> Vec<String> {
     capture().lines.lock().unwrap().clone()
+}
+
+/// Every operational (non-canonical) line captured so far: `LEVEL target: message`.
+pub fn all_ops_lines() -> Vec<String> {
+    capture().ops.lock().unwrap().clone()
+}
+
+/// Waits (bounded) for an operational line matching `pred`.
+pub async fn wait_ops_line(pred: impl Fn(&str) -> bool) -> String {
+    let c = capture();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let notified = c.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(l) = c.ops.lock().unwrap().iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            panic!(
+                "no matching operational line; captured:\n{}",
+                all_ops_lines().join("\n")
+            );
+        }
+    }
 }
 
 /// Waits (bounded) for a raw canonical line matching `pred`.

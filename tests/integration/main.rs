@@ -29,6 +29,7 @@ mod plain;
 mod policy;
 mod relays;
 mod reload;
+mod sources;
 mod substitutions;
 mod transforms;
 mod tunnel;
