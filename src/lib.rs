@@ -30,6 +30,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod admission;
 pub mod auth;
+pub mod aws;
 pub mod budget;
 pub mod compile_error;
 pub mod config;

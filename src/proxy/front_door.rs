@@ -117,13 +117,19 @@ impl FrontDoor {
             // Pre-check the first head with the rules request_filter applies, so requests that
             // Pingora's parser would answer with a bare 400 still get a reason and a log line.
             let hosts: Vec<&[u8]> = head.hosts.iter().map(Vec::as_slice).collect();
-            let checked = check_head(
-                head.head_len,
-                &head.target,
-                &hosts,
-                None,
-                snap.limits.max_request_header_bytes,
-            )
+            // The AWS credentials endpoint is origin-form by design: request_filter answers it.
+            let endpoint = crate::aws::endpoint::is_endpoint(&head.method, &head.target, false);
+            let checked = match endpoint {
+                true => Ok(()),
+                false => check_head(
+                    head.head_len,
+                    &head.target,
+                    &hosts,
+                    None,
+                    snap.limits.max_request_header_bytes,
+                )
+                .map(drop),
+            }
             .map_err(|r| (r, None))
             .and_then(|_| head.vet().map_err(|(r, d)| (r, Some(d))));
             if let Err((reason, detail)) = checked {

@@ -21,7 +21,7 @@ const CANARY: &str = "CANARY-grpc-5d1e8";
 
 /// The venv's interpreter. A missing or stale venv fails the test: the suite's Python clients
 /// are part of it, not optional.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = repo_dir().join("target/pyenv");
     let py = venv.join("bin/python");
     let pins = std::fs::read(repo_dir().join("tests/clients/requirements.txt"))
@@ -37,7 +37,7 @@ fn python() -> PathBuf {
 }
 
 /// `tests/clients/<script>` on the venv's Python, with no proxy settings but those given.
-fn script(name: &str) -> Command {
+pub(crate) fn script(name: &str) -> Command {
     let mut cmd = Command::new(python());
     cmd.arg(repo_dir().join("tests/clients").join(name))
         .env("PYTHONUNBUFFERED", "1")
@@ -69,7 +69,7 @@ fn client_script(name: &str, w: &TestWarden, proxy: &str) -> Command {
 }
 
 /// A running script whose stdout is read a JSON line at a time.
-struct Py {
+pub(crate) struct Py {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -79,7 +79,7 @@ struct Py {
 }
 
 impl Py {
-    fn spawn(mut cmd: Command, name: &str) -> Py {
+    pub(crate) fn spawn(mut cmd: Command, name: &str) -> Py {
         cmd.stdin(Stdio::piped());
         let mut child = cmd.spawn().expect("the venv's Python runs");
         let stdin = child.stdin.take();
@@ -117,7 +117,7 @@ impl Py {
     }
 
     /// The next stdout line, as JSON; `None` at EOF.
-    async fn next(&mut self) -> Option<Value> {
+    pub(crate) async fn next(&mut self) -> Option<Value> {
         match tokio::time::timeout(SCRIPT_WAIT, self.stdout.next_line()).await {
             Err(_) => self.fail("no output in time").await,
             Ok(Err(e)) => self.fail(&format!("reading its output failed: {e}")).await,
@@ -132,7 +132,7 @@ impl Py {
         }
     }
 
-    async fn line(&mut self) -> Value {
+    pub(crate) async fn line(&mut self) -> Value {
         match self.next().await {
             Some(v) => v,
             None => self.fail("exited before printing its result").await,
@@ -149,7 +149,7 @@ impl Py {
     }
 
     /// Closes stdin, reads every line left and checks the script exited 0.
-    async fn finish(mut self) -> Vec<Value> {
+    pub(crate) async fn finish(mut self) -> Vec<Value> {
         drop(self.stdin.take());
         let mut rest = Vec::new();
         while let Some(v) = self.next().await {
@@ -164,7 +164,7 @@ impl Py {
 }
 
 /// Runs a script to the end and returns the JSON object it printed last.
-async fn run(cmd: Command, name: &str) -> Value {
+pub(crate) async fn run(cmd: Command, name: &str) -> Value {
     let out = Py::spawn(cmd, name).finish().await;
     out.last()
         .cloned()
