@@ -128,7 +128,7 @@ tls:
   upstream_ca_file: {{origin_ca}}
 network:
   allow_cidrs: [127.0.0.0/8]
-  resolve: {{ {S3_HOST}: 127.0.0.1, {STS_HOST}: 127.0.0.1 }}
+  resolve: {{ {S3_HOST}: 127.0.0.1, {STS_HOST}: 127.0.0.1, origin.test: 127.0.0.1 }}
 "
     )
 }
@@ -200,6 +200,14 @@ fn assert_no_leak(haystack: &str, secret: &str, place: &str) {
     for form in forms(secret) {
         assert!(!haystack.contains(&form), "{place} holds a secret ({form})");
     }
+}
+
+/// An `Authorization` header SigV4-shaped with the dummy key (its signature is zeros).
+fn dummy_signature(signed_headers: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential={DUMMY_KEY}/20261202/us-east-1/s3/aws4_request, SignedHeaders={signed_headers}, Signature={}",
+        "0".repeat(64)
+    )
 }
 
 /// `warden check` on `text`: its whole output.
@@ -408,8 +416,21 @@ async fn the_credentials_endpoint_refuses_wrong_tokens_and_names_sts_failures() 
         aws_section(keys.path(), "wrong", &sts, &[]),
         aws_section(keys.path(), "agent", &down, &[]),
     );
-    let text = config(&aws_section(keys.path(), "agent", &sts, &[]), &extra);
+    // The agent's requests to an echoing origin are re-signed too.
+    let origin = Origin::https().await;
+    let resign = vec![format!("origin.test:{}", origin.port())];
+    let text = config(&aws_section(keys.path(), "agent", &sts, &resign), &extra);
     let w = TestWarden::start(&text).await;
+    // Concurrent first requests for one role: one AssumeRole call, one session for all.
+    let fetches = (0..6).map(|_| fetch_credentials(&w, Some(TOKEN)));
+    let got = futures_util::future::join_all(fetches).await;
+    let keys_seen: std::collections::HashSet<String> = got
+        .iter()
+        .map(|(s, v)| format!("{s} {}", v["AccessKeyId"]))
+        .collect();
+    assert_eq!(keys_seen.len(), 1, "{got:?}");
+    assert_eq!(w.runtime().aws.calls(), 1);
+    let role = got[0].1.clone();
     let mut bodies = String::new();
     for (token, status, reason) in [
         (None, 401, "aws_token_invalid"),
@@ -438,9 +459,49 @@ async fn the_credentials_endpoint_refuses_wrong_tokens_and_names_sts_failures() 
             .contains("cannot connect"),
         "{down}"
     );
-    // And the right token still works.
-    let (status, role) = fetch_credentials(&w, Some(TOKEN)).await;
-    assert_eq!(status, 200, "{role}");
+    assert!(
+        role["AccessKeyId"].as_str().unwrap().starts_with("ASIA"),
+        "{role}"
+    );
+    // A re-signed request reaches the origin signed by the role; what the origin echoes of
+    // the new signature and session token comes back masked.
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(format!("http://agent:{TOKEN}@{}", w.addr)).unwrap())
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(w.ca_pem.as_bytes()).unwrap())
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    for path in ["/echo-header", "/"] {
+        let resp = client
+            .get(format!("https://origin.test:{}{path}", origin.port()))
+            .header("authorization", dummy_signature("host;x-amz-date"))
+            .header("x-amz-date", "20261202T000000Z")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        bodies.push_str(&format!("{:?}", resp.headers()));
+        bodies.push_str(&resp.text().await.unwrap());
+    }
+    let seen = origin.seen();
+    let auth = seen[0].header("authorization").unwrap();
+    let akid = role["AccessKeyId"].as_str().unwrap();
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={akid}/")),
+        "{auth}"
+    );
+    assert!(
+        auth.contains("SignedHeaders=host;x-amz-date;x-amz-security-token"),
+        "{auth}"
+    );
+    assert_eq!(
+        seen[0].header("x-amz-security-token"),
+        role["Token"].as_str()
+    );
+    let signature = auth.rsplit("Signature=").next().unwrap().to_string();
+    assert!(bodies.contains("[redacted]"), "{bodies}");
+    assert_no_leak(&bodies, &signature, "the echoed response");
     assert!(
         role["AccessKeyId"].as_str().unwrap().starts_with("ASIA"),
         "{role}"
@@ -476,10 +537,7 @@ async fn requests_to_resign_hosts_must_be_sigv4_signed_without_chunk_signatures(
         .build()
         .unwrap();
     let url = format!("https://{S3_HOST}:{port}/agent-bucket/k");
-    let signed = format!(
-        "AWS4-HMAC-SHA256 Credential={DUMMY_KEY}/20261202/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={}",
-        "0".repeat(64)
-    );
+    let signed = dummy_signature("host;x-amz-content-sha256;x-amz-date");
     let cases = [
         (vec![], 403, "aws_unsigned"),
         (vec![("authorization", "Bearer abc")], 403, "aws_unsigned"),
@@ -510,4 +568,35 @@ async fn requests_to_resign_hosts_must_be_sigv4_signed_without_chunk_signatures(
         0,
         "no STS call for a refused request"
     );
+}
+
+#[test]
+fn warden_check_warns_about_unreadable_aws_keys_without_showing_any() {
+    let keys = tempfile::tempdir().unwrap();
+    let canary = "static-aws-secret-CANARY-91c2";
+    let agent = format!(
+        "{{ role_arn: '{ROLE}', region: us-east-1, source: {{ access_key_id: {{ type: file, path: '{}/missing' }}, secret_access_key: {{ type: static, value: {canary} }} }} }}",
+        keys.path().display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&agent, "")
+        .replace("{dir}", dir.path().to_str().unwrap())
+        .replace("  upstream_ca_file: {origin_ca}\n", "");
+    let out = check_output(&text);
+    assert!(
+        out.contains("proxy.auth.clients[0].aws.source.access_key_id")
+            && out.contains("cannot be read now")
+            && out.contains("missing"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("secret_access_key"),
+        "a readable key is not warned about: {out}"
+    );
+    assert_no_leak(&out, canary, "warden check");
+    // A bad key is an error naming it and its line.
+    let bad = text.replace("region: us-east-1", "region: 'US East'");
+    let out = check_output(&bad);
+    assert!(out.contains("proxy.auth.clients[0].aws.region"), "{out}");
+    assert_no_leak(&out, canary, "warden check");
 }
