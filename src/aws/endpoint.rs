@@ -94,6 +94,39 @@ mod tests {
     }
 
     #[test]
+    fn a_clients_own_aws_section_replaces_the_top_level_one_and_others_inherit_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = "source: { access_key_id: { type: static, value: a }, secret_access_key: { type: static, value: b } }";
+        let text = format!(
+            "proxy:\n  listen: 127.0.0.1:0\n  auth:\n    clients:\n      - {{ name: a, token: {{ type: static, value: tok-a }}, aws: {{ role_arn: 'arn:aws:iam::1:role/own', region: eu-west-1, {src} }} }}\n      - {{ name: b, token: {{ type: static, value: tok-b }} }}\ntls:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/ca.key\naws: {{ role_arn: 'arn:aws:iam::1:role/shared', region: us-east-1, resign: ['*.amazonaws.com'], {src} }}\n",
+            dir.path().display()
+        );
+        let s = Config::parse(&text, Path::new("."))
+            .unwrap()
+            .compile(CompileOptions { create_ca: false })
+            .unwrap();
+        let r = Registry::default();
+        let (_, own) = authorize(&s, &r, &[b"tok-a"]).unwrap();
+        let (_, shared) = authorize(&s, &r, &[b"tok-b"]).unwrap();
+        assert_eq!(own.key.role_arn, "arn:aws:iam::1:role/own");
+        assert_eq!(own.sts.as_str(), "https://sts.eu-west-1.amazonaws.com/");
+        assert!(own.resign.is_empty(), "the whole section is replaced");
+        assert_eq!(shared.key.role_arn, "arn:aws:iam::1:role/shared");
+        assert_eq!(shared.key.session_name, "warden");
+        // Re-signed hosts must be intercepted.
+        let dest = crate::target::parse_authority(b"s3.us-east-1.amazonaws.com:443", None).unwrap();
+        assert!(s.profile.inspects(&dest));
+        assert!(!s
+            .auth
+            .as_ref()
+            .unwrap()
+            .get("a")
+            .unwrap()
+            .profile
+            .inspects(&dest));
+    }
+
+    #[test]
     fn only_a_get_of_the_path_outside_a_tunnel_is_the_endpoint() {
         assert!(is_endpoint("GET", b"/_warden/aws/credentials", false));
         assert!(is_endpoint("GET", b"/_warden/aws/credentials?x=1", false));

@@ -121,7 +121,8 @@ impl Warden {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(pending) = ctx.flow.aws.take() else {
+        // Kept, not taken: a retried upstream request is signed again.
+        let Some(pending) = ctx.flow.aws.clone() else {
             return Ok(());
         };
         let (shape, creds) = &*pending;
