@@ -15,10 +15,10 @@
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
 //! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`], [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]), then [`budget`] (`requests_per_second`) |
+//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`], [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`], [`correlation`]), then [`budget`] (`requests_per_second`), [`aws`] (the credentials endpoint before admission; role credentials for re-signed hosts after it) |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`), [`budget`] (before the upstream call, and the tokens after) |
 //! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
-//! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential) |
+//! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential), then [`aws`] (SigV4 re-signing of the final head) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
 //! | `fail_to_proxy`          | [`reason`] (one error → reason map), [`refusal`] (the response) |
 //! | `logging`                | [`telemetry`] (the canonical line, filled as the request went) |
