@@ -65,6 +65,9 @@ pub struct ClientConfig {
     /// The client's budgets (there is no top-level one).
     #[serde(default)]
     pub budget: Option<crate::budget::BudgetConfig>,
+    /// Replaces the top-level `aws` section for this client (its own role).
+    #[serde(default)]
+    pub aws: Option<crate::aws::AwsConfig>,
 }
 
 /// A configured client: from the file, or registered at runtime ([`crate::registry`]).
@@ -175,6 +178,7 @@ impl ClientConfig {
             transforms: self.transforms.as_deref(),
             correlation: self.correlation.as_ref().map(Some),
             budget: self.budget.as_ref(),
+            aws: self.aws.as_ref().map(Some),
         }
     }
 }

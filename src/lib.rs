@@ -15,12 +15,11 @@
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
 //! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
-//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`] (read through [`refresh`] for `process`/`oauth2`), [`correlation`]), then [`budget`] (`requests_per_second`) |
+//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`] (read through [`refresh`] for `process`/`oauth2`), [`correlation`]), then [`budget`] (`requests_per_second`), [`aws`] (the credentials endpoint before admission; role credentials for re-signed hosts after it) |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`), [`budget`] (before the upstream call, and the tokens after) |
 //! | `request_filter` on an MCP endpoint | [`mcp`] (the body's calls checked, headers against body; the exchange runs in `proxy::mcp`, filtering `tools/list` results) |
 //! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
-//! | `upstream_request_filter`| [`forward`] (the head edits: [`headers`], correlation, substitution, the credential) |
-//! | `upstream_response_filter` | [`refresh`] (a 401 evicts the refreshed values the request carried) |
+//! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`] (read through [`refresh`] for `process`/`oauth2`), [`correlation`]), then [`budget`] (`requests_per_second`), [`aws`] (the credentials endpoint before admission; role credentials for re-signed hosts after it) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
 //! | `fail_to_proxy`          | [`reason`] (one error → reason map), [`refusal`] (the response) |
 //! | `logging`                | [`telemetry`] (the canonical line, filled as the request went) |
@@ -32,6 +31,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod admission;
 pub mod auth;
+pub mod aws;
 pub mod budget;
 pub mod compile_error;
 pub mod config;

@@ -42,6 +42,8 @@ pub struct Profile {
     pub correlation: Option<Arc<Correlation>>,
     /// The client's budgets; `None` for the default profile and clients without one.
     pub budget: Option<Arc<Budget>>,
+    /// The AWS role and re-signed hosts, when configured.
+    pub aws: Option<Arc<crate::aws::Aws>>,
 }
 
 /// The sections a profile is compiled from, as written. `None` takes the section from the
@@ -68,6 +70,8 @@ pub struct ProfileConfig<'a> {
     pub correlation: Option<Option<&'a CorrelationConfig>>,
     /// `budget`: a client's own, never inherited (counts are kept per client name).
     pub budget: Option<&'a BudgetConfig>,
+    /// `aws`: `Some(None)` is "no aws section", `None` inherits.
+    pub aws: Option<Option<&'a crate::aws::AwsConfig>>,
 }
 
 impl ProfileConfig<'_> {
@@ -82,6 +86,7 @@ impl ProfileConfig<'_> {
             && self.transforms.is_none()
             && self.correlation.is_none()
             && self.budget.is_none()
+            && self.aws.is_none()
     }
 }
 
@@ -175,6 +180,12 @@ pub(crate) fn compile_lenient(
         Some(None) => Some(None),
         None => Some(inherit.and_then(|p| p.correlation.clone())),
     };
+    let aws = match section.aws {
+        Some(Some(c)) => keep(c.compile(&at("aws"), section.client, base_dir), &mut errors)
+            .map(|a| Some(Arc::new(a))),
+        Some(None) => Some(None),
+        None => Some(inherit.and_then(|p| p.aws.clone())),
+    };
     let budget = section
         .budget
         .map(|b| Arc::new(b.compile(&at("budget"))))
@@ -187,6 +198,7 @@ pub(crate) fn compile_lenient(
         mcp,
         transforms,
         correlation,
+        aws,
     ) {
         (
             Some(network),
@@ -196,6 +208,7 @@ pub(crate) fn compile_lenient(
             Some(mcp),
             Some(transforms),
             Some(correlation),
+            Some(aws),
         ) => Some(Profile {
             network,
             credentials,
@@ -206,6 +219,7 @@ pub(crate) fn compile_lenient(
             transforms,
             correlation,
             budget,
+            aws,
         }),
         _ => None,
     };
@@ -244,6 +258,7 @@ impl<'a> ProfileConfig<'a> {
             transforms: Some(&[]),
             correlation: Some(None),
             budget: None,
+            aws: Some(None),
         }
     }
 
@@ -260,6 +275,7 @@ impl<'a> ProfileConfig<'a> {
             transforms: self.transforms.or(other.transforms),
             correlation: self.correlation.or(other.correlation),
             budget: self.budget.or(other.budget),
+            aws: self.aws.or(other.aws),
         }
     }
 }
@@ -276,6 +292,7 @@ impl Profile {
             || self.llm.has_for(dest)
             || self.mcp.has_for(dest)
             || self.transforms.has_for(dest)
+            || self.aws.as_ref().is_some_and(|a| a.resigns(dest))
     }
 }
 

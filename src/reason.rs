@@ -108,13 +108,23 @@ pub enum Reason {
     /// An HTTP/2 client broke a connection bound (`RST_STREAM`, `PING` or `SETTINGS` rate,
     /// header block size or frames, malformed streams): it got `GOAWAY`.
     H2Flood,
+    /// The container credentials endpoint was called without a client's proxy token
+    /// (or with `proxy.auth` off).
+    AwsTokenInvalid,
+    /// The container credentials endpoint was called by a client with no `aws` section.
+    AwsNotConfigured,
+    /// A request to an `aws.resign` host is not SigV4-signed (header or presigned query).
+    AwsUnsigned,
+    /// A request to an `aws.resign` host carries a payload warden cannot re-sign (chunk
+    /// signatures chained from the seed, or a body without `x-amz-content-sha256`).
+    AwsPayloadUnsupported,
     /// A bug or resource failure inside warden.
     Internal,
 }
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 51] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -161,6 +171,10 @@ impl Reason {
         Reason::McpRequestTooLarge,
         Reason::McpResponseUnreadable,
         Reason::H2Flood,
+        Reason::AwsTokenInvalid,
+        Reason::AwsNotConfigured,
+        Reason::AwsUnsigned,
+        Reason::AwsPayloadUnsupported,
         Reason::Internal,
     ];
 }
@@ -506,6 +520,34 @@ impl Reason {
                 "http_protocol_error",
                 "the HTTP/2 connection broke one of warden's bounds and was closed with GOAWAY",
                 "send fewer RST_STREAM, PING or SETTINGS frames, and smaller header blocks (see limits.h2_*)",
+            ),
+            AwsTokenInvalid => (
+                401,
+                "aws_token_invalid",
+                "http_request_denied",
+                "the AWS credentials endpoint needs the client's proxy token in Authorization",
+                "set AWS_CONTAINER_AUTHORIZATION_TOKEN to this agent's proxy token",
+            ),
+            AwsNotConfigured => (
+                404,
+                "aws_not_configured",
+                "http_request_denied",
+                "no AWS role is configured for this client",
+                "ask the operator to add an aws section for this client",
+            ),
+            AwsUnsigned => (
+                403,
+                "aws_unsigned",
+                "http_request_denied",
+                "requests to this AWS host must be SigV4-signed (any keys: warden re-signs them)",
+                "sign with the AWS SDK or CLI using any access key; warden replaces the signature",
+            ),
+            AwsPayloadUnsupported => (
+                400,
+                "aws_payload_unsupported",
+                "http_request_error",
+                "warden cannot re-sign this payload (per-chunk signatures, or a body without x-amz-content-sha256)",
+                "send x-amz-content-sha256 (UNSIGNED-PAYLOAD or the body's SHA-256) and no chunk signatures, or use the container credentials endpoint",
             ),
             Internal => (
                 500,

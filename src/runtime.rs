@@ -1,8 +1,7 @@
 //! Runtime state: what lives across reloads, held beside the config snapshot in the shared
 //! state. The snapshot is pure data compiled from the file; this owns the caches and counters
 //! requests build up — minted leaves, DNS answers, correlation sessions, secret files read and refreshed
-//! values,
-//! the echoed-secret maskers, and the clients' budget counts. A reload swaps the snapshot and leaves this alone, so no
+//! values, the echoed-secret maskers, the clients' budget counts and assumed AWS roles. A reload swaps the snapshot and leaves this alone, so no
 //! compile step carries anything over.
 
 use crate::budget::Budgets;
@@ -31,6 +30,8 @@ pub struct Runtime {
     pub registry: Registry,
     /// Budget counts per client name: a client whose budget changes keeps them.
     pub budgets: Budgets,
+    /// Assumed AWS role sessions, per role.
+    pub aws: crate::aws::sessions::Sessions,
 }
 
 impl Runtime {
@@ -71,6 +72,7 @@ impl Default for Runtime {
             maskers: Maskers::default(),
             registry: Registry::default(),
             budgets: Budgets::default(),
+            aws: Default::default(),
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct FileConfig {
     /// Named targets reached as `/relay/{name}/…` on the proxy port.
     #[serde(default)]
     pub relays: Vec<crate::relay::RelayConfig>,
+    /// The AWS role agents get credentials of, and the hosts whose requests are re-signed.
+    #[serde(default)]
+    pub aws: Option<crate::aws::AwsConfig>,
 }
 
 fn default_version() -> u32 {
@@ -640,6 +643,7 @@ impl Config {
             transforms: Some(&f.transforms),
             correlation: Some(f.correlation.as_ref()),
             budget: None,
+            aws: Some(f.aws.as_ref()),
         }
     }
 
@@ -689,6 +693,25 @@ impl Config {
         };
         findings.notes.extend(self.relay_notes());
         findings.notes.extend(self.refreshing_notes());
+        let clients = self
+            .file
+            .proxy
+            .auth
+            .iter()
+            .flat_map(|a| a.clients.iter().enumerate());
+        let aws = clients
+            .filter_map(|(j, c)| Some((format!("proxy.auth.clients[{j}].aws"), c.aws.as_ref()?)));
+        for (key, aws) in self
+            .file
+            .aws
+            .iter()
+            .map(|a| ("aws".to_string(), a))
+            .chain(aws)
+        {
+            for (key, why) in aws.unreadable(&key, &self.base_dir) {
+                findings.warnings.push(self.error(&key, why));
+            }
+        }
         if !self.file.tls.http2 && !self.file.tls.http1_only.is_empty() {
             findings.warnings.push(self.error(
                 "tls.http1_only",

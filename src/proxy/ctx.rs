@@ -56,6 +56,8 @@ pub(super) struct Flow {
     pub(super) grpc: bool,
     /// Seconds a budget refusal tells the client to wait (`retry-after`).
     pub(super) retry_after: Option<u64>,
+    /// A request to re-sign, with the role credentials it gets (`aws.resign`).
+    pub(super) aws: Option<Box<(crate::aws::resign::Shape, crate::aws::sts::RoleCredentials)>>,
 }
 
 /// What the session says about a finished exchange, for the last fields of the line.
@@ -90,6 +92,7 @@ impl RequestCtx {
                 websocket: None,
                 grpc: false,
                 retry_after: None,
+                aws: None,
             },
         }
     }

@@ -3,6 +3,7 @@
 //! HTTP sessions for it or blind tunnels. Each phase builds plain inputs from the `Session`,
 //! calls a stage module (`target`, `policy`, `tls`, `telemetry`) and applies the result.
 
+mod aws;
 mod budget;
 mod buffered;
 mod ctx;

@@ -105,6 +105,9 @@ impl ProxyHttp for Warden {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         edit::begin(session, ctx);
+        if self.aws_endpoint(session, ctx).await? {
+            return Ok(true);
+        }
         let heard = edit::Heard::of(session);
         let shared = &self.shared;
         let head = heard.head(ctx.tunnel.as_ref());
@@ -117,7 +120,7 @@ impl ProxyHttp for Warden {
             }
         }
         edit::set_timeouts(session, &ctx.snap.limits);
-        if self.over_request_budget(session, ctx).await? {
+        if self.over_request_budget(session, ctx).await? || self.aws_prepare(session, ctx).await? {
             return Ok(true);
         }
         if let Some(answered) = self.route_mcp(session, ctx).await? {
@@ -156,6 +159,7 @@ impl ProxyHttp for Warden {
         let edits = upstream_edits(ctx.plan()?, incoming)
             .map_err(|e| Error::because(ErrorType::InternalError, "upstream head", e))?;
         edit::apply(upstream, edits.ops)?;
+        self.aws_sign(upstream, ctx)?;
         ctx.flow.body_replacer = edits.body;
         if edits.injects {
             self.shared.metrics.injected(ctx.injected());

@@ -118,7 +118,7 @@ impl Py {
     }
 
     /// The next stdout line, as JSON; `None` at EOF.
-    async fn next(&mut self) -> Option<Value> {
+    pub(crate) async fn next(&mut self) -> Option<Value> {
         match tokio::time::timeout(SCRIPT_WAIT, self.stdout.next_line()).await {
             Err(_) => self.fail("no output in time").await,
             Ok(Err(e)) => self.fail(&format!("reading its output failed: {e}")).await,
