@@ -54,7 +54,7 @@ fn main() {
             while flag.load(std::sync::atomic::Ordering::SeqCst) && n < 10_000 {
                 let path = dir.join("warden.yaml");
                 let text = std::fs::read_to_string(&path).expect("config");
-                let next = if n % 2 == 0 {
+                let next = if n.is_multiple_of(2) {
                     text.replace("\"a\"", "\"b\"")
                 } else {
                     text.replace("\"b\"", "\"a\"")

@@ -247,7 +247,7 @@ async fn twenty_sighups_under_load_drop_no_request() {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) && i < 100_000 {
                 let fresh;
-                let client = if i % 2 == 0 {
+                let client = if i.is_multiple_of(2) {
                     &kept
                 } else {
                     fresh = reqwest::Client::builder()
