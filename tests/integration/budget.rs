@@ -375,6 +375,9 @@ async fn requests_per_second_refuses_plain_requests_connects_and_llm_calls_with_
         }
     };
     assert_eq!(first.status(), 200);
+    // Read whole, so the connection goes back to the pool and the next call rides the same
+    // tunnel (a new CONNECT would be refused at the door while the bucket is empty).
+    first.text().await.unwrap();
     let refused = call(&c, &chat, "budget-rps-llm").await;
     assert_eq!(refused.status(), 429);
     assert_eq!(header(&refused, "retry-after"), Some("1"));

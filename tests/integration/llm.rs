@@ -260,7 +260,7 @@ async fn prompts_and_completions_are_logged_only_with_capture_llm_bodies() {
         )
         .await;
         let mut request = request_for(path, "claude-x", false);
-        request["messages"][0]["content"] = json!("PROMPT-CANARY-4471");
+        request["messages"][0]["content"] = json!("PROMPT-MARK-4471");
         let resp = post(&w, &url, id, request).await;
         assert_eq!(resp.status(), 200);
         resp.text().await.unwrap();
@@ -270,7 +270,7 @@ async fn prompts_and_completions_are_logged_only_with_capture_llm_bodies() {
                 line["request_body"]
                     .as_str()
                     .unwrap()
-                    .contains("PROMPT-CANARY-4471"),
+                    .contains("PROMPT-MARK-4471"),
                 "{line}"
             );
             assert!(
@@ -283,7 +283,7 @@ async fn prompts_and_completions_are_logged_only_with_capture_llm_bodies() {
         } else {
             assert!(line["request_body"].is_null(), "{line}");
             assert!(line["response_body"].is_null(), "{line}");
-            assert!(!line.to_string().contains("PROMPT-CANARY-4471"));
+            assert!(!line.to_string().contains("PROMPT-MARK-4471"));
         }
         // Other calls keep their captures either way.
         let plain = w
