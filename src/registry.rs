@@ -335,11 +335,13 @@ impl Registry {
         if taken {
             return Err(Refused::bad("/token", "is another client's token"));
         }
+        // Read before the write: with Redis, this instance's own follower may apply the
+        // change it announces before the write returns, and a new name would look replaced.
+        let previous = self.current(name);
         self.store()
             .put(&stored)
             .await
             .map_err(|e| Refused::new(503, None, e.to_string()))?;
-        let previous = self.current(name);
         let created = previous.is_none();
         let revoked = match &previous {
             Some(p) if p.token_hash == token_hash => p.client.revoked.clone(),
