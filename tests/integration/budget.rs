@@ -357,31 +357,48 @@ async fn requests_per_second_refuses_plain_requests_connects_and_llm_calls_with_
     // Waiting for the bucket to refill is waiting for what retry-after said; a CONNECT that
     // comes too early (a loaded machine) is refused without taking a token, so try again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let chat = format!("https://{authority}/v1/chat/completions");
     let started = std::time::Instant::now();
-    let first = loop {
-        let sent = c
-            .post(&chat)
-            .header("x-request-id", "budget-rps-llm-ok")
-            .json(&json!({"model": "m-1", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await;
-        match sent {
-            Ok(r) => break r,
-            Err(e) => {
-                assert!(started.elapsed() < WAIT, "the CONNECT stayed refused: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let tcp = loop {
+        let mut s = w.tcp().await;
+        let connect = format!(
+            "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{}\r\n",
+            proxy_auth("run-a")
+        );
+        s.write_all(connect.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        if head.starts_with("HTTP/1.1 200") {
+            break s;
         }
+        assert!(
+            started.elapsed() < WAIT,
+            "the CONNECT stayed refused: {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(first.status(), 200);
-    // Read whole, so the connection goes back to the pool and the next call rides the same
-    // tunnel (a new CONNECT would be refused at the door while the bucket is empty).
-    first.text().await.unwrap();
-    let refused = call(&c, &chat, "budget-rps-llm").await;
-    assert_eq!(refused.status(), 429);
-    assert_eq!(header(&refused, "retry-after"), Some("1"));
-    let v: Value = refused.json().await.unwrap();
+    // Both calls on this one tunnel, so the second cannot be refused at a CONNECT instead.
+    let mut t = tls_connect(tcp, "openai.test", &w.ca_pem).await;
+    let body = r#"{"model":"m-1","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    let post = |id: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nX-Request-Id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    t.write_all(post("budget-rps-llm-ok").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut t).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    t.write_all(post("budget-rps-llm").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut t).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_exceeded", "{v}");
     assert_eq!(llm.received().len(), 1);
     let line = log_for("budget-rps-llm").await;
