@@ -94,8 +94,17 @@ fn every_metric_the_dashboard_queries_exists() {
             if expr.contains("rate(") {
                 assert!(expr.contains("$__rate_interval"), "{expr}");
             }
+            // Every series is read per job and instance: a fleet per instance or summed.
+            assert!(
+                expr.contains(r#"job=~"$job", instance=~"$instance""#),
+                "{expr}"
+            );
             let mut rest = expr;
-            while let Some(at) = rest.find("warden_") {
+            while let Some(at) = ["warden_", "process_"]
+                .iter()
+                .filter_map(|prefix| rest.find(prefix))
+                .min()
+            {
                 let name: String = rest[at..]
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -109,7 +118,7 @@ fn every_metric_the_dashboard_queries_exists() {
                     .unwrap_or(&name);
                 assert!(
                     known.iter().any(|k| k == base),
-                    "{name} is not a warden metric"
+                    "{name} is not a metric warden exports"
                 );
                 queried += 1;
                 rest = &rest[at + name.len()..];
@@ -117,4 +126,67 @@ fn every_metric_the_dashboard_queries_exists() {
         }
     }
     assert!(queried >= 15);
+}
+
+#[test]
+fn the_dashboard_reads_a_fleet_by_instance_and_keeps_its_panels_honest() {
+    let text = std::fs::read_to_string(repo_dir().join("grafana/warden.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    for name in ["job", "instance"] {
+        let v = vars
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} variable"));
+        assert_eq!(v["type"], "query");
+        assert_eq!(v["includeAll"], true);
+        assert_eq!(v["multi"], true);
+    }
+    let panels = dash["panels"].as_array().unwrap();
+    // Rows are whole: the widths on each row add up to the grid's 24.
+    let mut rows: std::collections::BTreeMap<u64, u64> = Default::default();
+    for p in panels {
+        *rows.entry(p["gridPos"]["y"].as_u64().unwrap()).or_default() +=
+            p["gridPos"]["w"].as_u64().unwrap();
+    }
+    assert!(rows.values().all(|w| *w == 24), "{rows:?}");
+    let exprs = |p: &Value| -> Vec<String> {
+        p["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expr"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        let unit = p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
+        for e in exprs(p) {
+            // Request latency leaves out WebSocket and tunnel lifetimes, which last minutes.
+            if e.contains("warden_request_duration_seconds") && !title.contains("lifetimes p99") {
+                assert!(e.contains(r#"kind!~"websocket|tunnel""#), "{title}: {e}");
+            }
+            if e.contains("warden_llm_tokens_total") {
+                assert!(unit.contains("tokens"), "{title}: {unit}");
+            }
+        }
+        if p["type"] == "table" {
+            for t in p["targets"].as_array().unwrap() {
+                assert_eq!(t["instant"], true, "{title}");
+                assert_eq!(t["format"], "table", "{title}");
+            }
+        }
+    }
+    let all: Vec<String> = panels.iter().flat_map(exprs).collect();
+    for metric in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(
+            all.iter().any(|e| e.contains(metric)),
+            "no panel for {metric}"
+        );
+    }
 }
