@@ -89,42 +89,34 @@ pub fn all_ops_lines() -> Vec<String> {
 
 /// Waits (bounded) for an operational line matching `pred`.
 pub async fn wait_ops_line(pred: impl Fn(&str) -> bool) -> String {
+    wait_in(|c| &c.ops, "operational line", pred).await
+}
+
+/// Waits (bounded) for a line of one captured list (`pick`) matching `pred`.
+async fn wait_in(
+    pick: impl Fn(&Capture) -> &Mutex<Vec<String>>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
     let c = capture();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let notified = c.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(l) = c.ops.lock().unwrap().iter().find(|l| pred(l)) {
+        if let Some(l) = pick(c).lock().unwrap().iter().find(|l| pred(l)) {
             return l.clone();
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            panic!(
-                "no matching operational line; captured:\n{}",
-                all_ops_lines().join("\n")
-            );
+            let captured = pick(c).lock().unwrap().join("\n");
+            panic!("no matching {what}; captured:\n{captured}");
         }
     }
 }
 
 /// Waits (bounded) for a raw canonical line matching `pred`.
 pub async fn wait_line(pred: impl Fn(&str) -> bool) -> String {
-    let c = capture();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let notified = c.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(l) = c.lines.lock().unwrap().iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            panic!(
-                "no matching log line; captured:\n{}",
-                all_log_lines().join("\n")
-            );
-        }
-    }
+    wait_in(|c| &c.lines, "log line", pred).await
 }
 
 /// Waits (bounded) for a JSON canonical line matching `pred`.
