@@ -471,3 +471,17 @@ pub(super) fn refusal(
     let head = crate::refusal::head(reason, request_id, body.len())?;
     Ok((head, body))
 }
+
+/// Refuses an upstream response head over `limits.max_response_header_bytes`
+/// (`upstream_header_too_large`), in every path that relays one.
+pub(super) fn within_head_limit(ctx: &mut RequestCtx, head: &ResponseHeader) -> Result<()> {
+    let limit = ctx.snap.limits.max_response_header_bytes;
+    if super::head::response_head_len(head) > limit {
+        ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            format!("upstream response head over {limit} bytes"),
+        );
+    }
+    Ok(())
+}

@@ -280,14 +280,7 @@ impl Warden {
         let Some(resp) = up.response_header().cloned() else {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };
-        let head_limit = ctx.snap.limits.max_response_header_bytes;
-        if super::head::response_head_len(&resp) > head_limit {
-            ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                format!("upstream response head over {head_limit} bytes"),
-            );
-        }
+        super::edit::within_head_limit(ctx, &resp)?;
         let status = resp.status.as_u16();
         if let Some(plan) = ctx.plan.as_ref() {
             plan.upstream_answered(status, &self.shared.runtime);

@@ -206,14 +206,7 @@ impl Warden {
         let Some(resp) = up.response_header().cloned() else {
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response head");
         };
-        let head_limit = ctx.snap.limits.max_response_header_bytes;
-        if super::head::response_head_len(&resp) > head_limit {
-            ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                format!("upstream response head over {head_limit} bytes"),
-            );
-        }
+        super::edit::within_head_limit(ctx, &resp)?;
         let text = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
         let content_type = text(header::CONTENT_TYPE)
             .unwrap_or_default()

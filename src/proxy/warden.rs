@@ -173,14 +173,7 @@ impl ProxyHttp for Warden {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let limit = ctx.snap.limits.max_response_header_bytes;
-        if super::head::response_head_len(upstream_response) > limit {
-            ctx.reason = Some(Reason::UpstreamHeaderTooLarge);
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                format!("upstream response head over {limit} bytes"),
-            );
-        }
+        edit::within_head_limit(ctx, upstream_response)?;
         if let Some(plan) = ctx.plan.as_ref() {
             plan.upstream_answered(upstream_response.status.as_u16(), &self.shared.runtime);
         }
