@@ -127,11 +127,6 @@ fn parse_target(text: &str) -> Result<(Scheme, crate::target::Authority, String)
 }
 
 impl Relays {
-    /// Whether any relay is configured.
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
     /// Each relay's index and target authority, in config order.
     pub fn targets(&self) -> impl Iterator<Item = (usize, &crate::target::Authority)> {
         self.list.iter().map(|r| &r.authority).enumerate()
