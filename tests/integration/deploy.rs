@@ -265,3 +265,175 @@ fn the_deployment_runs_the_configmaps_config_with_probes_drain_and_reload() {
         Some(u64::from(snap.proxy_listen.port()))
     );
 }
+
+/// The Dockerfile's instructions in order, as (INSTRUCTION, arguments): continuation lines
+/// joined, comments and blank lines dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo_dir().join("Dockerfile")).expect("Dockerfile exists");
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(line);
+                let (op, args) = pending.split_once(' ').unwrap_or((&pending, ""));
+                out.push((op.to_ascii_uppercase(), args.trim().to_string()));
+                pending.clear();
+            }
+        }
+    }
+    out
+}
+
+/// deploy/docker/warden.yaml, the image's config, compiled with its token stood in for.
+fn image_config(dir: &tempfile::TempDir) -> warden::Snapshot {
+    let text = std::fs::read_to_string(repo_dir().join("deploy/docker/warden.yaml"))
+        .expect("deploy/docker/warden.yaml exists")
+        .replace("/var/lib/warden/ca", dir.path().to_str().unwrap())
+        .replace(
+            "{ type: env, var: WARDEN_AGENT_TOKEN }",
+            "{ type: static, value: t }",
+        );
+    warden::Config::parse(&text, dir.path())
+        .unwrap()
+        .compile(warden::CompileOptions { create_ca: true })
+        .unwrap()
+}
+
+#[test]
+fn the_dockerfile_builds_locked_in_stages_and_runs_unprivileged_with_a_healthcheck() {
+    let all = dockerfile();
+    let froms: Vec<usize> = (0..all.len()).filter(|&i| all[i].0 == "FROM").collect();
+    assert!(froms.len() >= 2, "a multi-stage build: {all:?}");
+    assert!(
+        all[froms[0]].1.ends_with(" AS build"),
+        "{:?}",
+        all[froms[0]]
+    );
+    let build = &all[froms[0]..froms[froms.len() - 1]];
+    assert!(
+        build
+            .iter()
+            .any(|(op, a)| op == "RUN" && a.contains("cargo build --release --locked")),
+        "the build uses Cargo.lock as it is: {build:?}"
+    );
+    let runtime = &all[froms[froms.len() - 1]..];
+    assert!(
+        runtime[0].1.contains("-slim"),
+        "a slim runtime: {:?}",
+        runtime[0]
+    );
+    let one = |op: &str| -> &str {
+        let found: Vec<&str> = runtime
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, a)| a.as_str())
+            .collect();
+        assert_eq!(found.len(), 1, "one {op} in the runtime stage: {runtime:?}");
+        found[0]
+    };
+    let user = one("USER");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "non-root: {user}"
+    );
+    assert!(runtime
+        .iter()
+        .any(|(op, a)| op == "COPY"
+            && a.ends_with("deploy/docker/warden.yaml /etc/warden/warden.yaml")));
+    assert_eq!(one("STOPSIGNAL"), "SIGTERM");
+    // Exec form, so warden is PID 1 and gets SIGTERM (drain) and SIGHUP (reload) itself.
+    assert!(one("ENTRYPOINT").starts_with('['), "{}", one("ENTRYPOINT"));
+    assert_eq!(one("CMD"), r#"["run", "-c", "/etc/warden/warden.yaml"]"#);
+    let dir = tempfile::tempdir().unwrap();
+    let snap = image_config(&dir);
+    let admin = snap
+        .admin_listen
+        .expect("the image's config serves the admin port");
+    let health = one("HEALTHCHECK");
+    assert!(
+        health.contains(&format!("127.0.0.1:{}/healthz", admin.port())),
+        "{health}"
+    );
+    let exposed = one("EXPOSE");
+    for port in [snap.proxy_listen.port(), admin.port()] {
+        assert!(
+            exposed.split_whitespace().any(|p| p == port.to_string()),
+            "{exposed} exposes {port}"
+        );
+    }
+    assert!(snap.proxy_listen.ip().is_unspecified() && admin.ip().is_unspecified());
+    // The CA lives in the volume, so a new container keeps the CA agents trust.
+    let volume = one("VOLUME");
+    let text = std::fs::read_to_string(repo_dir().join("deploy/docker/warden.yaml")).unwrap();
+    assert!(volume.contains("/var/lib/warden/ca"), "{volume}");
+    assert!(
+        text.contains("ca_cert: /var/lib/warden/ca/")
+            && text.contains("ca_key: /var/lib/warden/ca/")
+    );
+}
+
+#[test]
+fn the_compose_file_validates_and_leaves_the_agent_no_way_out_but_warden() {
+    let out = Command::new("docker-compose")
+        .args(["-f", "deploy/compose.yaml", "config"])
+        .current_dir(repo_dir())
+        .env("WARDEN_AGENT_TOKEN", "t")
+        .output()
+        .expect("docker-compose is installed (bash .ci/deps installs it)");
+    assert!(
+        out.status.success(),
+        "docker-compose config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let networks = |service: &str| -> Vec<String> {
+        let n = &doc["services"][service]["networks"];
+        match n {
+            serde_yaml::Value::Sequence(s) => {
+                s.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            }
+            serde_yaml::Value::Mapping(m) => {
+                m.keys().map(|k| k.as_str().unwrap().to_string()).collect()
+            }
+            other => panic!("{service}'s networks: {other:?}"),
+        }
+    };
+    let internal = |net: &str| doc["networks"][net]["internal"] == true;
+    let agent = networks("agent");
+    assert!(
+        !agent.is_empty() && agent.iter().all(|n| internal(n)),
+        "{agent:?}"
+    );
+    let warden_nets = networks("warden");
+    assert!(agent.iter().all(|n| warden_nets.contains(n)));
+    assert!(warden_nets.iter().any(|n| !internal(n)), "{warden_nets:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let snap = image_config(&dir);
+    let proxy = doc["services"]["agent"]["environment"]["HTTPS_PROXY"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        proxy,
+        format!("http://agent:t@warden:{}", snap.proxy_listen.port())
+    );
+    assert_eq!(
+        doc["services"]["agent"]["depends_on"]["warden"]["condition"],
+        "service_healthy"
+    );
+    let grace = doc["services"]["warden"]["stop_grace_period"]
+        .as_str()
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|s| s.parse::<u64>().ok())
+        .expect("a stop_grace_period in seconds");
+    assert!(grace > snap.limits.shutdown_grace.as_secs());
+}
