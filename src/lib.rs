@@ -13,6 +13,7 @@
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
+//! | SIGUSR1                  | [`telemetry`] (`reopen_log_files`: `log.file`, `log.access_file`) |
 //! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
 //! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`] (read through [`refresh`] for `process`/`oauth2`), [`correlation`]), then [`budget`] (`requests_per_second`), [`aws`] (the credentials endpoint before admission; role credentials for re-signed hosts after it) |

@@ -243,7 +243,7 @@ fn proxy_url(listen: SocketAddr) -> String {
 fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let snap = cfg.compile(CompileOptions { create_ca: true })?;
-    warden::telemetry::init_logger(snap.log);
+    warden::telemetry::init_logger(snap.log, &snap.log_files)?;
     // Sources are read per request, so an unreadable one does not stop the start; say so
     // once here rather than only in the 502s that follow.
     for w in cfg.findings().warnings {
@@ -257,6 +257,8 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         .build()?;
     let result = runtime.block_on(serve(snap, path, watch));
     runtime.shutdown_timeout(Duration::from_millis(200));
+    // The log files' queues, written before the process ends.
+    log::logger().flush();
     result
 }
 
@@ -266,6 +268,7 @@ async fn serve(snap: warden::Snapshot, path: &Path, watch: bool) -> anyhow::Resu
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut watcher = warden::reload::Watcher::new(path, warden::reload::WATCH_INTERVAL);
     let ca_path = snap.tls.ca.cert_path().display().to_string();
     let running = warden::start(snap).await?;
@@ -294,6 +297,7 @@ async fn serve(snap: warden::Snapshot, path: &Path, watch: bool) -> anyhow::Resu
                 // Logged and counted inside; a failure leaves the old config in force.
                 let _ = warden::reload::reload_from(path, running.shared());
             }
+            _ = usr1.recv() => warden::telemetry::reopen_log_files(),
             _ = watcher.changed(), if watch => {
                 log::info!("{} changed: reloading", path.display());
                 let _ = warden::reload::reload_from(path, running.shared());

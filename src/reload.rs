@@ -102,6 +102,13 @@ pub fn reload_from(path: &Path, shared: &Shared) -> Result<u64, ConfigErrors> {
             }
             snap.proxy_listen = old.proxy_listen;
             snap.admin_listen = old.admin_listen;
+            // The files the process logger has open (in a process without warden's logger,
+            // the ones the start named).
+            let writing = crate::telemetry::log_destinations().unwrap_or(&old.log_files);
+            for warning in crate::telemetry::destination_changes(writing, &snap.log_files) {
+                log::warn!("{warning}");
+            }
+            snap.log_files = writing.clone();
             Ok((snap, cfg.findings().warnings))
         });
     match compiled {

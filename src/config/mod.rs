@@ -284,6 +284,9 @@ pub struct Snapshot {
     pub profile: Arc<Profile>,
     /// Log level and format.
     pub log: crate::telemetry::LogSettings,
+    /// `log.file` and `log.access_file`, resolved (opened once, at start: a reload that
+    /// changes them warns and keeps the files in use).
+    pub log_files: crate::telemetry::LogFiles,
     /// Timeouts and bounds.
     pub limits: Limits,
     /// `relays`, compiled.
@@ -517,6 +520,15 @@ impl Config {
             );
         }
         let state = self.state_settings(&mut errors);
+        let log_files = f
+            .log
+            .files(|p| self.resolve_path(p))
+            .map_err(|es| {
+                for (key, message) in es {
+                    errors.push(CompileError::new(key.into(), message));
+                }
+            })
+            .unwrap_or_default();
         let relays = keep(crate::relay::compile(&f.relays, "relays"), &mut errors);
         let (profile, profile_errors) =
             crate::profile::compile_lenient(&self.sections(), None, "", &self.base_dir);
@@ -581,6 +593,7 @@ impl Config {
             auth,
             profile,
             log: f.log.compile(),
+            log_files,
             limits: f.limits.clone(),
             relays,
         })
@@ -712,6 +725,7 @@ impl Config {
                 findings.warnings.push(self.error(&key, why));
             }
         }
+        findings.warnings.extend(self.log_dir_warnings());
         if !self.file.tls.http2 && !self.file.tls.http1_only.is_empty() {
             findings.warnings.push(self.error(
                 "tls.http1_only",
@@ -722,6 +736,28 @@ impl Config {
             list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         }
         findings
+    }
+
+    /// A warning for each log file whose directory is missing here: `run` fails on it, but
+    /// `check` may run on another machine than warden.
+    fn log_dir_warnings(&self) -> Vec<ConfigError> {
+        let log = &self.file.log;
+        [("log.file", &log.file), ("log.access_file", &log.access_file)]
+            .into_iter()
+            .filter_map(|(key, path)| {
+                let path = self.resolve_path(path.as_deref()?);
+                let dir = path.parent()?;
+                (!dir.is_dir()).then(|| {
+                    self.error(
+                        key,
+                        format!(
+                            "the directory {} does not exist here: warden run fails unless it exists and is writable where warden runs",
+                            dir.display()
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// A note for each relay whose target the top-level network section refuses: requests

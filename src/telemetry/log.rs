@@ -3,11 +3,14 @@
 //! JSON or logfmt and emitted through the `log` crate, plus the process logger. Called from the
 //! `logging` phase and from the front door.
 
+use super::files::{describe, FileSink, LogFileError, LogFiles};
 use crate::scrub::Replacer;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The `log` target canonical lines are emitted under; nothing else uses it.
 pub const ACCESS_TARGET: &str = "warden::access";
@@ -28,6 +31,13 @@ pub struct LogConfig {
     /// Also capture the bodies of LLM API calls (prompts and completions); off by default.
     #[serde(default)]
     pub capture_llm_bodies: bool,
+    /// Operational lines go to this file (and request lines too, without `access_file`)
+    /// instead of standard error; SIGUSR1 reopens it.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Request (canonical) lines go to this file; SIGUSR1 reopens it.
+    #[serde(default)]
+    pub access_file: Option<PathBuf>,
 }
 
 fn default_capture() -> usize {
@@ -86,6 +96,40 @@ impl LogConfig {
             format: self.format,
             body_capture_bytes: self.body_capture_bytes,
             capture_llm_bodies: self.capture_llm_bodies,
+        }
+    }
+
+    /// The destinations, paths resolved with `resolve`; or each `(key, message)` wrong with
+    /// them. Whether the directories exist is not checked here (a reload does not reopen
+    /// the files, and `check` may run elsewhere): [`init_logger`] fails on it at start.
+    pub fn files(
+        &self,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<LogFiles, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        for (key, path) in [
+            ("log.file", &self.file),
+            ("log.access_file", &self.access_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                errors.push((key, "is empty: leave it out to log to stderr".to_string()));
+            }
+        }
+        let files = LogFiles {
+            file: self.file.as_deref().map(&resolve),
+            access_file: self.access_file.as_deref().map(&resolve),
+        };
+        if files.file.is_some() && files.file == files.access_file {
+            errors.push((
+                "log.access_file",
+                "is the same file as log.file: leave it out to write request lines to log.file"
+                    .to_string(),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(files)
+        } else {
+            Err(errors)
         }
     }
 }
@@ -657,49 +701,199 @@ pub fn redact_query(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Installs the process logger (the binary calls this once): canonical lines are written as
-/// rendered; other records are wrapped in the same format. Pingora's own records are kept at
-/// warn and above, since the canonical line already covers each request, and lose any raw
-/// head bytes they quote.
-pub fn init_logger(settings: LogSettings) {
-    let format = settings.format;
-    let _ = env_logger::Builder::new()
+/// How long exiting waits for the log files' writers to write what is queued.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// The process logger: lines rendered once, then written to standard error or queued for a
+/// log file's writer thread.
+struct Logger {
+    filter: env_filter::Filter,
+    format: LogFormat,
+    /// `log.file`'s writer; standard error when `None`.
+    ops: Option<Arc<FileSink>>,
+    /// The request lines' writer (`log.access_file`'s, else `log.file`'s); stderr when `None`.
+    access: Option<Arc<FileSink>>,
+    files: LogFiles,
+}
+
+impl Logger {
+    /// Each file's writer once (`access` is `ops` when only `log.file` is set).
+    fn sinks(&self) -> impl Iterator<Item = &Arc<FileSink>> {
+        let ops = self.ops.as_ref();
+        let access = self
+            .access
+            .as_ref()
+            .filter(|a| !ops.is_some_and(|o| Arc::ptr_eq(a, o)));
+        ops.into_iter().chain(access)
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        let access = record.target() == ACCESS_TARGET;
+        let mut line = if access {
+            record.args().to_string()
+        } else {
+            render_record(record, self.format)
+        };
+        line.push('\n');
+        match if access { &self.access } else { &self.ops } {
+            Some(sink) => sink.send(line.into_bytes()),
+            None => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
+    }
+
+    /// Waits (up to [`FLUSH_WAIT`] in all) for the files' writers to write what is queued.
+    fn flush(&self) {
+        let deadline = Instant::now() + FLUSH_WAIT;
+        for sink in self.sinks() {
+            if !sink.flush(deadline) {
+                eprintln!(
+                    "warden: {}: lines still queued at exit were not written in {FLUSH_WAIT:?}",
+                    sink.key()
+                );
+            }
+        }
+    }
+}
+
+/// The installed logger. The `log` crate's logger is process-wide by design; this is that
+/// one logger, kept where SIGUSR1 and the metrics scrape can reach its files. Set once.
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// An operational record as one line in `format`. Pingora's own records lose the raw head
+/// bytes they quote.
+fn render_record(record: &log::Record, format: LogFormat) -> String {
+    let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let msg = record.args().to_string();
+    // Pingora's own records quote unparsable heads the same way its errors do.
+    let msg = if record.target().starts_with("pingora") {
+        withhold_raw_bytes(&msg).into_owned()
+    } else {
+        msg
+    };
+    let level = record.level().as_str().to_ascii_lowercase();
+    match format {
+        LogFormat::Json => serde_json::json!({
+            "ts": ts,
+            "level": level,
+            "target": record.target(),
+            "msg": msg,
+        })
+        .to_string(),
+        LogFormat::Text => {
+            let mut line = format!("ts={ts} level={level} target={} msg=", record.target());
+            push_logfmt_value(&mut line, &msg);
+            line
+        }
+    }
+}
+
+/// Installs the process logger (the binary calls this once, before serving): canonical lines
+/// are written as rendered, other records wrapped in the same format. Operational lines go
+/// to `log.file`, request lines to `log.access_file`, else to `log.file`, else (each) to
+/// standard error. Pingora's own records are kept at warn and above, since the canonical
+/// line already covers each request. Fails, naming the key, when a file cannot be opened
+/// for appending. A second call changes nothing.
+pub fn init_logger(settings: LogSettings, files: &LogFiles) -> Result<(), LogFileError> {
+    if LOGGER.get().is_some() {
+        return Ok(());
+    }
+    let ops = match &files.file {
+        Some(path) => Some(FileSink::open("log.file", "log", path)?),
+        None => None,
+    };
+    let access = match &files.access_file {
+        Some(path) => Some(FileSink::open("log.access_file", "access", path)?),
+        None => ops.clone(),
+    };
+    let filter = env_filter::Builder::new()
         .filter_level(settings.level)
         .filter_module("pingora", settings.level.min(log::LevelFilter::Warn))
-        .format(move |buf, record| {
-            if record.target() == ACCESS_TARGET {
-                return writeln!(buf, "{}", record.args());
+        .build();
+    let logger = LOGGER.get_or_init(|| Logger {
+        filter,
+        format: settings.format,
+        ops,
+        access,
+        files: files.clone(),
+    });
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(logger.filter.filter());
+    }
+    Ok(())
+}
+
+/// SIGUSR1: each log file is reopened at its configured path before its next lines are
+/// written (after a rotation moved the old one away; lines queued before are in one file
+/// or the other, never lost). Returns at once; logs what it reopens.
+pub fn reopen_log_files() {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let mut keys = Vec::new();
+    for sink in logger.sinks() {
+        sink.reopen();
+        keys.push(sink.key());
+    }
+    if keys.is_empty() {
+        log::info!("SIGUSR1: no log files to reopen (logging to stderr)");
+    } else {
+        log::info!("SIGUSR1: reopening {}", keys.join(" and "));
+    }
+}
+
+/// The destinations the process logger writes, once [`init_logger`] installed it: a reload
+/// cannot move them (it logs a warning when the file names others).
+pub fn log_destinations() -> Option<&'static LogFiles> {
+    LOGGER.get().map(|l| &l.files)
+}
+
+/// Lines each log file dropped since start (its queue was full, or a write failed), by
+/// `file` label: `log` (`log.file`, with request lines when it has them) and `access`
+/// (`log.access_file`). Zero for standard error, which is written in place.
+pub fn log_lines_dropped() -> [(&'static str, u64); 2] {
+    let mut out = [("log", 0), ("access", 0)];
+    for sink in LOGGER.get().into_iter().flat_map(Logger::sinks) {
+        for (label, n) in &mut out {
+            if *label == sink.label() {
+                *n = sink.dropped();
             }
-            let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-            let msg = record.args().to_string();
-            // Pingora's own records quote unparsable heads the same way its errors do.
-            let msg = if record.target().starts_with("pingora") {
-                withhold_raw_bytes(&msg).into_owned()
-            } else {
-                msg
-            };
-            match format {
-                LogFormat::Json => {
-                    let line = serde_json::json!({
-                        "ts": ts,
-                        "level": record.level().as_str().to_ascii_lowercase(),
-                        "target": record.target(),
-                        "msg": msg,
-                    });
-                    writeln!(buf, "{line}")
-                }
-                LogFormat::Text => {
-                    let mut line = format!(
-                        "ts={ts} level={} target={} msg=",
-                        record.level().as_str().to_ascii_lowercase(),
-                        record.target()
-                    );
-                    push_logfmt_value(&mut line, &msg);
-                    writeln!(buf, "{line}")
-                }
-            }
-        })
-        .try_init();
+        }
+    }
+    out
+}
+
+/// A warning for each destination `now` names that differs from those in use (`writing`):
+/// log destinations are opened once, at start.
+pub fn destination_changes(writing: &LogFiles, now: &LogFiles) -> Vec<String> {
+    [
+        ("log.file", writing.file.as_deref(), now.file.as_deref()),
+        (
+            "log.access_file",
+            writing.access_file.as_deref(),
+            now.access_file.as_deref(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, was, now)| was != now)
+    .map(|(key, was, now)| {
+        format!(
+            "{key} requires restart: still writing {}, the file now says {}",
+            describe(was),
+            describe(now)
+        )
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -782,6 +976,48 @@ mod tests {
         let text = error_text(&e);
         assert_eq!(text, "upstream InvalidHTTPHeader: [raw bytes withheld]");
         assert!(!text.contains("CANARY"));
+    }
+
+    #[test]
+    fn log_files_resolve_and_refuse_one_file_for_both_kinds_of_line() {
+        let resolve = |p: &Path| Path::new("/etc/warden").join(p);
+        let cfg = |file: Option<&str>, access: Option<&str>| LogConfig {
+            file: file.map(PathBuf::from),
+            access_file: access.map(PathBuf::from),
+            ..LogConfig::default()
+        };
+        let files = cfg(Some("w.log"), Some("/var/log/a.log"))
+            .files(resolve)
+            .unwrap();
+        assert_eq!(files.file.as_deref(), Some(Path::new("/etc/warden/w.log")));
+        assert_eq!(files.access(), Some(Path::new("/var/log/a.log")));
+        let only_file = cfg(Some("/var/log/w.log"), None).files(resolve).unwrap();
+        assert_eq!(only_file.access(), Some(Path::new("/var/log/w.log")));
+        assert_eq!(cfg(None, None).files(resolve).unwrap().access(), None);
+        let same = cfg(Some("/x/w.log"), Some("/x/w.log")).files(resolve);
+        assert_eq!(same.unwrap_err()[0].0, "log.access_file");
+        let empty = cfg(Some(""), None).files(resolve);
+        assert_eq!(empty.unwrap_err()[0].0, "log.file");
+    }
+
+    #[test]
+    fn a_changed_destination_is_named_with_what_stays_in_use() {
+        let writing = LogFiles {
+            file: Some("/a/w.log".into()),
+            access_file: None,
+        };
+        assert!(destination_changes(&writing, &writing.clone()).is_empty());
+        let now = LogFiles {
+            file: Some("/b/w.log".into()),
+            access_file: Some("/b/access.log".into()),
+        };
+        assert_eq!(
+            destination_changes(&writing, &now),
+            [
+                "log.file requires restart: still writing /a/w.log, the file now says /b/w.log",
+                "log.access_file requires restart: still writing stderr, the file now says /b/access.log",
+            ]
+        );
     }
 
     #[test]

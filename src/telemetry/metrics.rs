@@ -52,6 +52,7 @@ pub struct Metrics {
     budget_denials: IntCounterVec,
     budget_remaining: GaugeVec,
     credential_refreshes: IntCounterVec,
+    log_lines_dropped: IntCounterVec,
     /// The latest standing of each labelled client's budgets, turned into the gauge at each
     /// scrape (a window that ended since reads as full).
     budget_standing: Mutex<HashMap<(String, &'static str), Standing>>,
@@ -278,6 +279,17 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let log_lines_dropped = IntCounterVec::new(
+            Opts::new(
+                "warden_log_lines_dropped_total",
+                "Log lines a log file did not take, by file (log: log.file, access: log.access_file): its queue was full (the disk is slower than the traffic) or a write failed. Requests never wait on a log file.",
+            ),
+            &["file"],
+        )
+        .expect("static metric definition");
+        for file in ["log", "access"] {
+            log_lines_dropped.with_label_values(&[file]);
+        }
         let mut collectors = vec![
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -303,6 +315,7 @@ impl Metrics {
             Box::new(budget_denials.clone()),
             Box::new(budget_remaining.clone()),
             Box::new(credential_refreshes.clone()),
+            Box::new(log_lines_dropped.clone()),
         ];
         // CPU seconds, resident memory, open and maximum file descriptors, read from /proc
         // at each scrape (`process_*`, the names every Prometheus exporter uses).
@@ -341,6 +354,7 @@ impl Metrics {
             budget_denials,
             budget_remaining,
             credential_refreshes,
+            log_lines_dropped,
             budget_standing: Mutex::default(),
             clients: RwLock::default(),
             client_cap: AtomicUsize::new(DEFAULT_METRIC_CLIENTS),
@@ -555,6 +569,15 @@ impl Metrics {
         let seen = self.cert_mints.get();
         if minted > seen {
             self.cert_mints.inc_by(minted - seen);
+        }
+        // The process logger's files are the process's, not this instance's: their counts
+        // are read at each scrape, as the mints are.
+        for (file, dropped) in super::log::log_lines_dropped() {
+            let counter = self.log_lines_dropped.with_label_values(&[file]);
+            let seen = counter.get();
+            if dropped > seen {
+                counter.inc_by(dropped - seen);
+            }
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -22,6 +22,7 @@ mod http2;
 mod intercept;
 mod layout;
 mod llm;
+mod log_files;
 mod logs;
 mod mcp;
 mod metrics;
