@@ -25,6 +25,7 @@
 //! | `fail_to_proxy`          | [`reason`] (one error → reason map), [`refusal`] (the response) |
 //! | `logging`                | [`telemetry`] (the canonical line, filled as the request went) |
 //! | admin listener           | [`admin`] (metrics, health), reading [`state`] |
+//! | `warden env`, `warden ca` (no phase) | [`client_env`] (the variables a client process needs, the CA bundle and Java truststore) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -34,6 +35,7 @@ pub mod admission;
 pub mod auth;
 pub mod aws;
 pub mod budget;
+pub mod client_env;
 pub mod compile_error;
 pub mod config;
 pub mod correlation;

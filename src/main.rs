@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use warden::client_env::{EnvRequest, Shell};
 use warden::{CompileOptions, Config, ConfigErrors};
 
 // jemalloc, for Rust and (unprefixed malloc) for OpenSSL alike, with its background threads
@@ -46,11 +46,36 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Print the CA certificate path and the environment a client needs.
+    /// Write the CA bundle and the Java truststore beside the CA certificate and print the
+    /// environment a client needs (as `warden env` does, for sh).
     Ca {
         /// Config file.
         #[arg(short, long, default_value = "conf/warden.yaml")]
         config: PathBuf,
+        /// Also write a PKCS12 truststore here for Java (warden's CA plus the system roots).
+        #[arg(long, value_name = "FILE")]
+        java_truststore: Option<PathBuf>,
+        /// The Java truststore's password.
+        #[arg(long, value_name = "P", default_value = warden::client_env::DEFAULT_TRUSTSTORE_PASSWORD)]
+        password: String,
+    },
+    /// Print the environment that sends a client process through warden, in a shell's
+    /// syntax: `eval "$(warden env --client NAME)"`. Writes the CA bundle and a Java
+    /// truststore beside the CA certificate.
+    Env {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/warden.yaml")]
+        config: PathBuf,
+        /// The proxy.auth client whose login the proxy URLs carry (its token is read from its
+        /// source in the config).
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// The shell whose syntax is printed.
+        #[arg(long, value_enum, default_value_t = ShellArg::Sh)]
+        shell: ShellArg,
+        /// A host (or comma-separated hosts) that clients reach directly, added to loopback.
+        #[arg(long = "no-proxy", value_name = "HOST")]
+        no_proxy: Vec<String>,
     },
     /// Register, show, list and remove runtime clients through the clients API (the admin
     /// listener, `admin.token` and `admin.tls` are read from the config file).
@@ -61,6 +86,13 @@ enum Command {
         #[command(subcommand)]
         action: ClientAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShellArg {
+    Sh,
+    Fish,
+    Powershell,
 }
 
 #[derive(Subcommand)]
@@ -96,7 +128,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, watch } => run(&config, watch),
         Command::Check { config, strict } => check(&config, strict),
-        Command::Ca { config } => ca(&config),
+        Command::Ca {
+            config,
+            java_truststore,
+            password,
+        } => ca(&config, java_truststore.as_deref(), &password),
+        Command::Env {
+            config,
+            client,
+            shell,
+            no_proxy,
+        } => {
+            let shell = match shell {
+                ShellArg::Sh => Shell::Sh,
+                ShellArg::Fish => Shell::Fish,
+                ShellArg::Powershell => Shell::PowerShell,
+            };
+            let request = EnvRequest { client, no_proxy };
+            env(&config, &request, shell)
+        }
         Command::Client { config, action } => client(&config, action),
     };
     match result {
@@ -209,35 +259,25 @@ fn count(n: usize, what: &str) -> String {
     }
 }
 
-fn ca(path: &Path) -> anyhow::Result<()> {
-    let cfg = Config::load(path)?;
-    let snap = cfg.compile(CompileOptions { create_ca: true })?;
-    let ca = &snap.tls.ca;
-    let cert = std::fs::canonicalize(ca.cert_path())
-        .with_context(|| format!("{}", ca.cert_path().display()))?;
-    // Clients that replace their trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) need the
-    // system roots too, for hosts tunnelled blind.
-    let bundle = cert.with_file_name("ca-bundle.pem");
-    let mut pem = warden::tls::system_roots_pem();
-    pem.push_str(ca.cert_pem());
-    std::fs::write(&bundle, pem).with_context(|| format!("{}", bundle.display()))?;
-    let proxy = proxy_url(snap.proxy_listen);
-    println!("# warden CA certificate: {}", cert.display());
-    println!("# ca-bundle.pem holds the system roots plus warden's CA.");
-    println!("export SSL_CERT_FILE={}", bundle.display());
-    println!("export REQUESTS_CA_BUNDLE={}", bundle.display());
-    println!("export NODE_EXTRA_CA_CERTS={}", cert.display());
-    println!("export HTTPS_PROXY={proxy}");
-    println!("export HTTP_PROXY={proxy}");
-    Ok(())
+fn ca(path: &Path, java_truststore: Option<&Path>, password: &str) -> anyhow::Result<()> {
+    if let Some(file) = java_truststore {
+        let cfg = Config::load(path)?;
+        let snap = cfg.compile(CompileOptions { create_ca: true })?;
+        let roots = warden::tls::system_roots_pem();
+        warden::client_env::write_java_truststore(snap.tls.ca.cert_pem(), &roots, file, password)?;
+        println!("# Java truststore (PKCS12): {}", file.display());
+    }
+    env(path, &EnvRequest::default(), Shell::Sh)
 }
 
-fn proxy_url(listen: SocketAddr) -> String {
-    let ip = match listen.ip() {
-        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, listen.port()))
+fn env(path: &Path, request: &EnvRequest, shell: Shell) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let snap = cfg.compile(CompileOptions { create_ca: true })?;
+    let files =
+        warden::client_env::write_ca_files(&snap, warden::client_env::DEFAULT_TRUSTSTORE_PASSWORD)?;
+    let vars = warden::client_env::client_env(&cfg, &snap, &files, request)?;
+    print!("{}", vars.render(shell));
+    Ok(())
 }
 
 fn run(path: &Path, watch: bool) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! Integration tests over real sockets: warden in-process on 127.0.0.1:0, real origins, real
-//! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl, and Python clients from a venv).
+//! clients (reqwest, raw TCP/TLS, tokio-tungstenite, curl, git, Node, Java, and Python clients
+//! from a venv).
 
 mod admin;
 mod auth;
@@ -13,6 +14,7 @@ mod common;
 mod correlation;
 mod credentials;
 mod deploy;
+mod env;
 mod errors;
 mod framing;
 mod hardening;
