@@ -25,6 +25,7 @@ mod llm;
 mod logs;
 mod mcp;
 mod metrics;
+mod parent;
 mod paths;
 mod plain;
 mod policy;
