@@ -19,7 +19,7 @@
 //! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`] (read through [`refresh`] for `process`/`oauth2`), [`correlation`]), then [`budget`] (`requests_per_second`), [`aws`] (the credentials endpoint before admission; role credentials for re-signed hosts after it) |
 //! | `request_filter` on an LLM API call | [`llm`] (model check; the exchange runs in `proxy::llm`), [`budget`] (before the upstream call, and the tokens after) |
 //! | `request_filter` on an MCP endpoint | [`mcp`] (the body's calls checked, headers against body; the exchange runs in `proxy::mcp`, filtering `tools/list` results) |
-//! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust) |
+//! | `upstream_peer`          | [`policy`] (resolve through the [`runtime`] DNS cache, SSRF guard), [`tls`] (trust), [`parent`] (through `upstream_proxy`: the parent dialled, the origin asked for with `CONNECT`) |
 //! | `request_filter`         | [`admission`] (`admit_request` → a `RequestPlan`: [`target`] or [`relay`] (`/relay/{name}/…`), [`auth`], the client's [`profile`], [`policy`], [`credentials`], [`substitution`] (read through [`refresh`] for `process`/`oauth2`), [`correlation`]), then [`budget`] (`requests_per_second`), [`aws`] (the credentials endpoint before admission; role credentials for re-signed hosts after it) |
 //! | `response_filter`, `response_body_filter` | [`scrub`] (echoed secrets masked), [`transform`], [`llm`] (WebSocket events) |
 //! | `fail_to_proxy`          | [`reason`] (one error → reason map), [`refusal`] (the response) |
@@ -45,6 +45,7 @@ pub mod grpc;
 pub mod headers;
 pub mod llm;
 pub mod mcp;
+pub mod parent;
 pub mod policy;
 pub mod profile;
 pub mod proxy;

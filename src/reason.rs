@@ -59,6 +59,12 @@ pub enum Reason {
     UpstreamConnectFailed,
     /// The upstream did not accept the connection within `limits.upstream_connect_timeout`.
     UpstreamConnectTimeout,
+    /// The parent proxy (`upstream_proxy.url`) refused the connection or did not accept it in
+    /// time.
+    ParentUnreachable,
+    /// The parent proxy answered warden's `CONNECT` with 403 or 407: it refuses the
+    /// destination, or `upstream_proxy.auth` is missing or wrong.
+    ParentRefused,
     /// The upstream's certificate did not verify, or its TLS handshake failed.
     UpstreamTlsError,
     /// The upstream accepted but sent nothing within `limits.upstream_first_byte_timeout`.
@@ -124,7 +130,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 51] = [
+    pub const ALL: [Reason; 53] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
@@ -148,6 +154,8 @@ impl Reason {
         Reason::DnsError,
         Reason::UpstreamConnectFailed,
         Reason::UpstreamConnectTimeout,
+        Reason::ParentUnreachable,
+        Reason::ParentRefused,
         Reason::UpstreamTlsError,
         Reason::UpstreamTimeout,
         Reason::UpstreamError,
@@ -359,6 +367,20 @@ impl Reason {
                 "connection_timeout",
                 "the destination did not accept the connection in time",
                 "the destination may be down or unreachable; retry later",
+            ),
+            ParentUnreachable => (
+                502,
+                "parent_proxy_unreachable",
+                "connection_refused",
+                "warden could not connect to its parent proxy",
+                "the operator must check upstream_proxy.url and that the parent proxy is up; retry later",
+            ),
+            ParentRefused => (
+                502,
+                "parent_proxy_refused",
+                "connection_refused",
+                "warden's parent proxy refused to open a tunnel to the destination",
+                "the parent proxy denies this destination or warden's upstream_proxy.auth; retrying will not help — ask the operator",
             ),
             UpstreamTlsError => (
                 502,
@@ -588,6 +610,9 @@ impl Reason {
 /// could not be made; otherwise the side the error came from and its type decide.
 pub fn reason_for(e: &Error) -> Reason {
     use ErrorType::*;
+    if let Some(parent) = e.root_cause().downcast_ref::<crate::parent::ParentError>() {
+        return parent.reason();
+    }
     if out_of_fds(e) {
         // Creating the upstream socket failed: Pingora calls it internal, but to the client it
         // is a connect that could not be made.

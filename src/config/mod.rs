@@ -81,6 +81,9 @@ pub struct FileConfig {
     /// The AWS role agents get credentials of, and the hosts whose requests are re-signed.
     #[serde(default)]
     pub aws: Option<crate::aws::AwsConfig>,
+    /// A parent proxy upstream connections go through.
+    #[serde(default)]
+    pub upstream_proxy: Option<crate::parent::UpstreamProxyConfig>,
 }
 
 fn default_version() -> u32 {
@@ -291,6 +294,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// `relays`, compiled.
     pub relays: crate::relay::Relays,
+    /// `upstream_proxy`, compiled: the parent proxy, if any.
+    pub upstream_proxy: Option<Arc<crate::parent::Parent>>,
 }
 
 impl Snapshot {
@@ -530,6 +535,16 @@ impl Config {
             })
             .unwrap_or_default();
         let relays = keep(crate::relay::compile(&f.relays, "relays"), &mut errors);
+        let upstream_proxy = match &f.upstream_proxy {
+            None => None,
+            Some(c) => match c.compile(&self.base_dir) {
+                Ok(parent) => Some(Arc::new(parent)),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+        };
         let (profile, profile_errors) =
             crate::profile::compile_lenient(&self.sections(), None, "", &self.base_dir);
         errors.extend(profile_errors);
@@ -596,6 +611,7 @@ impl Config {
             log_files,
             limits: f.limits.clone(),
             relays,
+            upstream_proxy,
         })
     }
 

@@ -330,6 +330,48 @@ impl NetworkPolicy {
         self.pick_checked(&answers, own)
     }
 
+    /// The destination check when a parent proxy carries the connection: warden resolves
+    /// nothing for `dest` (the parent does), but a literal address is still checked like a
+    /// resolved one — it is all warden can see of where the connection ends.
+    pub fn check_through_parent(&self, dest: &Authority, own: &[SocketAddr]) -> Result<(), Reason> {
+        match dest.host {
+            Host::Name(_) => Ok(()),
+            Host::Ip(ip) => self
+                .pick_checked(&[SocketAddr::new(ip, dest.port)], own)
+                .map(|_| ()),
+        }
+    }
+
+    /// Resolves the parent proxy `parent` once (through `network.resolve`, then DNS) and
+    /// returns the one address to dial. The operator named it, so any unicast address may be
+    /// dialled (a corporate proxy is usually private); warden's own listeners are
+    /// [`Reason::LoopDetected`], unspecified and multicast answers are skipped. Nothing left:
+    /// [`Reason::ParentUnreachable`].
+    pub async fn resolve_parent(
+        &self,
+        dns: &DnsCache,
+        parent: &Authority,
+        timeout: Duration,
+        own: &[SocketAddr],
+    ) -> Result<SocketAddr, Reason> {
+        let answers = self
+            .resolver
+            .resolve_all(dns, parent, timeout)
+            .await
+            .map_err(|_| Reason::ParentUnreachable)?;
+        let mut refused = Reason::ParentUnreachable;
+        for &addr in &answers {
+            if is_own(addr, own) {
+                refused = Reason::LoopDetected;
+                continue;
+            }
+            if !addr.ip().is_unspecified() && !addr.ip().is_multicast() {
+                return Ok(addr);
+            }
+        }
+        Err(refused)
+    }
+
     /// The first of `answers` that may be dialled (see [`Self::resolve_checked`]).
     pub fn pick_checked(
         &self,

@@ -58,6 +58,9 @@ pub(super) struct Flow {
     pub(super) retry_after: Option<u64>,
     /// A request to re-sign, with the role credentials it gets (`aws.resign`).
     pub(super) aws: Option<Box<(crate::aws::resign::Shape, crate::aws::sts::RoleCredentials)>>,
+    /// A plain request sent to the parent proxy: in absolute form, with this
+    /// `Proxy-Authorization` (sensitive) when `upstream_proxy.auth` is set.
+    pub(super) via_parent: Option<Option<http::HeaderValue>>,
 }
 
 /// What the session says about a finished exchange, for the last fields of the line.
@@ -93,6 +96,7 @@ impl RequestCtx {
                 grpc: false,
                 retry_after: None,
                 aws: None,
+                via_parent: None,
             },
         }
     }

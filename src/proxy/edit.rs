@@ -163,22 +163,94 @@ pub(super) async fn dial(
     snap: &Snapshot,
     plan: &RequestPlan,
     upgrade: bool,
-) -> Result<Box<HttpPeer>, (Reason, Box<Error>)> {
+) -> Result<Dialled, (Reason, Box<Error>)> {
     let dest = &plan.target.authority;
-    let resolved = plan
-        .profile
-        .network
-        .resolve_checked(
-            &shared.runtime.dns,
-            dest,
-            snap.limits.upstream_connect_timeout,
-            &shared.own_addrs,
-        )
+    let network = &plan.profile.network;
+    let timeout = snap.limits.upstream_connect_timeout;
+    let own = &shared.own_addrs;
+    if let Some(parent) = snap.upstream_proxy.as_ref().filter(|p| p.carries(dest)) {
+        let through = async {
+            network.check_through_parent(dest, own)?;
+            let addr = network
+                .resolve_parent(&shared.runtime.dns, &parent.authority, timeout, own)
+                .await?;
+            let auth = parent.authorization(&shared.runtime.sources).await?;
+            Ok(chained_peer(addr, auth, &plan.target, snap, upgrade))
+        };
+        return through
+            .await
+            .map_err(|reason| (reason, unresolved(reason, dest)));
+    }
+    let resolved = network
+        .resolve_checked(&shared.runtime.dns, dest, timeout, own)
         .await;
     match resolved {
-        Ok(addr) => Ok(peer(addr, &plan.target, snap, upgrade)),
+        Ok(addr) => Ok(Dialled {
+            peer: peer(addr, &plan.target, snap, upgrade),
+            via_parent: None,
+        }),
         Err(reason) => Err((reason, unresolved(reason, dest))),
     }
+}
+
+/// The peer `upstream_peer` returns, and how the request head must travel.
+pub(super) struct Dialled {
+    /// The peer to connect to (or reuse a pooled connection of).
+    pub peer: Box<HttpPeer>,
+    /// A plain request to the parent proxy: absolute form, with this `Proxy-Authorization`.
+    pub via_parent: Option<Option<HeaderValue>>,
+}
+
+/// The peer for `target` through the parent at `parent`. HTTPS and upgrades ride a `CONNECT`
+/// tunnel (TLS, SNI and verification for the origin's name, inside it); a plain request goes
+/// to the parent itself, in absolute form. Pooled apart per origin and from direct peers.
+fn chained_peer(
+    parent: SocketAddr,
+    auth: Option<HeaderValue>,
+    target: &Target,
+    snap: &Snapshot,
+    upgrade: bool,
+) -> Dialled {
+    let mut p = peer(parent, target, snap, upgrade);
+    let tunnelled = target.scheme == Scheme::Https || upgrade;
+    p.group_key = super::chained::pool_group(&target.authority, tunnelled, upgrade);
+    let (tunnel_to, via_parent) = if tunnelled {
+        (Some(target.authority.clone()), None)
+    } else {
+        (None, Some(auth.clone()))
+    };
+    p.options.custom_l4 = Some(Arc::new(super::chained::ParentConnect {
+        tunnel_to,
+        auth: if tunnelled { auth } else { None },
+        timeout: snap.limits.upstream_connect_timeout,
+        upgrade,
+    }));
+    Dialled {
+        peer: p,
+        via_parent,
+    }
+}
+
+/// The request head as the parent proxy takes a plain request: the target in absolute form
+/// (`http://host:port/path`) and warden's `Proxy-Authorization` for it (the agent's was
+/// removed with the other `Proxy-*` headers).
+pub(super) fn to_parent(
+    upstream: &mut RequestHeader,
+    dest: &crate::target::Authority,
+    auth: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut target = format!("http://{dest}").into_bytes();
+    let path = upstream.raw_path();
+    if !path.starts_with(b"/") {
+        target.push(b'/');
+    }
+    target.extend_from_slice(path);
+    upstream.set_raw_path(&target)?;
+    upstream.remove_header(&header::PROXY_AUTHORIZATION);
+    if let Some(v) = auth {
+        upstream.insert_header(header::PROXY_AUTHORIZATION, v.clone())?;
+    }
+    Ok(())
 }
 
 /// Whether the request is an upgrade warden honours: HTTP/1.1 with `Upgrade: websocket`, the

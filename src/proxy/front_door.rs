@@ -287,7 +287,7 @@ impl FrontDoor {
                 &dest,
                 &snap,
                 network,
-                (&self.shared.runtime.dns, own),
+                (&self.shared.runtime, own),
                 &mut line,
             );
             let spliced = until_revoked(revoked.as_ref(), spliced).await;

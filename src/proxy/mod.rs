@@ -6,6 +6,7 @@
 mod aws;
 mod budget;
 mod buffered;
+mod chained;
 mod ctx;
 mod edit;
 mod front_door;

@@ -5,6 +5,7 @@
 use crate::config::Snapshot;
 use crate::policy::{DnsCache, NetworkPolicy};
 use crate::reason::Reason;
+use crate::runtime::Runtime;
 use crate::target::Authority;
 use crate::telemetry::CanonicalLog;
 use bytes::{Bytes, BytesMut};
@@ -30,25 +31,35 @@ pub(super) async fn blind(
     dest: &Authority,
     snap: &Snapshot,
     network: &NetworkPolicy,
-    (dns, own): (&DnsCache, &[SocketAddr]),
+    (runtime, own): (&Runtime, &[SocketAddr]),
     line: &mut CanonicalLog,
 ) -> Result<(), Reason> {
     let limits = &snap.limits;
-    // Resolve once, check every answer, dial exactly the address that passed.
-    let addr = network
-        .resolve_checked(dns, dest, limits.upstream_connect_timeout, own)
-        .await?;
-    let upstream =
-        match tokio::time::timeout(limits.upstream_connect_timeout, TcpStream::connect(addr)).await
-        {
-            Err(_) => return Err(Reason::UpstreamConnectTimeout),
-            Ok(Err(_)) => return Err(Reason::UpstreamConnectFailed),
-            Ok(Ok(s)) => s,
-        };
-    // Small TLS records must not wait for delayed ACKs.
-    let _ = upstream.set_nodelay(true);
+    let timeout = limits.upstream_connect_timeout;
+    let (upstream, early) = match snap.upstream_proxy.as_ref().filter(|p| p.carries(dest)) {
+        Some(parent) => {
+            // The parent resolves the destination: warden checks what it can see of it, and
+            // dials the parent's checked address.
+            network.check_through_parent(dest, own)?;
+            let addr = network
+                .resolve_parent(&runtime.dns, &parent.authority, timeout, own)
+                .await?;
+            let auth = parent.authorization(&runtime.sources).await?;
+            super::chained::open(addr, dest, auth.as_ref(), timeout)
+                .await
+                .map_err(|e| e.reason())?
+        }
+        None => (
+            direct(network, &runtime.dns, dest, timeout, own).await?,
+            Bytes::new(),
+        ),
+    };
     line.status = Some(200);
     if !answered && established(client).await.is_err() {
+        line.reason = Some(Reason::ClientError.code());
+        return Ok(());
+    }
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
         line.reason = Some(Reason::ClientError.code());
         return Ok(());
     }
@@ -58,6 +69,25 @@ pub(super) async fn blind(
     line.bytes_out = spliced.to_client;
     line.reason = spliced.ended_by.map(Reason::code);
     Ok(())
+}
+
+/// Resolves `dest` once, checks every answer, and dials exactly the address that passed.
+async fn direct(
+    network: &NetworkPolicy,
+    dns: &DnsCache,
+    dest: &Authority,
+    timeout: Duration,
+    own: &[SocketAddr],
+) -> Result<TcpStream, Reason> {
+    let addr = network.resolve_checked(dns, dest, timeout, own).await?;
+    let upstream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(Reason::UpstreamConnectTimeout),
+        Ok(Err(_)) => return Err(Reason::UpstreamConnectFailed),
+        Ok(Ok(s)) => s,
+    };
+    // Small TLS records must not wait for delayed ACKs.
+    let _ = upstream.set_nodelay(true);
+    Ok(upstream)
 }
 
 /// Most bytes moved per read. A direction holds a buffer only while bytes flow: it takes one

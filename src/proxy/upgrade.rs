@@ -51,12 +51,17 @@ impl L4Connect for UpgradeConnect {
         };
         tcp.set_nodelay(true)
             .or_err(ErrorType::ConnectError, "setting TCP_NODELAY")?;
-        let socket = YieldAfterWrite {
-            inner: tcp,
-            wrote: false,
-        };
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
+        Ok(yielding(tcp))
     }
+}
+
+/// `tcp` as a stream whose reads after a write yield once (see the module docs).
+pub(super) fn yielding(tcp: TcpStream) -> Stream {
+    let socket = YieldAfterWrite {
+        inner: tcp,
+        wrote: false,
+    };
+    Stream::from(VirtualSocketStream::new(Box::new(socket)))
 }
 
 /// A TCP stream whose first read after any write returns `Pending` once (having woken itself),

@@ -136,10 +136,16 @@ impl ProxyHttp for Warden {
     ) -> Result<Box<HttpPeer>> {
         let upgrade = edit::upgrade(session);
         let dialled = edit::dial(&self.shared, &ctx.snap, ctx.plan()?, upgrade).await;
-        dialled.map_err(|(reason, e)| {
-            ctx.reason = Some(reason);
-            e
-        })
+        match dialled {
+            Ok(d) => {
+                ctx.flow.via_parent = d.via_parent;
+                Ok(d.peer)
+            }
+            Err((reason, e)) => {
+                ctx.reason = Some(reason);
+                Err(e)
+            }
+        }
     }
 
     async fn upstream_request_filter(
@@ -160,6 +166,10 @@ impl ProxyHttp for Warden {
             .map_err(|e| Error::because(ErrorType::InternalError, "upstream head", e))?;
         edit::apply(upstream, edits.ops)?;
         self.aws_sign(upstream, ctx)?;
+        if let Some(auth) = &ctx.flow.via_parent {
+            let dest = &ctx.plan()?.target.authority;
+            edit::to_parent(upstream, dest, auth.as_ref())?;
+        }
         ctx.flow.body_replacer = edits.body;
         if edits.injects {
             self.shared.metrics.injected(ctx.injected());
@@ -174,6 +184,14 @@ impl ProxyHttp for Warden {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         edit::within_head_limit(ctx, upstream_response)?;
+        if ctx.flow.via_parent.is_some() && upstream_response.status == 407 {
+            // The parent's own challenge, not the origin's: the agent must not read it as
+            // warden asking for its credentials.
+            let dest = ctx.plan()?.target.authority.to_string();
+            log::warn!("upstream_proxy refused {dest} with 407: upstream_proxy.auth is missing or not accepted");
+            ctx.reason = Some(Reason::ParentRefused);
+            return Error::e_explain(ErrorType::HTTPStatus(407), "the parent proxy answered 407");
+        }
         if let Some(plan) = ctx.plan.as_ref() {
             plan.upstream_answered(upstream_response.status.as_u16(), &self.shared.runtime);
         }

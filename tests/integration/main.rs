@@ -28,6 +28,7 @@ mod log_files;
 mod logs;
 mod mcp;
 mod metrics;
+mod parent;
 mod paths;
 mod plain;
 mod policy;
