@@ -12,6 +12,7 @@
 //! | phase / place            | stage                                    |
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
+//! | front door (first bytes) | [`proxy_protocol`] (`proxy.proxy_protocol`: the client address from a load balancer's header) |
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
 //! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
 //! | `new_ctx`                | [`config`] (one snapshot per request)    |
@@ -45,6 +46,7 @@ pub mod mcp;
 pub mod policy;
 pub mod profile;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reason;
 pub mod refresh;
 pub mod refusal;
