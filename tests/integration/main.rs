@@ -28,6 +28,7 @@ mod metrics;
 mod paths;
 mod plain;
 mod policy;
+mod proxy_protocol;
 mod relays;
 mod reload;
 mod sources;
