@@ -12,6 +12,7 @@
 //! | phase / place            | stage                                    |
 //! |--------------------------|------------------------------------------|
 //! | accept, drain            | [`server`]                               |
+//! | front door (first bytes) | [`proxy_protocol`] (`proxy.proxy_protocol`: the client address from a load balancer's header) |
 //! | SIGHUP                   | [`reload`] (compile, swap the snapshot; [`runtime`] stays) |
 //! | SIGUSR1                  | [`telemetry`] (`reopen_log_files`: `log.file`, `log.access_file`) |
 //! | front door (CONNECT)     | [`target`], [`admission`] (`admit_connect`), [`budget`] (`requests_per_second`), [`tls`] (leaves from [`runtime`]) |
@@ -49,6 +50,7 @@ pub mod parent;
 pub mod policy;
 pub mod profile;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reason;
 pub mod refresh;
 pub mod refusal;

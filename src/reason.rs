@@ -124,6 +124,12 @@ pub enum Reason {
     /// A request to an `aws.resign` host carries a payload warden cannot re-sign (chunk
     /// signatures chained from the seed, or a body without `x-amz-content-sha256`).
     AwsPayloadUnsupported,
+    /// `proxy.proxy_protocol: required` and the connection did not start with a PROXY
+    /// protocol header: closed without an answer.
+    ProxyProtocolMissing,
+    /// A PROXY protocol header that cannot be parsed, is cut short or is over its size
+    /// bound: closed without an answer.
+    ProxyProtocolInvalid,
     /// A bug or resource failure inside warden.
     Internal,
 }
@@ -183,6 +189,8 @@ impl Reason {
         Reason::AwsNotConfigured,
         Reason::AwsUnsigned,
         Reason::AwsPayloadUnsupported,
+        Reason::ProxyProtocolMissing,
+        Reason::ProxyProtocolInvalid,
         Reason::Internal,
     ];
 }
@@ -402,6 +410,20 @@ impl Reason {
                 "http_protocol_error",
                 "the destination closed the connection or sent an invalid response",
                 "retry later",
+            ),
+            ProxyProtocolMissing => (
+                400,
+                "proxy_protocol_missing",
+                "http_request_error",
+                "the connection did not start with a PROXY protocol header",
+                "connect through the load balancer; proxy.proxy_protocol is required",
+            ),
+            ProxyProtocolInvalid => (
+                400,
+                "proxy_protocol_invalid",
+                "http_request_error",
+                "the PROXY protocol header is malformed, cut short or too large",
+                "send one PROXY protocol v1 or v2 header (the load balancer's send-proxy)",
             ),
             ClientNotTls => (
                 400,

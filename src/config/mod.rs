@@ -106,6 +106,9 @@ pub struct ProxyConfig {
     /// `net.core.somaxconn`). Needs a restart to change.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Whether connections start with a PROXY protocol header (from an L4 load balancer).
+    #[serde(default)]
+    pub proxy_protocol: crate::proxy_protocol::Mode,
 }
 
 fn default_backlog() -> u32 {
@@ -266,6 +269,8 @@ pub struct Snapshot {
     pub proxy_listen: SocketAddr,
     /// The proxy listener's accept queue length (`proxy.backlog`).
     pub proxy_backlog: u32,
+    /// `proxy.proxy_protocol`: read per connection, so a reload applies to new ones.
+    pub proxy_protocol: crate::proxy_protocol::Mode,
     /// The admin listen address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// `admin.token`, read: the clients API is on (and proxy auth with it).
@@ -598,6 +603,7 @@ impl Config {
         Ok(Snapshot {
             proxy_listen: f.proxy.listen,
             proxy_backlog: f.proxy.backlog,
+            proxy_protocol: f.proxy.proxy_protocol,
             admin_listen: f.admin.listen,
             admin_token,
             metrics_token,
@@ -722,6 +728,12 @@ impl Config {
         };
         findings.notes.extend(self.relay_notes());
         findings.notes.extend(self.refreshing_notes());
+        if self.file.proxy.proxy_protocol == crate::proxy_protocol::Mode::Optional {
+            findings.notes.push(self.error(
+                "proxy.proxy_protocol",
+                "optional: anyone who can reach the proxy port can send a PROXY header and claim any client address (logs, metrics); behind a load balancer use required, and let only the balancer reach the port".to_string(),
+            ));
+        }
         let clients = self
             .file
             .proxy

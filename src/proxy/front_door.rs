@@ -1,5 +1,6 @@
-//! The front door: the first thing every client connection meets. It reads the first request
-//! head (bounded in size and time); anything but CONNECT is rewound and handed to the HTTP
+//! The front door: the first thing every client connection meets. It reads the PROXY
+//! protocol header a load balancer sends (`proxy.proxy_protocol`), then the first request
+//! head (both bounded in size and time); anything but CONNECT is rewound and handed to the HTTP
 //! engine running [`Warden`](super::Warden). A CONNECT is decided here — blind tunnel, or
 //! interception: `200`, TLS accept with a leaf for the CONNECT host, the tunnel identity bound
 //! to the connection, and the decrypted stream handed to the same HTTP engine.
@@ -12,6 +13,7 @@ use super::warden::Warden;
 use crate::admission::{admit_connect, ConnectAdmission, Refusal};
 use crate::budget::now_ms;
 use crate::config::Snapshot;
+use crate::proxy_protocol::{self, Mode};
 use crate::reason::Reason;
 use crate::refusal;
 use crate::state::Shared;
@@ -22,10 +24,11 @@ use bytes::{Bytes, BytesMut};
 use openssl::ssl::SslAcceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
-use pingora_core::protocols::{GetSocketDigest, Ssl, ALPN};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -77,19 +80,27 @@ impl FrontDoor {
     /// Serves one accepted client connection to its end.
     pub async fn serve(self: Arc<Self>, mut stream: L4Stream, shutdown: ShutdownWatch) {
         let snap = self.shared.snapshot.load_full();
+        let started = Instant::now();
+        // The header is the start of the first request head: one deadline covers both.
+        let deadline = started + snap.limits.request_header_timeout;
+        if let Err(refused) = proxy_header(&mut stream, snap.proxy_protocol, deadline).await {
+            if let Some((reason, detail)) = refused {
+                self.refuse_unframed(&stream, &snap, started, reason, detail);
+            }
+            return;
+        }
+        // From here on the socket digest names the client (the header's, when there was one):
+        // every log line, metric and request of this connection reads it from there.
         let event = Event {
-            started: Instant::now(),
-            client_addr: stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())),
+            started,
+            client_addr: client_addr(&stream),
             client: None,
         };
-        let started = event.started;
         let mut head = match read_head(
             &mut stream,
             BytesMut::new(),
             snap.limits.max_request_header_bytes,
-            Wait::Until(started + snap.limits.request_header_timeout),
+            Wait::Until(deadline),
         )
         .await
         {
@@ -403,6 +414,73 @@ impl FrontDoor {
     }
 }
 
+/// Why a connection was refused before its first request: `None` when it sent nothing
+/// (nobody to tell), else the reason and what was wrong.
+type Unframed = Option<(Reason, String)>;
+
+/// Reads the PROXY protocol header `mode` asks for, within `deadline` and at most
+/// [`proxy_protocol::MAX_HEADER_BYTES`]. Whatever was read past the header (or every byte
+/// read, when `optional` found none) is put back for the request reader. The header's client
+/// address replaces the peer's in the stream's socket digest, the one place the rest of the
+/// connection reads it from; a header naming no client (v2 `LOCAL`, `UNKNOWN`, Unix or
+/// unspecified families) leaves the TCP peer there.
+async fn proxy_header(
+    stream: &mut L4Stream,
+    mode: Mode,
+    deadline: Instant,
+) -> Result<(), Unframed> {
+    use proxy_protocol::{step, Step, MAX_HEADER_BYTES};
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    let invalid = |why: String| Err(Some((Reason::ProxyProtocolInvalid, why)));
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        match step(&buf) {
+            Step::NeedMore => {}
+            Step::Absent if mode == Mode::Required => {
+                let why = "the connection did not start with a PROXY protocol header".into();
+                return Err(Some((Reason::ProxyProtocolMissing, why)));
+            }
+            Step::Absent => {
+                stream.rewind(&buf);
+                return Ok(());
+            }
+            Step::Header { len, source } => {
+                if let Some(source) = source {
+                    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+                    // A new digest's cells are empty: this cannot fail.
+                    let _ = digest.peer_addr.set(Some(source.into()));
+                    stream.set_socket_digest(digest);
+                }
+                stream.rewind(&buf[len..]);
+                return Ok(());
+            }
+            Step::TooLarge => {
+                return invalid(format!("PROXY header over {MAX_HEADER_BYTES} bytes"));
+            }
+            Step::Invalid(why) => return invalid(why),
+        }
+        // A header still incomplete at the bound is over it (a v1 one is refused earlier).
+        let room = MAX_HEADER_BYTES.saturating_sub(buf.len()).min(chunk.len());
+        if room == 0 {
+            return invalid(format!("PROXY header over {MAX_HEADER_BYTES} bytes"));
+        }
+        let read = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk[..room]));
+        match read.await {
+            Err(_) if buf.is_empty() => return Err(None),
+            Err(_) => {
+                let why = "PROXY header incomplete at limits.request_header_timeout".into();
+                return Err(Some((Reason::RequestHeaderTimeout, why)));
+            }
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Err(None),
+            Ok(Ok(0)) | Ok(Err(_)) => return invalid("closed mid-header".into()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Runs `fut` until it ends, or until `revoked` is cancelled (`None`: it was dropped, which
 /// closes whatever connection it served).
 async fn until_revoked<F: std::future::Future>(
@@ -436,6 +514,12 @@ async fn client_gone(stream: &mut L4Stream, rest: &mut Bytes) -> bool {
     }
 }
 
+/// The connection's client address, as its socket digest holds it.
+fn client_addr(stream: &L4Stream) -> Option<SocketAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr()?.as_inet().copied()
+}
+
 fn fill_connect(line: &mut CanonicalLog, dest: &Authority) {
     line.method = Some("CONNECT".into());
     line.scheme = Some("https");
@@ -444,6 +528,27 @@ fn fill_connect(line: &mut CanonicalLog, dest: &Authority) {
 }
 
 impl FrontDoor {
+    /// Logs and counts a connection refused before its first request (a PROXY header
+    /// missing, broken or late), which is closed without an answer: whoever sent it does
+    /// not speak the protocol a reply would be in.
+    fn refuse_unframed(
+        &self,
+        stream: &L4Stream,
+        snap: &Snapshot,
+        started: Instant,
+        reason: Reason,
+        detail: String,
+    ) {
+        self.shared.metrics.refused(reason);
+        let mut line = CanonicalLog::new(Kind::Plain);
+        line.client_addr = client_addr(stream).map(|a| a.to_string());
+        line.request_id = Some(request_id_from(None));
+        line.reason = Some(reason.code());
+        line.error = Some(detail);
+        line.took(started.elapsed());
+        self.shared.metrics.record(line, snap.log);
+    }
+
     /// Answers a connection that never reaches the HTTP engine, logs it, and closes.
     async fn refuse(
         &self,

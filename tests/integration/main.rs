@@ -32,6 +32,7 @@ mod parent;
 mod paths;
 mod plain;
 mod policy;
+mod proxy_protocol;
 mod relays;
 mod reload;
 mod sources;
