@@ -136,7 +136,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason: the closed set the reason-code labels and bodies draw from.
-    pub const ALL: [Reason; 53] = [
+    pub const ALL: [Reason; 55] = [
         Reason::MalformedRequest,
         Reason::HeadersTooLarge,
         Reason::BadAuthority,
