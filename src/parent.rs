@@ -161,6 +161,13 @@ pub enum ParentError {
     Timeout(String),
 }
 
+/// The reason for a Pingora error whose root cause is a parent proxy's failure, if it is one.
+pub fn reason_of(e: &pingora_error::Error) -> Option<Reason> {
+    e.root_cause()
+        .downcast_ref::<ParentError>()
+        .map(ParentError::reason)
+}
+
 impl ParentError {
     /// The reason a client sees for this failure.
     pub fn reason(&self) -> Reason {

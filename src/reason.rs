@@ -632,9 +632,6 @@ impl Reason {
 /// could not be made; otherwise the side the error came from and its type decide.
 pub fn reason_for(e: &Error) -> Reason {
     use ErrorType::*;
-    if let Some(parent) = e.root_cause().downcast_ref::<crate::parent::ParentError>() {
-        return parent.reason();
-    }
     if out_of_fds(e) {
         // Creating the upstream socket failed: Pingora calls it internal, but to the client it
         // is a connect that could not be made.

@@ -189,9 +189,7 @@ impl RequestCtx {
     /// Notes a failure Pingora reports: its reason (unless warden decided one already), and
     /// the detail of running out of file descriptors. Returns the reason.
     pub(super) fn failed(&mut self, e: &Error, upgraded: bool) -> Reason {
-        let reason = *self
-            .reason
-            .get_or_insert_with(|| crate::reason::reason_in(e, upgraded));
+        let reason = *self.reason.get_or_insert_with(|| reason_of(e, upgraded));
         if crate::reason::out_of_fds(e) && self.line.error.is_none() {
             self.line.error = Some(format!("out of file descriptors: {}", e.root_cause()));
         }
@@ -243,8 +241,7 @@ impl RequestCtx {
         line.intercepted = self.tunnel.is_some();
         line.upgraded = d.upgraded;
         if let Some(e) = e {
-            self.reason
-                .get_or_insert_with(|| crate::reason::reason_in(e, d.upgraded));
+            self.reason.get_or_insert_with(|| reason_of(e, d.upgraded));
             // A detail warden noted first (a denial's tool) stays first: the failure after it
             // (the client gone as the error went out) only adds to it.
             let failure = crate::telemetry::error_text(e);
@@ -330,4 +327,9 @@ impl LlmCall {
         };
         line.llm_labels = Some((self.policy.model_label(self.model.as_deref()), outcome));
     }
+}
+
+/// The reason for a failure Pingora reports: a parent proxy's own, else the one its type gives.
+fn reason_of(e: &Error, upgraded: bool) -> Reason {
+    crate::parent::reason_of(e).unwrap_or_else(|| crate::reason::reason_in(e, upgraded))
 }

@@ -154,21 +154,12 @@ impl ProxyHttp for Warden {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let incoming = Incoming {
-            uri: &upstream.uri,
-            headers: &upstream.headers,
-            upgrade: edit::upgrade(session),
-            has_body: !session.is_body_empty(),
-            request_id: ctx.request_id(),
-            checks_frames: ctx.flow.ws_policy.is_some(),
-        };
-        let edits = upstream_edits(ctx.plan()?, incoming)
+        let edits = upstream_edits(ctx.plan()?, incoming(session, upstream, ctx))
             .map_err(|e| Error::because(ErrorType::InternalError, "upstream head", e))?;
         edit::apply(upstream, edits.ops)?;
         self.aws_sign(upstream, ctx)?;
         if let Some(auth) = &ctx.flow.via_parent {
-            let dest = &ctx.plan()?.target.authority;
-            edit::to_parent(upstream, dest, auth.as_ref())?;
+            edit::to_parent(upstream, &ctx.plan()?.target.authority, auth.as_ref())?;
         }
         ctx.flow.body_replacer = edits.body;
         if edits.injects {
@@ -330,5 +321,21 @@ impl ProxyHttp for Warden {
         };
         let line = ctx.finish(delivered, e);
         self.shared.metrics.record(line, ctx.snap.log);
+    }
+}
+
+/// What `upstream_request_filter` hands the header edits: the request as it will go upstream.
+fn incoming<'a>(
+    session: &mut Session,
+    upstream: &'a RequestHeader,
+    ctx: &'a RequestCtx,
+) -> Incoming<'a> {
+    Incoming {
+        uri: &upstream.uri,
+        headers: &upstream.headers,
+        upgrade: edit::upgrade(session),
+        has_body: !session.is_body_empty(),
+        request_id: ctx.request_id(),
+        checks_frames: ctx.flow.ws_policy.is_some(),
     }
 }
