@@ -1292,3 +1292,22 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
+
+/// `warden check -c FILE` on `yaml`, written to a file of its own in a fresh folder (relative
+/// paths in it resolve there): the exit code, and standard output and error together.
+pub fn check_config(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warden.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("the warden binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}

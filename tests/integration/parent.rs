@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use base64::Engine;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 const SQUID: &str = "/usr/sbin/squid";
@@ -490,7 +490,6 @@ async fn the_parents_secret_appears_in_no_line_metric_or_answer() {
 
 #[test]
 fn check_names_the_bad_upstream_proxy_keys() {
-    let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
             "upstream_proxy: { url: \"https://corp:3128\" }",
@@ -513,42 +512,19 @@ fn check_names_the_bad_upstream_proxy_keys() {
             "no_proxy",
         ),
     ];
-    for (i, (section, key)) in cases.iter().enumerate() {
-        let file: PathBuf = dir.path().join(format!("w{i}.yaml"));
-        std::fs::write(&file, format!("proxy:\n  listen: 127.0.0.1:0\n{section}\n")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(1), "{section}: {text}");
+    for (section, key) in cases {
+        let (code, text) = check_config(&format!("proxy:\n  listen: 127.0.0.1:0\n{section}\n"));
+        assert_eq!(code, Some(1), "{section}: {text}");
         assert!(text.contains(key), "{section}: {text}");
         assert!(
             !text.contains("pw-canary-9"),
             "the URL's password was echoed: {text}"
         );
     }
-    let ok = dir.path().join("ok.yaml");
-    std::fs::write(
-        &ok,
+    let (code, text) = check_config(
         "proxy:\n  listen: 127.0.0.1:0\nupstream_proxy: { url: \"http://corp-proxy\", auth: { type: env, var: PARENT_AUTH }, no_proxy: [\"*.internal.test\"] }\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["check", "-c"])
-        .arg(&ok)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(code, Some(0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,29 +373,10 @@ async fn a_v2_local_header_leaves_the_peer_as_the_client() {
 
 #[test]
 fn check_warns_that_optional_lets_anyone_claim_an_address() {
-    let dir = tempfile::tempdir().unwrap();
     let run = |mode: &str| {
-        let file = dir.path().join("w.yaml");
-        let ca = dir.path().join("ca");
-        std::fs::write(
-            &file,
-            format!(
-                "version: 1\nproxy:\n  listen: 127.0.0.1:0\n  proxy_protocol: {mode}\ntls:\n  ca_cert: {0}.crt\n  ca_key: {0}.key\n",
-                ca.display()
-            ),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        check_config(&format!(
+            "version: 1\nproxy:\n  listen: 127.0.0.1:0\n  proxy_protocol: {mode}\ntls:\n  ca_cert: ca.crt\n  ca_key: ca.key\n"
+        ))
     };
     let (code, out) = run("optional");
     assert_eq!(code, Some(0), "{out}");
