@@ -33,6 +33,7 @@ mod paths;
 mod plain;
 mod policy;
 mod proxy_protocol;
+mod quickstart;
 mod relays;
 mod reload;
 mod sources;

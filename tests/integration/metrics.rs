@@ -183,6 +183,7 @@ fn the_dashboard_reads_a_fleet_by_instance_and_keeps_its_panels_honest() {
         "process_resident_memory_bytes",
         "process_open_fds",
         "process_max_fds",
+        "warden_log_lines_dropped_total",
     ] {
         assert!(
             all.iter().any(|e| e.contains(metric)),

@@ -556,3 +556,95 @@ async fn a_pooled_direct_connection_is_not_reused_once_a_parent_carries_the_orig
         .wait_access(&format!("CONNECT origin.test:{port}"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_websocket_upgrade_rides_the_parents_connect_and_echoes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let squid = Squid::start(true).await;
+    let origin = WsOrigin::start(false).await;
+    let port = origin.addr.port();
+    let w = TestWarden::with("all", &parent_yaml(&squid.url(), true, "")).await;
+    // ws:// in absolute form, the agent's own login for warden on it: Squid would refuse bob.
+    let authority = format!("ws.test:{port}");
+    let mut ws = crate::websocket::plain_ws_with(
+        &w,
+        &authority,
+        "parent-ws",
+        "Proxy-Authorization: Basic Ym9iOndyb25n\r\n",
+    )
+    .await;
+    for msg in [
+        Message::text("through the parent"),
+        Message::binary(vec![5u8; 70_000]),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("echo arrived")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, msg);
+    }
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let line = log_for("parent-ws").await;
+    assert_eq!(line["kind"], "websocket", "{line}");
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["upgraded"], true, "{line}");
+    // An upgrade is not a plain request: it rides a CONNECT, as warden, never in absolute form.
+    let connect = squid.wait_access(&format!("CONNECT ws.test:{port}")).await;
+    assert!(connect.contains(" alice "), "{connect}");
+    assert!(!squid.access_log().contains("GET http://ws.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_reach_their_targets_through_the_parent() {
+    let squid = Squid::start(false).await;
+    let tls_origin = Origin::https().await;
+    let http_origin = Origin::http().await;
+    let (tls_port, http_port) = (tls_origin.port(), http_origin.port());
+    let relays = format!(
+        "relays:\n  - {{ name: secure, target: \"https://origin.test:{tls_port}/base\" }}\n  - {{ name: plain, target: \"http://a.test:{http_port}/api\" }}\n"
+    );
+    // Squid logs a tunnel when it closes: the pooled connection is let go after 1s idle.
+    let extra = format!(
+        "limits:\n  idle_timeout: 1s\n{relays}{}",
+        parent_yaml(&squid.url(), false, "")
+    );
+    let w = TestWarden::with("auto", &extra).await;
+    // The agent speaks to warden directly, as a NO_PROXY client does.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    for (name, path) in [
+        ("secure", "/relay/secure/x?q=1"),
+        ("plain", "/relay/plain/y?q=2"),
+    ] {
+        let r = client
+            .get(format!("http://{}{path}", w.addr))
+            .header("x-request-id", format!("parent-relay-{name}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let line = log_for(&format!("parent-relay-{name}")).await;
+        assert_eq!(line["kind"], "relay", "{line}");
+        assert_eq!(line["relay"], name, "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+    }
+    assert_eq!(tls_origin.seen()[0].uri, "/base/x?q=1");
+    assert_eq!(http_origin.seen()[0].uri, "/api/y?q=2");
+    // The HTTPS target through a CONNECT (logged when the tunnel closes), the plain one in
+    // absolute form.
+    squid
+        .wait_access(&format!("GET http://a.test:{http_port}/api/y?q=2"))
+        .await;
+    drop(client);
+    drop(w);
+    squid
+        .wait_access(&format!("CONNECT origin.test:{tls_port}"))
+        .await;
+}

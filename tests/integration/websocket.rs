@@ -56,7 +56,7 @@ async fn websocket_echo_through_an_intercepted_tunnel() {
 }
 
 /// Opens a WebSocket with an absolute-form upgrade request to the proxy.
-async fn plain_ws(
+pub(crate) async fn plain_ws(
     w: &TestWarden,
     authority: &str,
     id: &str,
@@ -65,7 +65,7 @@ async fn plain_ws(
 }
 
 /// [`plain_ws`] with extra header lines (each ending in CRLF) on the upgrade request.
-async fn plain_ws_with(
+pub(crate) async fn plain_ws_with(
     w: &TestWarden,
     authority: &str,
     id: &str,
