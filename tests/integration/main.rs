@@ -40,4 +40,5 @@ mod sources;
 mod substitutions;
 mod transforms;
 mod tunnel;
+mod upstream_syscalls;
 mod websocket;

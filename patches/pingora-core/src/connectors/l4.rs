@@ -19,7 +19,7 @@ use crate::protocols::l4::ext::{
     set_tcp_fastopen_connect, ConnectAttempt, ConnectErrorDetails,
 };
 use crate::protocols::l4::socket::SocketAddr;
-use crate::protocols::l4::stream::Stream;
+use crate::protocols::l4::stream::{L4BufferSettings, Stream, DEFAULT_L4_READ_BUFFER_SIZE};
 use crate::protocols::{GetSocketDigest, SocketDigest};
 use crate::upstreams::peer::Peer;
 use async_trait::async_trait;
@@ -229,6 +229,10 @@ where
         stream.set_keepalive(ka)?;
     }
     stream.set_nodelay()?;
+    // warden patch: read through a buffer the size of the listeners' (64 KiB), so a TLS
+    // record (its 5-byte header, then its body) costs one receive instead of two, and a
+    // large body several records a receive. Writes stay unbuffered, as before.
+    stream.set_buffer(L4BufferSettings::new(DEFAULT_L4_READ_BUFFER_SIZE, 0));
 
     #[cfg(unix)]
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
