@@ -14,8 +14,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The line tables go to a file of their own (kept in this stage, /usr/local/lib/debug), so
+# the binary in the image is about a third of the size cargo leaves.
 RUN cargo build --release --locked --bin warden \
- && install -m 0755 target/release/warden /usr/local/bin/warden
+ && install -d /usr/local/lib/debug \
+ && objcopy --only-keep-debug target/release/warden /usr/local/lib/debug/warden.debug \
+ && objcopy --strip-debug --add-gnu-debuglink=/usr/local/lib/debug/warden.debug \
+      target/release/warden /usr/local/bin/warden
 
 FROM debian:bookworm-slim
 RUN apt-get update \

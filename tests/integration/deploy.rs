@@ -325,6 +325,12 @@ fn the_dockerfile_builds_locked_in_stages_and_runs_unprivileged_with_a_healthche
             .any(|(op, a)| op == "RUN" && a.contains("cargo build --release --locked")),
         "the build uses Cargo.lock as it is: {build:?}"
     );
+    assert!(
+        build.iter().any(|(op, a)| op == "RUN"
+            && a.contains("objcopy --only-keep-debug")
+            && a.contains("objcopy --strip-debug --add-gnu-debuglink")),
+        "the image's binary leaves its line tables in a file of their own: {build:?}"
+    );
     let runtime = &all[froms[froms.len() - 1]..];
     assert!(
         runtime[0].1.contains("-slim"),
