@@ -224,6 +224,8 @@ impl Replacer {
 
     /// `value` with every needle replaced; `None` when none occurs.
     pub fn replace_value(&self, value: &[u8]) -> Option<Vec<u8>> {
+        // Most values hold no needle: answer those without building a copy.
+        self.set.find_from(value, 0)?;
         let (out, found) = match self.set.mode {
             Mode::Substitute => {
                 let (out, found, _) = self.set.substitute(value, value.len());
