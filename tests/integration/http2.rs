@@ -33,8 +33,19 @@ async fn tunnel_alpn(
 ) -> (SslStream<TcpStream>, Option<Vec<u8>>) {
     let tcp = w.connect(authority).await;
     let sni = authority.split(':').next().unwrap();
+    tls_alpn(tcp, sni, &w.ca_pem, protos).await
+}
+
+/// TLS over an open tunnel `tcp`, offering ALPN `protos` (wire form) and trusting `ca_pem`;
+/// returns the stream and the protocol picked.
+pub(crate) async fn tls_alpn(
+    tcp: TcpStream,
+    sni: &str,
+    ca_pem: &str,
+    protos: &[u8],
+) -> (SslStream<TcpStream>, Option<Vec<u8>>) {
     let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-    for cert in openssl::x509::X509::stack_from_pem(w.ca_pem.as_bytes()).unwrap() {
+    for cert in openssl::x509::X509::stack_from_pem(ca_pem.as_bytes()).unwrap() {
         b.cert_store_mut().add_cert(cert).unwrap();
     }
     b.set_alpn_protos(protos).unwrap();
@@ -48,7 +59,7 @@ async fn tunnel_alpn(
     (s, picked)
 }
 
-const H2_H1: &[u8] = b"\x02h2\x08http/1.1";
+pub(crate) const H2_H1: &[u8] = b"\x02h2\x08http/1.1";
 
 /// An `h2` crate client on a new tunnel to `authority` (ALPN h2 asserted).
 async fn h2_client(w: &TestWarden, authority: &str) -> h2::client::SendRequest<Bytes> {
@@ -62,7 +73,7 @@ async fn h2_client(w: &TestWarden, authority: &str) -> h2::client::SendRequest<B
 }
 
 /// Sends `req` (with `body`) and reads the whole response.
-async fn exchange(
+pub(crate) async fn exchange(
     send: &mut h2::client::SendRequest<Bytes>,
     req: Request<()>,
     body: &[u8],

@@ -466,19 +466,23 @@ async fn the_parents_secret_appears_in_no_line_metric_or_answer() {
     answers.push(r.text().await.unwrap());
     wait_log(move |v| v["port"] == http_port).await;
     let metrics = w.scrape().await;
+    assert_no_parent_secret(&[
+        ("canonical lines", all_log_lines().join("\n")),
+        ("operational lines", all_ops_lines().join("\n")),
+        ("metrics", metrics),
+        ("answers", answers.join("\n")),
+    ]);
+}
+
+/// Asserts no `(what, text)` holds the parent's password, bare or Base64-encoded.
+fn assert_no_parent_secret(haystacks: &[(&str, String)]) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let forms = [
         CANARY.to_string(),
         b64.encode(format!("alice:{CANARY}")),
         b64.encode(CANARY),
     ];
-    let haystacks = [
-        ("canonical lines", all_log_lines().join("\n")),
-        ("operational lines", all_ops_lines().join("\n")),
-        ("metrics", metrics),
-        ("answers", answers.join("\n")),
-    ];
-    for (what, text) in &haystacks {
+    for (what, text) in haystacks {
         for form in &forms {
             assert!(
                 !text.contains(form.as_str()),
@@ -486,6 +490,67 @@ async fn the_parents_secret_appears_in_no_line_metric_or_answer() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parents_login_from_a_process_source_reaches_squid_and_no_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let squid = Squid::start(true).await;
+    let origin = Origin::https().await;
+    let http_origin = Origin::http().await;
+    let (port, http_port) = (origin.port(), http_origin.port());
+    // The script prints `user:password`, as `upstream_proxy.auth` takes it, and counts its runs.
+    let dir = tempfile::tempdir().unwrap();
+    let (script, runs) = (dir.path().join("parent.sh"), dir.path().join("runs"));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho x >> \"$1\"\necho \"alice:{CANARY}\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let source = format!(
+        "{{ type: process, command: ['{}', '{}'], ttl: 1h }}",
+        script.display(),
+        runs.display()
+    );
+    // Squid logs a tunnel when it closes: the pooled connection is let go after 1s idle.
+    let extra = format!(
+        "admin:\n  listen: 127.0.0.1:0\nlimits:\n  idle_timeout: 1s\nupstream_proxy: {{ url: \"{}\", auth: {source} }}\n",
+        squid.url()
+    );
+    let w = TestWarden::with("all", &extra).await;
+    let client = w.client();
+    let mut answers = Vec::new();
+    for url in [
+        format!("http://a.test:{http_port}/proc"),
+        format!("https://origin.test:{port}/proc"),
+    ] {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        answers.push(format!("{:?}", r.headers()));
+        answers.push(r.text().await.unwrap());
+    }
+    assert_eq!(origin.seen().len() + http_origin.seen().len(), 2);
+    let line = squid
+        .wait_access(&format!("GET http://a.test:{http_port}/proc"))
+        .await;
+    assert!(line.contains(" alice "), "{line}");
+    let runs = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(runs.lines().count(), 1, "one run, cached for its ttl");
+    wait_log(move |v| v["port"] == port).await;
+    let metrics = w.scrape().await;
+    drop(client);
+    drop(w);
+    let line = squid
+        .wait_access(&format!("CONNECT origin.test:{port}"))
+        .await;
+    assert!(line.contains(" alice "), "{line}");
+    assert_no_parent_secret(&[
+        ("canonical lines", all_log_lines().join("\n")),
+        ("operational lines", all_ops_lines().join("\n")),
+        ("metrics", metrics),
+        ("answers", answers.join("\n")),
+    ]);
 }
 
 #[test]

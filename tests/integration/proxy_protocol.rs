@@ -391,3 +391,90 @@ fn check_warns_that_optional_lets_anyone_claim_an_address() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("proxy_protocol"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_in_a_tunnel_behind_haproxy_log_the_clients_address() {
+    let origin = Origin::https_h2().await;
+    let w = start("all", "required", "").await;
+    let lb = Haproxy::start(w.addr, "send-proxy-v2").await;
+    let mut s = from_client_ip(lb.addr).await;
+    let me = s.local_addr().unwrap().to_string();
+    let authority = format!("origin.test:{}", origin.port());
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let (tls, picked) =
+        crate::http2::tls_alpn(s, "origin.test", &w.ca_pem, crate::http2::H2_H1).await;
+    assert_eq!(picked.as_deref(), Some(&b"h2"[..]), "warden picks h2");
+    let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for id in ["pp-h2-first", "pp-h2-second"] {
+        let req = http::Request::builder()
+            .uri(format!("https://{authority}/echo"))
+            .header("x-request-id", id)
+            .body(())
+            .unwrap();
+        let (parts, _, _) = crate::http2::exchange(&mut send, req, b"").await;
+        assert_eq!(parts.status, 200, "{id}");
+        let line = log_for(id).await;
+        assert_eq!(line["http_version"], "2", "{line}");
+        assert_eq!(line["client_addr"], me.as_str(), "{line}");
+    }
+    assert!(origin.seen().iter().all(|s| s.version == "HTTP/2.0"));
+    // No metric is labelled by address: `client` is the identity ("-" without auth).
+    let text = w.scrape().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "warden_requests_total{client=\"-\",http_version=\"2\",kind=\"intercepted\",status_class=\"2xx\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(!text.contains(CLIENT_IP), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_after_a_v2_header_echo_and_log_the_headers_address() {
+    // Plain ws:// in absolute form, after a hand-made header with a TLV to skip.
+    let origin = WsOrigin::start(false).await;
+    let w = start("all", "required", "").await;
+    let authority = format!("ws.test:{}", origin.addr.port());
+    let mut s = w.tcp().await;
+    s.write_all(&v2("192.0.2.20:40020")).await.unwrap();
+    let mut ws = crate::websocket::plain_ws_over(s, &authority, "pp-ws-plain", "").await;
+    crate::websocket::echo_100(&mut ws).await;
+    drop(ws);
+    crate::websocket::check_log("pp-ws-plain").await;
+    assert_eq!(
+        log_for("pp-ws-plain").await["client_addr"],
+        "192.0.2.20:40020"
+    );
+
+    // wss:// in an intercepted tunnel, HAProxy's send-proxy-v2 in front.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let origin = WsOrigin::start(true).await;
+    let lb = Haproxy::start(w.addr, "send-proxy-v2").await;
+    let mut s = from_client_ip(lb.addr).await;
+    let me = s.local_addr().unwrap().to_string();
+    let authority = format!("ws.test:{}", origin.addr.port());
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let tls = tls_connect(s, "ws.test", &w.ca_pem).await;
+    let mut req = format!("wss://{authority}/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-request-id", "pp-ws-tunnel".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    crate::websocket::echo_100(&mut ws).await;
+    drop(ws);
+    crate::websocket::check_log("pp-ws-tunnel").await;
+    assert_eq!(log_for("pp-ws-tunnel").await["client_addr"], me.as_str());
+}

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-async fn echo_100<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
+pub(crate) async fn echo_100<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
     for i in 0..100 {
         ws.send(Message::text(format!("message {i}")))
             .await
@@ -29,7 +29,7 @@ async fn echo_100<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>
     ws.close(None).await.unwrap();
 }
 
-async fn check_log(id: &str) {
+pub(crate) async fn check_log(id: &str) {
     let line = log_for(id).await;
     assert_eq!(line["kind"], "websocket");
     assert_eq!(line["status"], 101);
@@ -71,7 +71,16 @@ pub(crate) async fn plain_ws_with(
     id: &str,
     headers: &str,
 ) -> WebSocketStream<tokio::net::TcpStream> {
-    let mut s = w.tcp().await;
+    plain_ws_over(w.tcp().await, authority, id, headers).await
+}
+
+/// [`plain_ws_with`] on a connection to warden already open (and perhaps already written to).
+pub(crate) async fn plain_ws_over(
+    mut s: tokio::net::TcpStream,
+    authority: &str,
+    id: &str,
+    headers: &str,
+) -> WebSocketStream<tokio::net::TcpStream> {
     let req = format!(
         "GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Request-Id: {id}\r\n{headers}\r\n"
     );
