@@ -500,12 +500,15 @@ async fn until_revoked<F: std::future::Future>(
 /// now returns end of stream (or an error). Bytes it finds (a pipelined ClientHello) are kept
 /// in `rest`.
 async fn client_gone(stream: &mut L4Stream, rest: &mut Bytes) -> bool {
+    use futures_util::FutureExt;
     let mut probe = [0u8; 1024];
-    // A zero timeout polls the read once: ready data or end of stream, else nothing yet.
-    match tokio::time::timeout(Duration::ZERO, stream.read(&mut probe)).await {
-        Err(_) => false,
-        Ok(Ok(0)) | Ok(Err(_)) => true,
-        Ok(Ok(n)) => {
+    // The read polled once: ready data or end of stream, else nothing yet. (Not a zero
+    // timeout: tokio's timer rounds it up to its next 1 ms tick, and a CONNECT whose client
+    // waits for the 200, as they all do, would wait for that tick.)
+    match tokio::task::unconstrained(stream.read(&mut probe)).now_or_never() {
+        None => false,
+        Some(Ok(0)) | Some(Err(_)) => true,
+        Some(Ok(n)) => {
             let mut joined = rest.to_vec();
             joined.extend_from_slice(&probe[..n]);
             *rest = Bytes::from(joined);
