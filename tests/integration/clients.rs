@@ -46,16 +46,7 @@ pub(crate) fn script(name: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "grpc_proxy",
-        "no_grpc_proxy",
-    ] {
-        cmd.env_remove(var).env_remove(var.to_ascii_uppercase());
-    }
+    without_client_env(&mut cmd);
     cmd
 }
 

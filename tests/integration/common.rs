@@ -1311,3 +1311,31 @@ pub fn check_config(yaml: &str) -> (Option<i32>, String) {
     );
     (out.status.code(), text)
 }
+
+/// Every variable through which a client picks up a proxy or a trust store (each also in
+/// upper case): removed from a client's command so that only what a test sets applies.
+const CLIENT_ENV: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "grpc_proxy",
+    "no_grpc_proxy",
+    "ssl_cert_file",
+    "ssl_cert_dir",
+    "requests_ca_bundle",
+    "curl_ca_bundle",
+    "git_ssl_cainfo",
+    "node_extra_ca_certs",
+    "node_use_env_proxy",
+    "java_tool_options",
+    "jdk_java_options",
+];
+
+/// Removes the test process's own proxy and trust settings ([`CLIENT_ENV`]) from `cmd`.
+pub fn without_client_env(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for var in CLIENT_ENV {
+        cmd.env_remove(var).env_remove(var.to_ascii_uppercase());
+    }
+    cmd
+}

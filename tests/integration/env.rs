@@ -112,23 +112,7 @@ impl Setup {
 /// A command with no proxy or trust settings of the test process's own.
 fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "ssl_cert_file",
-        "ssl_cert_dir",
-        "requests_ca_bundle",
-        "curl_ca_bundle",
-        "git_ssl_cainfo",
-        "node_extra_ca_certs",
-        "node_use_env_proxy",
-        "java_tool_options",
-        "jdk_java_options",
-    ] {
-        cmd.env_remove(var).env_remove(var.to_ascii_uppercase());
-    }
+    without_client_env(&mut cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -243,18 +243,7 @@ async fn sandbox(dir: &Path, setup: &str, commands: &str) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "ssl_cert_file",
-        "ssl_cert_dir",
-        "requests_ca_bundle",
-        "curl_ca_bundle",
-    ] {
-        cmd.env_remove(var).env_remove(var.to_ascii_uppercase());
-    }
+    without_client_env(&mut cmd);
     let child = cmd.spawn().expect("bash runs");
     tokio::time::timeout(SANDBOX_WAIT, child.wait_with_output())
         .await
