@@ -112,7 +112,7 @@ impl Warden {
     /// response bytes is counted and the line says so (`tokens_estimated`).
     pub(super) fn charge_llm_call(&self, session: &Session, ctx: &mut RequestCtx, ok: bool) {
         let spender = ctx.spender();
-        let Some(call) = ctx.flow.llm.as_mut() else {
+        let Some(call) = ctx.flow.llm.as_mut().filter(|c| !c.charged) else {
             return;
         };
         if call.usage.input.is_none() && call.usage.output.is_none() {
@@ -125,6 +125,23 @@ impl Warden {
             );
             call.estimated = true;
         }
+        if let Some(s) = spender {
+            self.spend(&s, total(&call.usage));
+        }
+    }
+
+    /// The usage a response reported, counted before its last bytes are written: a client
+    /// that sends its next call the moment this one ends meets the spent budget. Once per
+    /// call; [`Self::charge_llm_call`] then counts nothing more.
+    pub(super) fn charge_reported(&self, ctx: &mut RequestCtx) {
+        let spender = ctx.spender();
+        let Some(call) = ctx.flow.llm.as_mut() else {
+            return;
+        };
+        if call.charged || (call.usage.input.is_none() && call.usage.output.is_none()) {
+            return;
+        }
+        call.charged = true;
         if let Some(s) = spender {
             self.spend(&s, total(&call.usage));
         }

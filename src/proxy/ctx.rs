@@ -298,6 +298,9 @@ pub(super) struct LlmCall {
     pub outcome: &'static str,
     /// `usage` is warden's estimate: the call ended without one.
     pub estimated: bool,
+    /// The reported usage was counted against the budgets before the response's last bytes
+    /// went out (so the client's next call already sees it).
+    pub charged: bool,
 }
 
 impl LlmCall {
@@ -310,6 +313,7 @@ impl LlmCall {
             tools: Vec::new(),
             outcome: "allowed",
             estimated: false,
+            charged: false,
         }
     }
 

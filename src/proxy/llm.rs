@@ -420,6 +420,7 @@ impl Warden {
             }
             self.note_denial(ctx, &d, true);
         }
+        self.charge_reported(ctx);
         self.write_head(session, head, ctx).await?;
         let end = !over;
         let out = super::edit::outgoing(ctx, body.freeze(), end);
@@ -483,6 +484,12 @@ impl Warden {
             let out = sse.feed(chunk.as_deref().unwrap_or_default(), end);
             let done = end || sse.events.finished();
             let out = super::edit::outgoing(ctx, out, done);
+            if done {
+                if let Some(call) = ctx.flow.llm.as_mut() {
+                    call.usage = sse.events.usage;
+                }
+                self.charge_reported(ctx);
+            }
             if !out.is_empty() || done {
                 session
                     .write_response_body(Some(out), done)
