@@ -107,11 +107,11 @@ impl Warden {
         })
     }
 
-    /// After an LLM exchange: the tokens its response reported are counted; when it reported
-    /// none although the upstream answered with success, an estimate from the request and
-    /// response bytes is counted and the line says so (`tokens_estimated`).
+    /// After an LLM exchange: the tokens its response reported are counted (unless
+    /// [`Self::charge_reported`] already did); when it reported none although the upstream
+    /// answered with success, an estimate from the request and response bytes is counted and
+    /// the line says so (`tokens_estimated`).
     pub(super) fn charge_llm_call(&self, session: &Session, ctx: &mut RequestCtx, ok: bool) {
-        let spender = ctx.spender();
         let Some(call) = ctx.flow.llm.as_mut().filter(|c| !c.charged) else {
             return;
         };
@@ -125,14 +125,12 @@ impl Warden {
             );
             call.estimated = true;
         }
-        if let Some(s) = spender {
-            self.spend(&s, total(&call.usage));
-        }
+        self.charge_reported(ctx);
     }
 
     /// The usage a response reported, counted before its last bytes are written: a client
     /// that sends its next call the moment this one ends meets the spent budget. Once per
-    /// call; [`Self::charge_llm_call`] then counts nothing more.
+    /// call, and nothing while the call has no usage.
     pub(super) fn charge_reported(&self, ctx: &mut RequestCtx) {
         let spender = ctx.spender();
         let Some(call) = ctx.flow.llm.as_mut() else {
