@@ -216,7 +216,7 @@ impl FrontDoor {
         drop(head);
         // A CONNECT that waited in the accept queue may belong to a client that has given up:
         // dial nothing, mint nothing, and say so in the log rather than as a 200 tunnel.
-        if client_gone(&mut stream, &mut rest).await {
+        if client_gone(&stream) {
             let mut line = event.line(Kind::Connect);
             line.request_id = Some(request_id);
             fill_connect(&mut line, &dest);
@@ -496,24 +496,23 @@ async fn until_revoked<F: std::future::Future>(
     }
 }
 
-/// Whether the client has already closed its side, without waiting: a read that is ready
-/// now returns end of stream (or an error). Bytes it finds (a pipelined ClientHello) are kept
-/// in `rest`.
-async fn client_gone(stream: &mut L4Stream, rest: &mut Bytes) -> bool {
-    use futures_util::FutureExt;
-    let mut probe = [0u8; 1024];
-    // The read polled once: ready data or end of stream, else nothing yet. (Not a zero
-    // timeout: tokio's timer rounds it up to its next 1 ms tick, and a CONNECT whose client
-    // waits for the 200, as they all do, would wait for that tick.)
-    match tokio::task::unconstrained(stream.read(&mut probe)).now_or_never() {
-        None => false,
-        Some(Ok(0)) | Some(Err(_)) => true,
-        Some(Ok(n)) => {
-            let mut joined = rest.to_vec();
-            joined.extend_from_slice(&probe[..n]);
-            *rest = Bytes::from(joined);
-            false
-        }
+/// Whether the client has already closed its side, without waiting: the socket, peeked
+/// without blocking, reports end of stream (or an error). It asks the kernel, not the
+/// runtime's readiness (which can lag a FIN that arrived while the connection sat in the
+/// accept queue), and nothing is consumed. Not a zero timeout either: tokio's timer rounds
+/// that up to its next 1 ms tick, and every CONNECT would wait for it.
+fn client_gone(stream: &L4Stream) -> bool {
+    use nix::errno::Errno;
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut probe = [0u8; 1];
+    match recv(
+        stream.as_raw_fd(),
+        &mut probe,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+        Err(_) => true,
     }
 }
 
