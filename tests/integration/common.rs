@@ -89,13 +89,21 @@ pub fn all_ops_lines() -> Vec<String> {
 
 /// Waits (bounded) for an operational line matching `pred`.
 pub async fn wait_ops_line(pred: impl Fn(&str) -> bool) -> String {
-    wait_in(|c| &c.ops, "operational line", pred).await
+    wait_in(|c| &c.ops, "operational line", 0, pred).await
+}
+
+/// How many canonical lines have been captured so far: pass it to `wait_log_since` to match
+/// only lines logged after this point. Keys that other tests' lines can share (a client's
+/// ephemeral port is reused once its connection is gone) need it.
+pub fn log_mark() -> usize {
+    capture().lines.lock().unwrap().len()
 }
 
 /// Waits (bounded) for a line of one captured list (`pick`) matching `pred`.
 async fn wait_in(
     pick: impl Fn(&Capture) -> &Mutex<Vec<String>>,
     what: &str,
+    skip: usize,
     pred: impl Fn(&str) -> bool,
 ) -> String {
     let c = capture();
@@ -104,7 +112,7 @@ async fn wait_in(
         let notified = c.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(l) = pick(c).lock().unwrap().iter().find(|l| pred(l)) {
+        if let Some(l) = pick(c).lock().unwrap().iter().skip(skip).find(|l| pred(l)) {
             return l.clone();
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -116,12 +124,24 @@ async fn wait_in(
 
 /// Waits (bounded) for a raw canonical line matching `pred`.
 pub async fn wait_line(pred: impl Fn(&str) -> bool) -> String {
-    wait_in(|c| &c.lines, "log line", pred).await
+    wait_in(|c| &c.lines, "log line", 0, pred).await
 }
 
 /// Waits (bounded) for a JSON canonical line matching `pred`.
 pub async fn wait_log(pred: impl Fn(&Value) -> bool) -> Value {
-    let line = wait_line(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v))).await;
+    wait_log_since(0, pred).await
+}
+
+/// Waits (bounded) for a JSON canonical line matching `pred` among those captured after
+/// `mark` (from `log_mark`).
+pub async fn wait_log_since(mark: usize, pred: impl Fn(&Value) -> bool) -> Value {
+    let line = wait_in(
+        |c| &c.lines,
+        "log line",
+        mark,
+        |l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v)),
+    )
+    .await;
     serde_json::from_str(&line).unwrap()
 }
 

@@ -159,6 +159,7 @@ async fn through_haproxy(send: &str, intercept: &str) {
     let line = log_for(&id).await;
     assert_eq!(line["client_addr"], me.to_string(), "{line}");
 
+    let mark = log_mark();
     let mut s = from_client_ip(lb.addr).await;
     let me = s.local_addr().unwrap();
     let authority = format!("origin.test:{}", https.port());
@@ -186,7 +187,10 @@ async fn through_haproxy(send: &str, intercept: &str) {
     let line: Value = if intercept == "all" {
         log_for(&id).await
     } else {
-        wait_log(move |v| v["kind"] == "tunnel" && v["client_addr"] == me.as_str()).await
+        wait_log_since(mark, move |v| {
+            v["kind"] == "tunnel" && v["client_addr"] == me.as_str()
+        })
+        .await
     };
     assert_eq!(
         line["client_addr"].as_str().unwrap().split(':').next(),
@@ -196,13 +200,14 @@ async fn through_haproxy(send: &str, intercept: &str) {
 
     // Straight to warden, from the same address: no header, refused.
     let before = denials(&w, "proxy_protocol_missing").await;
+    let mark = log_mark();
     let mut s = from_client_ip(w.addr).await;
     let me = s.local_addr().unwrap().to_string();
     s.write_all(get(origin.port(), "pp-direct").as_bytes())
         .await
         .unwrap();
     assert_closed_silently(&mut s).await;
-    let line = wait_log(move |v| v["client_addr"] == me.as_str()).await;
+    let line = wait_log_since(mark, move |v| v["client_addr"] == me.as_str()).await;
     assert_eq!(line["reason"], "proxy_protocol_missing", "{line}");
     assert!(line["status"].is_null(), "nothing was answered: {line}");
     assert_eq!(denials(&w, "proxy_protocol_missing").await, before + 1.0);
@@ -254,13 +259,14 @@ async fn optional_reads_a_header_when_there_is_one_and_serves_plain_connections_
 async fn off_never_reads_a_header_so_one_is_a_bad_request() {
     let origin = Origin::http().await;
     let w = start("all", "off", "").await;
+    let mark = log_mark();
     let mut s = w.tcp().await;
     let me = s.local_addr().unwrap().to_string();
     let bytes = format!("{}{}", v1("192.0.2.11:40002"), get(origin.port(), "pp-off"));
     s.write_all(bytes.as_bytes()).await.unwrap();
     let (head, body) = read_response(&mut s).await;
     assert_refusal(&head, &body, 400, "malformed_request");
-    let line = wait_log(move |v| v["client_addr"] == me.as_str()).await;
+    let line = wait_log_since(mark, move |v| v["client_addr"] == me.as_str()).await;
     assert_eq!(line["reason"], "malformed_request");
     assert!(origin.seen().is_empty());
 }
@@ -309,6 +315,7 @@ async fn broken_truncated_oversized_and_late_headers_are_refused_with_a_reason_a
     ];
     for (what, bytes, close, reason, error) in cases {
         let before = denials(&w, reason).await;
+        let mark = log_mark();
         let mut s = w.tcp().await;
         let me = s.local_addr().unwrap().to_string();
         s.write_all(&bytes).await.unwrap();
@@ -316,7 +323,7 @@ async fn broken_truncated_oversized_and_late_headers_are_refused_with_a_reason_a
             s.shutdown().await.unwrap();
         }
         assert_closed_silently(&mut s).await;
-        let line = wait_log(move |v| v["client_addr"] == me.as_str()).await;
+        let line = wait_log_since(mark, move |v| v["client_addr"] == me.as_str()).await;
         assert_eq!(line["reason"], reason, "{what}: {line}");
         assert_error_field(&line, error);
         assert_eq!(denials(&w, reason).await, before + 1.0, "{what}");
