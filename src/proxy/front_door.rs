@@ -77,6 +77,17 @@ impl FrontDoor {
         })
     }
 
+    /// A front door handing HTTP to another engine, sharing this one's TLS acceptors and so
+    /// their session cache: a client resumes its session whichever lane it lands on.
+    pub fn for_engine(&self, http: Arc<HttpProxy<Warden>>) -> Self {
+        FrontDoor {
+            shared: self.shared.clone(),
+            http,
+            acceptor: self.acceptor.clone(),
+            acceptor_h1: self.acceptor_h1.clone(),
+        }
+    }
+
     /// Serves one accepted client connection to its end.
     pub async fn serve(self: Arc<Self>, mut stream: L4Stream, shutdown: ShutdownWatch) {
         let snap = self.shared.snapshot.load_full();

@@ -238,6 +238,12 @@ pub struct TestWarden {
 }
 
 impl TestWarden {
+    /// How many lanes serve the proxy: each has its own upstream pool, so an origin is
+    /// dialled at most once per lane its tunnels landed on (they are dealt out in turn).
+    pub fn lanes(&self) -> usize {
+        self.running.as_ref().map_or(1, |r| r.lanes())
+    }
+
     /// Starts warden from YAML text. `{dir}` is replaced by a fresh temp dir (CA files live
     /// there) and `{origin_ca}` by the path of the test origins' CA.
     pub async fn start(yaml: &str) -> TestWarden {

@@ -40,7 +40,7 @@ async fn a_hundred_concurrent_connects_to_a_new_host_mint_one_leaf() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_upstream_connection_serves_many_client_tunnels() {
+async fn one_upstream_connection_per_lane_serves_many_client_tunnels() {
     let origin = Origin::https().await;
     let w = TestWarden::with("all", "").await;
     let authority = format!("origin.test:{}", origin.port());
@@ -51,10 +51,12 @@ async fn one_upstream_connection_serves_many_client_tunnels() {
         assert_eq!(line["kind"], "intercepted");
     }
     assert_eq!(origin.seen().len(), 5);
+    // Tunnels are dealt to the lanes in turn, and each lane pools its own: one upstream TLS
+    // handshake per lane, however many tunnels.
     assert_eq!(
         origin.connections(),
-        1,
-        "five tunnels, one upstream TLS handshake"
+        w.lanes().min(5),
+        "five tunnels, one upstream TLS handshake per lane"
     );
 }
 

@@ -22,6 +22,7 @@ mod headers;
 mod hot_path;
 mod http2;
 mod intercept;
+mod lanes;
 mod layout;
 mod llm;
 mod log_files;

@@ -71,7 +71,13 @@ async fn keep_alive_requests_reuse_the_upstream_without_getpeername_or_split_rea
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
-    assert_eq!(origin.connections(), 1, "one pooled upstream connection");
+    // One pooled upstream connection per lane the client's tunnels landed on.
+    let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        origin.connections() <= lanes,
+        "{} upstream connections for {lanes} lanes",
+        origin.connections()
+    );
 
     // SIGTERM to warden; strace writes its summary when warden exits.
     let strace = warden.child.id();
